@@ -1,0 +1,91 @@
+//! Capability names: Mesos' `CapabilityInfo.Capability` enum, operator configuration text, and
+//! the OCI `CAP_*` names.
+use std::collections::BTreeSet;
+
+use husk_proto::mesos::v1::capability_info::Capability as MesosCap;
+use oci_spec::runtime::Capability;
+
+use crate::error::{Error, Result};
+
+/// The container default set (Docker's and containerd's): what a container gets when neither
+/// the operator nor the launch says otherwise.
+pub const DEFAULT_ALLOWED: &[&str] = &[
+    "CAP_AUDIT_WRITE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_MKNOD",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_RAW",
+    "CAP_SETFCAP",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYS_CHROOT",
+];
+
+/// A set of capabilities by their canonical `CAP_*` names, kept sorted for stable output.
+pub type CapSet = BTreeSet<String>;
+
+/// Parses one capability name as an operator writes it: `CAP_SYS_ADMIN`, `SYS_ADMIN` or
+/// `sys_admin`. `ALL` is not a capability here; callers expand it.
+pub fn parse_name(name: &str, field: &str) -> Result<String> {
+    let upper = name.trim().to_ascii_uppercase();
+    let canonical = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
+    to_oci(&canonical).map_err(|_| Error::invalid(field, format!("unknown capability `{}`", name.escape_debug())))?;
+    Ok(canonical)
+}
+
+/// Every capability the kernel knows of (as Mesos enumerates them).
+pub fn all() -> CapSet {
+    (1000..=1040)
+        .filter_map(|n| MesosCap::try_from(n).ok())
+        .map(|c| format!("CAP_{}", c.as_str_name()))
+        .collect()
+}
+
+/// The `CAP_*` name of a Mesos capability enum value.
+pub fn from_mesos(value: i32, field: &str) -> Result<String> {
+    match MesosCap::try_from(value) {
+        Ok(MesosCap::Unknown) | Err(_) => {
+            Err(Error::invalid(field, format!("unknown capability value {value}")))
+        }
+        Ok(c) => Ok(format!("CAP_{}", c.as_str_name())),
+    }
+}
+
+/// The OCI capability for a canonical `CAP_*` name.
+pub fn to_oci(name: &str) -> std::result::Result<Capability, serde_json::Error> {
+    serde_json::from_value(serde_json::Value::String(name.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_in_every_spelling() {
+        assert_eq!(parse_name("sys_admin", "f").unwrap(), "CAP_SYS_ADMIN");
+        assert_eq!(parse_name("CAP_NET_RAW", "f").unwrap(), "CAP_NET_RAW");
+        assert_eq!(parse_name("Chown", "f").unwrap(), "CAP_CHOWN");
+        assert_eq!(parse_name("CAP_FLY", "caps[0]").unwrap_err().to_string(), "caps[0]: unknown capability `CAP_FLY`");
+    }
+
+    #[test]
+    fn mesos_enum_maps_to_oci_names() {
+        assert_eq!(from_mesos(MesosCap::Chown as i32, "f").unwrap(), "CAP_CHOWN");
+        assert_eq!(from_mesos(MesosCap::CheckpointRestore as i32, "f").unwrap(), "CAP_CHECKPOINT_RESTORE");
+        assert!(from_mesos(0, "f").is_err());
+        assert!(from_mesos(7, "f").is_err());
+        // Every Mesos capability is a capability oci-spec (and so the runtime) knows.
+        for name in all() {
+            to_oci(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        assert_eq!(all().len(), 41);
+        for name in DEFAULT_ALLOWED {
+            assert!(all().contains(*name));
+        }
+    }
+}

@@ -1,0 +1,809 @@
+//! A Mesos-style launch → an OCI runtime spec.
+//!
+//! The translation plays the part of Mesos' isolators at `prepare` time: filesystem (root,
+//! special mounts, sandbox, volumes), cgroups (cpu, memory, pids), namespaces, linux
+//! (capabilities, seccomp, no_new_privs), rlimits and environment. It reads the node (host paths,
+//! the rootfs' account databases) but changes nothing; [`Translation::write_bundle`] does.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use husk_proto::agent::v1::LaunchRequest;
+use husk_proto::mesos::v1::{
+    linux_info, mount_propagation, r_limit_info, volume, CapabilityInfo, CommandInfo, ContainerInfo,
+    LinuxInfo, Volume,
+};
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, Mount,
+    MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
+};
+
+use crate::caps::{self, CapSet};
+use crate::config::{Config, Placement, DEFAULT_PATH};
+use crate::error::{Error, Result};
+use crate::fs::resolve_in_root;
+use crate::resources::{self, Amounts, Limits};
+use crate::user::{self, ResolvedUser};
+use crate::validate::{self, display_id, no_nul, path_of};
+use crate::{seccomp, ANNOTATION_ARGV0, ANNOTATION_CONTAINER_ID, ANNOTATION_SANDBOX};
+
+/// Mesos' `MIN_MEMORY`: a memory limit is never set below 32 MB.
+pub const MIN_MEMORY_MB: f64 = 32.0;
+/// Mesos' `CPU_SHARES_PER_CPU` and `MIN_CPU_SHARES`.
+pub const CPU_SHARES_PER_CPU: f64 = 1024.0;
+pub const MIN_CPU_SHARES: u64 = 2;
+/// Mesos' `CPU_CFS_PERIOD` (100 ms) and `MIN_CPU_CFS_QUOTA` (1 ms), in microseconds.
+pub const CFS_PERIOD_US: u64 = 100_000;
+pub const MIN_CFS_QUOTA_US: i64 = 1_000;
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Default masked paths: hidden from the container (a file by /dev/null, a dir by an empty tmpfs).
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/devices/virtual/powercap",
+    "/sys/firmware",
+];
+
+/// Default read-only paths.
+pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// Container paths no volume may cover: they would shadow the container's own /proc or /sys, or
+/// the root itself.
+const FORBIDDEN_VOLUME_TARGETS: &[&str] = &["/proc", "/sys"];
+
+/// The result of a translation.
+#[derive(Debug, Clone)]
+pub struct Translation {
+    pub spec: Spec,
+    /// The user the command runs as.
+    pub user: ResolvedUser,
+    /// What the operator should know about requests husk adjusted (e.g. capabilities outside the
+    /// allowed set, a memory request raised to the minimum).
+    pub warnings: Vec<String>,
+    /// Directories inside sandboxes that SANDBOX_PATH volumes mount and that must exist before
+    /// the container starts (created by [`Translation::write_bundle`]).
+    pub sandbox_dirs: Vec<PathBuf>,
+    /// The resource amounts the spec enforces.
+    pub requests: Amounts,
+    pub limits: Limits,
+}
+
+/// Translates a launch into an OCI runtime spec.
+pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result<Translation> {
+    validate::container_id(&req.container_id, "container_id")?;
+    let cmd = req.command.as_ref().ok_or_else(|| Error::invalid("command", "is required"))?;
+    validate::command(cmd, "command")?;
+    resources::validate(&req.resources, "resources")?;
+    let requests = Amounts::of(&req.resources);
+    let limits = resources::limits(&req.limits, &requests, "limits")?;
+    let default_info = ContainerInfo { r#type: husk_proto::mesos::v1::container_info::Type::Mesos as i32, ..Default::default() };
+    let info = req.container.as_ref().unwrap_or(&default_info);
+    validate::container_type(info, "container")?;
+    let nested = req.container_id.parent.is_some();
+    if nested && place.parent.is_none() {
+        return Err(Error::unsupported("container_id.parent", "a nested container without its parent's context"));
+    }
+    let default_linux = LinuxInfo::default();
+    let linux = info.linux_info.as_ref().unwrap_or(&default_linux);
+
+    let mut t = Translator { cfg, place, info, linux, nested, warnings: Vec::new(), sandbox_dirs: Vec::new() };
+    let rootfs = t.rootfs()?;
+    let user = match cmd.user.as_deref() {
+        Some(u) => user::resolve(rootfs_or_host(&rootfs), u, "command.user")?,
+        None => ResolvedUser { uid: 0, gid: 0, additional_gids: Vec::new(), name: Some("root".into()), home: None },
+    };
+    let capabilities = t.capabilities(user.uid)?;
+    let mut annotations = HashMap::from([
+        (ANNOTATION_CONTAINER_ID.to_string(), display_id(&req.container_id)),
+        (ANNOTATION_SANDBOX.to_string(), place.sandbox_dir.display().to_string()),
+    ]);
+    let args = process_args(cmd, &mut annotations);
+    let cwd = t.sandbox_in_container(&rootfs);
+    let mut process = ProcessBuilder::default()
+        .args(args)
+        .env(t.environment(cmd, &cwd))
+        .cwd(cwd.clone())
+        .user(
+            UserBuilder::default()
+                .uid(user.uid)
+                .gid(user.gid)
+                .additional_gids(user.additional_gids.clone())
+                .build()
+                .map_err(internal)?,
+        )
+        .capabilities(capabilities.oci)
+        .no_new_privileges(cfg.no_new_privileges)
+        .rlimits(t.rlimits()?)
+        .terminal(info.tty_info.is_some())
+        .build()
+        .map_err(internal)?;
+    if let Some(size) = info.tty_info.as_ref().and_then(|t| t.window_size.as_ref()) {
+        if size.rows > u16::MAX as u32 || size.columns > u16::MAX as u32 {
+            return Err(Error::invalid("container.tty_info.window_size", "rows and columns must fit in 16 bits"));
+        }
+        let console = oci_spec::runtime::BoxBuilder::default()
+            .height(size.rows as u64)
+            .width(size.columns as u64)
+            .build()
+            .map_err(internal)?;
+        process.set_console_size(Some(console));
+    }
+
+    let mut hostname = None;
+    if let Some(h) = info.hostname.as_deref() {
+        validate::hostname(h, "container.hostname")?;
+        if nested {
+            return Err(Error::invalid("container.hostname", "a nested container shares its parent's hostname"));
+        }
+        hostname = Some(h.to_string());
+    }
+
+    let mut mounts = t.special_mounts()?;
+    mounts.extend(t.sandbox_mount(&rootfs)?);
+    mounts.extend(t.volumes(&rootfs)?);
+
+    let linux = LinuxBuilder::default()
+        .namespaces(t.namespaces()?)
+        .cgroups_path(PathBuf::from(t.cgroups_path(req)))
+        .resources(t.resources(&requests, &limits)?)
+        .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .rootfs_propagation("rslave")
+        .build()
+        .map_err(internal)?;
+    let mut linux = linux;
+    if let Some(profile) = t.seccomp(&capabilities.bounding)? {
+        linux.set_seccomp(Some(profile));
+    }
+
+    let mut builder = SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path(rootfs.clone().unwrap_or_else(|| PathBuf::from("/")))
+                .readonly(false)
+                .build()
+                .map_err(internal)?,
+        )
+        .process(process)
+        .mounts(mounts)
+        .linux(linux)
+        .annotations(annotations);
+    if let Some(h) = hostname {
+        builder = builder.hostname(h);
+    }
+    let spec = builder.build().map_err(internal)?;
+    Ok(Translation { spec, user, warnings: t.warnings, sandbox_dirs: t.sandbox_dirs, requests, limits })
+}
+
+fn internal(e: oci_spec::OciSpecError) -> Error {
+    Error::invalid("spec", format!("internal error building the OCI spec: {e}"))
+}
+
+fn rootfs_or_host(rootfs: &Option<PathBuf>) -> &Path {
+    rootfs.as_deref().unwrap_or(Path::new("/"))
+}
+
+/// `shell=true`: `/bin/sh -c value`. Otherwise `value` is the executable and `arguments` the
+/// full argv (argv[0] included), as Mesos execs it. OCI has no separate executable field: the
+/// executable takes argv[0]'s place, and the requested argv[0] is kept in an annotation for
+/// runtimes that honor it.
+fn process_args(cmd: &CommandInfo, annotations: &mut HashMap<String, String>) -> Vec<String> {
+    let value = cmd.value().to_string();
+    if cmd.shell() {
+        return vec!["/bin/sh".into(), "-c".into(), value];
+    }
+    let mut args = vec![value.clone()];
+    if let Some((argv0, rest)) = cmd.arguments.split_first() {
+        if *argv0 != value {
+            annotations.insert(ANNOTATION_ARGV0.to_string(), argv0.clone());
+        }
+        args.extend(rest.iter().cloned());
+    }
+    args
+}
+
+struct Capabilities {
+    oci: LinuxCapabilities,
+    bounding: CapSet,
+}
+
+struct Translator<'a> {
+    cfg: &'a Config,
+    place: &'a Placement,
+    info: &'a ContainerInfo,
+    linux: &'a LinuxInfo,
+    nested: bool,
+    warnings: Vec<String>,
+    sandbox_dirs: Vec<PathBuf>,
+}
+
+impl Translator<'_> {
+    fn rootfs(&self) -> Result<Option<PathBuf>> {
+        let image = self.info.mesos.as_ref().and_then(|m| m.image.as_ref());
+        if let Some(image) = image {
+            use husk_proto::mesos::v1::image::Type;
+            match image.r#type() {
+                Type::Docker if image.docker.as_ref().is_some_and(|d| !d.name.is_empty()) => {}
+                Type::Docker => return Err(Error::invalid("container.mesos.image.docker.name", "is required for a DOCKER image")),
+                Type::Appc => return Err(Error::unsupported("container.mesos.image.type", "APPC")),
+            }
+            if self.place.rootfs.is_none() {
+                return Err(Error::unsupported("container.mesos.image", "an image without a provisioned rootfs"));
+            }
+        }
+        match &self.place.rootfs {
+            None => Ok(None),
+            Some(root) => {
+                if !root.is_absolute() {
+                    return Err(Error::invalid("rootfs", format!("`{}` must be an absolute path", root.display())));
+                }
+                let meta = std::fs::metadata(root).map_err(|e| Error::missing("rootfs", format!("`{}`: {e}", root.display())))?;
+                if !meta.is_dir() {
+                    return Err(Error::invalid("rootfs", format!("`{}` is not a directory", root.display())));
+                }
+                Ok(Some(root.clone()))
+            }
+        }
+    }
+
+    /// Where the sandbox is inside the container: the sandbox mount point when the container has
+    /// its own rootfs, else the host sandbox itself (Mesos' rule; also the working directory).
+    fn sandbox_in_container(&self, rootfs: &Option<PathBuf>) -> PathBuf {
+        match rootfs {
+            Some(_) => self.cfg.sandbox_directory.clone(),
+            None => self.place.sandbox_dir.clone(),
+        }
+    }
+
+    /// Environment in Mesos' precedence: agent-supplied variables, then `MESOS_SANDBOX`, then the
+    /// user's variables (which win); `PATH` defaulted.
+    fn environment(&self, cmd: &CommandInfo, sandbox: &Path) -> Vec<String> {
+        let mut order: Vec<String> = Vec::new();
+        let mut values: HashMap<String, String> = HashMap::new();
+        {
+            let mut set = |k: &str, v: &str| {
+                if values.insert(k.to_string(), v.to_string()).is_none() {
+                    order.push(k.to_string());
+                }
+            };
+            for (k, v) in &self.place.agent_environment {
+                set(k, v);
+            }
+            set("MESOS_SANDBOX", &sandbox.display().to_string());
+            if let Some(env) = &cmd.environment {
+                for var in &env.variables {
+                    set(&var.name, var.value());
+                }
+            }
+        }
+        if !order.iter().any(|k| k == "PATH") {
+            order.push("PATH".to_string());
+            values.insert("PATH".to_string(), DEFAULT_PATH.to_string());
+        }
+        order.into_iter().map(|k| format!("{k}={}", values[&k])).collect()
+    }
+
+    fn capabilities(&mut self, uid: u32) -> Result<Capabilities> {
+        #[allow(deprecated)]
+        let legacy = self.linux.capability_info.as_ref();
+        if legacy.is_some() && self.linux.effective_capabilities.is_some() {
+            return Err(Error::invalid(
+                "container.linux_info.capability_info",
+                "is deprecated; set only `effective_capabilities`",
+            ));
+        }
+        let effective_req = self.linux.effective_capabilities.as_ref().or(legacy);
+        let field_e = if legacy.is_some() { "container.linux_info.capability_info" } else { "container.linux_info.effective_capabilities" };
+        let effective_req = effective_req.map(|c| cap_set(c, field_e)).transpose()?;
+        let bounding_req = self
+            .linux
+            .bounding_capabilities
+            .as_ref()
+            .map(|c| cap_set(c, "container.linux_info.bounding_capabilities"))
+            .transpose()?;
+        if let (Some(e), Some(b)) = (&effective_req, &bounding_req) {
+            if let Some(extra) = e.difference(b).next() {
+                return Err(Error::invalid(
+                    "container.linux_info.effective_capabilities",
+                    format!("{extra} is not in `bounding_capabilities`; effective capabilities must be a subset"),
+                ));
+            }
+        }
+        let allowed = &self.cfg.allowed_capabilities;
+        let mut clamp = |set: CapSet, what: &str| -> CapSet {
+            let dropped: Vec<_> = set.difference(allowed).cloned().collect();
+            if !dropped.is_empty() {
+                self.warnings.push(format!(
+                    "{what}: {} not in the agent's allowed capabilities, dropped",
+                    dropped.join(", ")
+                ));
+            }
+            set.intersection(allowed).cloned().collect()
+        };
+        let explicit = effective_req.is_some();
+        let (effective, bounding) = match (effective_req, bounding_req) {
+            (None, None) => (allowed.clone(), allowed.clone()),
+            (Some(e), None) => {
+                let e = clamp(e, "container.linux_info.effective_capabilities");
+                (e.clone(), e)
+            }
+            (None, Some(b)) => {
+                let b = clamp(b, "container.linux_info.bounding_capabilities");
+                (b.clone(), b)
+            }
+            (Some(e), Some(b)) => (
+                clamp(e, "container.linux_info.effective_capabilities"),
+                clamp(b, "container.linux_info.bounding_capabilities"),
+            ),
+        };
+        let to_oci = |set: &CapSet| -> Result<oci_spec::runtime::Capabilities> {
+            set.iter()
+                .map(|n| caps::to_oci(n).map_err(|e| Error::invalid("capabilities", format!("{n}: {e}"))))
+                .collect()
+        };
+        // A non-root user keeps explicitly granted capabilities across exec only as ambient ones.
+        let ambient = if explicit && uid != 0 { effective.clone() } else { CapSet::new() };
+        let inheritable = if explicit { effective.clone() } else { CapSet::new() };
+        let oci = LinuxCapabilitiesBuilder::default()
+            .bounding(to_oci(&bounding)?)
+            .effective(to_oci(&effective)?)
+            .permitted(to_oci(&effective)?)
+            .inheritable(to_oci(&inheritable)?)
+            .ambient(to_oci(&ambient)?)
+            .build()
+            .map_err(internal)?;
+        Ok(Capabilities { oci, bounding })
+    }
+
+    fn rlimits(&self) -> Result<Vec<PosixRlimit>> {
+        let Some(info) = &self.info.rlimit_info else { return Ok(Vec::new()) };
+        validate::rlimits(info, "container.rlimit_info")?;
+        info.rlimits
+            .iter()
+            .map(|r| {
+                use r_limit_info::r_limit::Type as T;
+                let typ = match r.r#type() {
+                    T::RlmtAs => PosixRlimitType::RlimitAs,
+                    T::RlmtCore => PosixRlimitType::RlimitCore,
+                    T::RlmtCpu => PosixRlimitType::RlimitCpu,
+                    T::RlmtData => PosixRlimitType::RlimitData,
+                    T::RlmtFsize => PosixRlimitType::RlimitFsize,
+                    T::RlmtLocks => PosixRlimitType::RlimitLocks,
+                    T::RlmtMemlock => PosixRlimitType::RlimitMemlock,
+                    T::RlmtMsgqueue => PosixRlimitType::RlimitMsgqueue,
+                    T::RlmtNice => PosixRlimitType::RlimitNice,
+                    T::RlmtNofile => PosixRlimitType::RlimitNofile,
+                    T::RlmtNproc => PosixRlimitType::RlimitNproc,
+                    T::RlmtRss => PosixRlimitType::RlimitRss,
+                    T::RlmtRtprio => PosixRlimitType::RlimitRtprio,
+                    T::RlmtRttime => PosixRlimitType::RlimitRttime,
+                    T::RlmtSigpending => PosixRlimitType::RlimitSigpending,
+                    T::RlmtStack => PosixRlimitType::RlimitStack,
+                    T::Unknown => unreachable!("validated above"),
+                };
+                // Neither bound set means unlimited (RLIM_INFINITY).
+                let (soft, hard) = (r.soft.unwrap_or(u64::MAX), r.hard.unwrap_or(u64::MAX));
+                PosixRlimitBuilder::default().typ(typ).soft(soft).hard(hard).build().map_err(internal)
+            })
+            .collect()
+    }
+
+    fn ipc_private(&self) -> Result<bool> {
+        let mode = match self.linux.ipc_mode {
+            None => linux_info::IpcMode::Private,
+            Some(v) => linux_info::IpcMode::try_from(v)
+                .map_err(|_| Error::invalid("container.linux_info.ipc_mode", format!("unknown mode {v}")))?,
+        };
+        match mode {
+            linux_info::IpcMode::Private => Ok(true),
+            linux_info::IpcMode::ShareParent => {
+                if self.linux.shm_size.is_some() {
+                    return Err(Error::invalid(
+                        "container.linux_info.shm_size",
+                        "can only be set with ipc_mode PRIVATE (a shared IPC namespace shares /dev/shm)",
+                    ));
+                }
+                Ok(false)
+            }
+            linux_info::IpcMode::Unknown => Err(Error::invalid("container.linux_info.ipc_mode", "must be PRIVATE or SHARE_PARENT")),
+        }
+    }
+
+    fn special_mounts(&self) -> Result<Vec<Mount>> {
+        let m = |dest: &str, typ: &str, source: &str, opts: &[&str]| -> Result<Mount> {
+            MountBuilder::default()
+                .destination(dest)
+                .typ(typ)
+                .source(source)
+                .options(opts.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .build()
+                .map_err(internal)
+        };
+        let mut mounts = vec![
+            m("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+            m("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+            m("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"])?,
+        ];
+        if self.ipc_private()? {
+            let shm_mb = self.linux.shm_size.unwrap_or(self.cfg.default_shm_size_mb);
+            if shm_mb == 0 {
+                return Err(Error::invalid("container.linux_info.shm_size", "must be at least 1 (MB)"));
+            }
+            let size = format!("size={}k", u64::from(shm_mb) * 1024);
+            mounts.push(m("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", &size])?);
+            mounts.push(m("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?);
+        } else {
+            // The shared IPC namespace's /dev/shm: the parent's for a nested container, else the
+            // host's.
+            mounts.push(m("/dev/shm", "bind", "/dev/shm", &["rbind", "nosuid", "noexec", "nodev"])?);
+        }
+        mounts.push(m("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?);
+        mounts.push(m("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"])?);
+        Ok(mounts)
+    }
+
+    fn sandbox_mount(&self, rootfs: &Option<PathBuf>) -> Result<Option<Mount>> {
+        let sandbox = &self.place.sandbox_dir;
+        if !sandbox.is_absolute() {
+            return Err(Error::invalid("sandbox", format!("`{}` must be an absolute path", sandbox.display())));
+        }
+        if !sandbox.is_dir() {
+            return Err(Error::missing("sandbox", format!("`{}` is not a directory", sandbox.display())));
+        }
+        if rootfs.is_none() {
+            // A host-rootfs container sees its sandbox where it is on the host.
+            return Ok(None);
+        }
+        Ok(Some(
+            MountBuilder::default()
+                .destination(self.cfg.sandbox_directory.clone())
+                .typ("bind")
+                .source(sandbox.clone())
+                .options(vec!["rbind".to_string(), "rw".to_string(), "rprivate".to_string()])
+                .build()
+                .map_err(internal)?,
+        ))
+    }
+
+    fn volumes(&mut self, rootfs: &Option<PathBuf>) -> Result<Vec<Mount>> {
+        let mut out = Vec::new();
+        for (i, v) in self.info.volumes.iter().enumerate() {
+            out.push(self.volume(v, &format!("container.volumes[{i}]"), rootfs)?);
+        }
+        Ok(out)
+    }
+
+    fn volume(&mut self, v: &Volume, field: &str, rootfs: &Option<PathBuf>) -> Result<Mount> {
+        let mode = volume::Mode::try_from(v.mode).map_err(|_| Error::invalid(format!("{field}.mode"), "must be RW or RO"))?;
+        let cpath_field = format!("{field}.container_path");
+        validate::volume_path(&v.container_path, &cpath_field)?;
+        let in_sandbox = self.sandbox_in_container(rootfs);
+        let target = if v.container_path.starts_with('/') {
+            PathBuf::from(&v.container_path)
+        } else {
+            in_sandbox.join(&v.container_path)
+        };
+        let normalized = Path::new(&target);
+        if normalized.parent().is_none() {
+            return Err(Error::invalid(&cpath_field, "a volume cannot be mounted over `/`"));
+        }
+        for forbidden in FORBIDDEN_VOLUME_TARGETS {
+            if normalized.starts_with(forbidden) {
+                return Err(Error::invalid(
+                    &cpath_field,
+                    format!("`{}` would cover the container's {forbidden}", v.container_path.escape_debug()),
+                ));
+            }
+        }
+        if rootfs.is_none() && v.container_path.starts_with('/') && !target.exists() {
+            // A host-rootfs container's mount points are host paths: husk does not create them.
+            return Err(Error::missing(
+                &cpath_field,
+                format!("`{}` does not exist on the host (a container without an image mounts volumes on existing paths)", target.display()),
+            ));
+        }
+
+        let (source, propagation) = self.volume_source(v, field)?;
+        let mut options = vec!["rbind".to_string(), propagation.to_string()];
+        options.push(if mode == volume::Mode::Ro { "ro" } else { "rw" }.to_string());
+        MountBuilder::default()
+            .destination(target)
+            .typ("bind")
+            .source(source)
+            .options(options)
+            .build()
+            .map_err(internal)
+    }
+
+    fn volume_source(&mut self, v: &Volume, field: &str) -> Result<(PathBuf, &'static str)> {
+        use volume::source::{sandbox_path, Type};
+        if v.image.is_some() {
+            return Err(Error::unsupported(format!("{field}.image"), "an image volume"));
+        }
+        let legacy = v.host_path.as_deref();
+        let Some(source) = &v.source else {
+            let Some(host) = legacy else {
+                return Err(Error::invalid(format!("{field}.source"), "is required (or the legacy `host_path`)"));
+            };
+            return Ok((host_path(host, &format!("{field}.host_path"))?, "rprivate"));
+        };
+        if legacy.is_some() {
+            return Err(Error::invalid(format!("{field}.host_path"), "set either `host_path` or `source`, not both"));
+        }
+        let ty = Type::try_from(source.r#type.unwrap_or(0)).unwrap_or(Type::Unknown);
+        match ty {
+            Type::HostPath => {
+                let hp = source
+                    .host_path
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid(format!("{field}.source.host_path"), "is required for type HOST_PATH"))?;
+                let path = host_path(&hp.path, &format!("{field}.source.host_path.path"))?;
+                let mode = hp.mount_propagation.as_ref().map(|p| p.mode()).unwrap_or(mount_propagation::Mode::HostToContainer);
+                let propagation = match mode {
+                    mount_propagation::Mode::Bidirectional => "rshared",
+                    _ => "rslave",
+                };
+                Ok((path, propagation))
+            }
+            Type::SandboxPath => {
+                let sp = source
+                    .sandbox_path
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid(format!("{field}.source.sandbox_path"), "is required for type SANDBOX_PATH"))?;
+                let at = format!("{field}.source.sandbox_path.path");
+                validate::volume_path(&sp.path, &at)?;
+                if sp.path.starts_with('/') {
+                    return Err(Error::invalid(&at, "must be relative to the sandbox"));
+                }
+                let root = match sp.r#type() {
+                    sandbox_path::Type::Self_ => self.place.sandbox_dir.clone(),
+                    sandbox_path::Type::Parent => match &self.place.parent {
+                        Some(p) => p.sandbox_dir.clone(),
+                        None => {
+                            return Err(Error::invalid(
+                                format!("{field}.source.sandbox_path.type"),
+                                "PARENT needs a nested container",
+                            ));
+                        }
+                    },
+                    sandbox_path::Type::Unknown => {
+                        return Err(Error::invalid(format!("{field}.source.sandbox_path.type"), "must be SELF or PARENT"));
+                    }
+                };
+                // Sandboxes are written by containers: resolve links as if the sandbox were `/`.
+                let path = resolve_in_root(&root, Path::new(&sp.path)).map_err(|e| Error::invalid(&at, e.to_string()))?;
+                self.sandbox_dirs.push(path.clone());
+                Ok((path, "rprivate"))
+            }
+            Type::DockerVolume => Err(Error::unsupported(format!("{field}.source.type"), "DOCKER_VOLUME")),
+            Type::Secret => Err(Error::unsupported(format!("{field}.source.type"), "SECRET")),
+            Type::CsiVolume => Err(Error::unsupported(format!("{field}.source.type"), "CSI_VOLUME")),
+            Type::Unknown => Err(Error::invalid(format!("{field}.source.type"), "must be HOST_PATH or SANDBOX_PATH")),
+        }
+    }
+
+    fn namespaces(&self) -> Result<Vec<LinuxNamespace>> {
+        let ns = |typ: LinuxNamespaceType, path: Option<&Path>| -> Result<LinuxNamespace> {
+            let mut b = LinuxNamespaceBuilder::default().typ(typ);
+            if let Some(p) = path {
+                b = b.path(p.to_path_buf());
+            }
+            b.build().map_err(internal)
+        };
+        let parent = self.place.parent.as_ref();
+        let mut out = vec![ns(LinuxNamespaceType::Mount, None)?, ns(LinuxNamespaceType::Cgroup, None)?];
+        if self.linux.share_pid_namespace() {
+            // Top-level: the host's pid namespace (no entry). Nested: the parent's.
+            if let Some(p) = parent {
+                out.push(ns(LinuxNamespaceType::Pid, Some(&p.pid_ns))?);
+            }
+        } else {
+            out.push(ns(LinuxNamespaceType::Pid, None)?);
+        }
+        if self.ipc_private()? {
+            out.push(ns(LinuxNamespaceType::Ipc, None)?);
+        } else if let Some(p) = parent {
+            out.push(ns(LinuxNamespaceType::Ipc, Some(&p.ipc_ns))?);
+        }
+        match parent {
+            Some(p) => {
+                out.push(ns(LinuxNamespaceType::Uts, Some(&p.uts_ns))?);
+                out.push(ns(LinuxNamespaceType::Network, Some(&p.net_ns))?);
+                if !self.info.network_infos.is_empty() {
+                    return Err(Error::invalid("container.network_infos", "a nested container joins its parent's network"));
+                }
+            }
+            None => {
+                out.push(ns(LinuxNamespaceType::Uts, None)?);
+                if self.network_isolated()? {
+                    out.push(ns(LinuxNamespaceType::Network, None)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Mesos' default is the host network; a `NetworkInfo` naming a (CNI) network asks for the
+    /// container's own network namespace.
+    fn network_isolated(&self) -> Result<bool> {
+        let mut isolated = false;
+        for (i, n) in self.info.network_infos.iter().enumerate() {
+            let at = format!("container.network_infos[{i}]");
+            match n.name.as_deref() {
+                Some(name) => {
+                    if name.is_empty() || name.len() > 128 || name.contains('/') || name.contains('\0') {
+                        return Err(Error::invalid(format!("{at}.name"), "must be 1-128 characters without `/` or NUL"));
+                    }
+                    isolated = true;
+                }
+                None if !n.port_mappings.is_empty() => {
+                    return Err(Error::invalid(format!("{at}.port_mappings"), "need a named network (`name`)"));
+                }
+                None => {}
+            }
+        }
+        Ok(isolated)
+    }
+
+    fn cgroups_path(&self, req: &LaunchRequest) -> String {
+        if let Some(p) = &self.place.parent {
+            if self.linux.share_cgroups() {
+                return p.cgroups_path.clone();
+            }
+        }
+        let mut path = format!("/{}", self.cfg.cgroup_root.trim_matches('/'));
+        for part in path_of(&req.container_id) {
+            path.push('/');
+            path.push_str(part);
+        }
+        path
+    }
+
+    fn resources(&mut self, req: &Amounts, lim: &Limits) -> Result<oci_spec::runtime::LinuxResources> {
+        if !self.nested && !self.linux.share_cgroups() {
+            return Err(Error::invalid(
+                "container.linux_info.share_cgroups",
+                "cannot be false for a top-level container (it has its own cgroups)",
+            ));
+        }
+        let mut b = LinuxResourcesBuilder::default().devices(default_device_rules()?);
+        if self.nested && self.linux.share_cgroups() {
+            // The parent's cgroups hold the limits; a nested container only adds its processes.
+            return b.build().map_err(internal);
+        }
+        let mut cpu = LinuxCpuBuilder::default();
+        let mut cpu_set = false;
+        if let Some(cpus) = req.cpus {
+            cpu = cpu.shares(((CPU_SHARES_PER_CPU * cpus) as u64).max(MIN_CPU_SHARES));
+            cpu_set = true;
+        }
+        let quota_cpus = match lim.cpus {
+            Some(l) if l.is_infinite() => None,
+            Some(l) => Some(l),
+            None if self.cfg.enable_cfs => req.cpus,
+            None => None,
+        };
+        if let Some(q) = quota_cpus {
+            cpu = cpu.quota(((CFS_PERIOD_US as f64 * q) as i64).max(MIN_CFS_QUOTA_US)).period(CFS_PERIOD_US);
+            cpu_set = true;
+        }
+        if cpu_set {
+            b = b.cpu(cpu.build().map_err(internal)?);
+        }
+        let limit_mb = match lim.mem_mb {
+            Some(l) if l.is_infinite() => None,
+            Some(l) => Some(l),
+            None => req.mem_mb,
+        };
+        if limit_mb.is_some() || req.mem_mb.is_some() {
+            let mut mem = LinuxMemoryBuilder::default();
+            if let Some(l) = limit_mb {
+                if l < MIN_MEMORY_MB {
+                    self.warnings.push(format!("memory limit {l} MB raised to the minimum of {MIN_MEMORY_MB} MB"));
+                }
+                mem = mem.limit((l.max(MIN_MEMORY_MB) * MIB) as i64);
+            }
+            if let (Some(r), true) = (req.mem_mb, lim.mem_mb.is_some()) {
+                // With a separate limit, the request is the soft limit (memory.soft_limit_in_bytes).
+                mem = mem.reservation((r.max(MIN_MEMORY_MB) * MIB) as i64);
+            }
+            b = b.memory(mem.build().map_err(internal)?);
+        }
+        if let Some(pids) = self.cfg.default_pids_limit {
+            b = b.pids(LinuxPidsBuilder::default().limit(pids).build().map_err(internal)?);
+        }
+        b.build().map_err(internal)
+    }
+
+    fn seccomp(&self, bounding: &CapSet) -> Result<Option<LinuxSeccomp>> {
+        let Some(info) = &self.linux.seccomp else {
+            return Ok(Some(seccomp::default_profile(bounding)));
+        };
+        if info.unconfined() {
+            if info.profile_name.is_some() {
+                return Err(Error::invalid("container.linux_info.seccomp", "set either `unconfined` or `profile_name`"));
+            }
+            if !self.cfg.allow_unconfined_seccomp {
+                return Err(Error::invalid(
+                    "container.linux_info.seccomp.unconfined",
+                    "is not allowed by this agent (see --allow-unconfined-seccomp)",
+                ));
+            }
+            return Ok(None);
+        }
+        let Some(name) = info.profile_name.as_deref() else {
+            return Ok(Some(seccomp::default_profile(bounding)));
+        };
+        let at = "container.linux_info.seccomp.profile_name";
+        if name.is_empty() || name.contains('/') || name.starts_with('.') || name.contains('\0') {
+            return Err(Error::invalid(at, "must be a file name (no `/`, not starting with `.`)"));
+        }
+        let Some(dir) = &self.cfg.seccomp_profile_dir else {
+            return Err(Error::unsupported(at, "a named profile (the agent has no seccomp profile directory)"));
+        };
+        let file = dir.join(format!("{name}.json"));
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::missing(at, format!("{}: {e}", file.display())))?;
+        let profile: LinuxSeccomp = serde_json::from_str(&text)
+            .map_err(|e| Error::invalid(at, format!("{} is not an OCI seccomp profile: {e}", file.display())))?;
+        Ok(Some(profile))
+    }
+}
+
+fn cap_set(info: &CapabilityInfo, field: &str) -> Result<CapSet> {
+    info.capabilities
+        .iter()
+        .enumerate()
+        .map(|(i, c)| caps::from_mesos(*c, &format!("{field}.capabilities[{i}]")))
+        .collect()
+}
+
+fn host_path(path: &str, field: &str) -> Result<PathBuf> {
+    validate::volume_path(path, field)?;
+    if !path.starts_with('/') {
+        return Err(Error::invalid(field, format!("`{}` must be an absolute path", path.escape_debug())));
+    }
+    let p = PathBuf::from(path);
+    std::fs::symlink_metadata(&p).map_err(|e| Error::missing(field, format!("`{path}`: {e}")))?;
+    no_nul(path, field)?;
+    Ok(p)
+}
+
+/// The device cgroup: deny everything, then allow the devices every container gets.
+fn default_device_rules() -> Result<Vec<LinuxDeviceCgroup>> {
+    let rule = |allow: bool, typ: LinuxDeviceType, major: Option<i64>, minor: Option<i64>, access: &str| {
+        let mut b = LinuxDeviceCgroupBuilder::default().allow(allow).typ(typ).access(access);
+        if let Some(m) = major {
+            b = b.major(m);
+        }
+        if let Some(m) = minor {
+            b = b.minor(m);
+        }
+        b.build().map_err(internal)
+    };
+    let c = LinuxDeviceType::C;
+    Ok(vec![
+        rule(false, LinuxDeviceType::A, None, None, "rwm")?,
+        rule(true, c, Some(1), Some(3), "rwm")?,   // null
+        rule(true, c, Some(1), Some(5), "rwm")?,   // zero
+        rule(true, c, Some(1), Some(7), "rwm")?,   // full
+        rule(true, c, Some(1), Some(8), "rwm")?,   // random
+        rule(true, c, Some(1), Some(9), "rwm")?,   // urandom
+        rule(true, c, Some(5), Some(0), "rwm")?,   // tty
+        rule(true, c, Some(5), Some(1), "rwm")?,   // console
+        rule(true, c, Some(5), Some(2), "rwm")?,   // ptmx
+        rule(true, c, Some(136), None, "rwm")?,    // pts/*
+    ])
+}
+
