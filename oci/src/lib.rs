@@ -9,6 +9,7 @@
 
 pub mod bundle;
 pub mod caps;
+pub mod check;
 pub mod checkpoint;
 pub mod config;
 pub mod error;

@@ -358,9 +358,10 @@ mod tests {
         assert!(err("cpus(x:1").contains("must be closed"));
         assert!(err("s:{a,a}").contains("appears twice"));
         assert_eq!(err(""), "--resources: no resources given");
-        assert!(err("[{\"name\":\"cpus\"}]").contains("needs `scalar`"));
+        assert!(err("[{\"name\":\"cpus\",\"type\":\"SCALAR\"}]").contains("needs `scalar`"), "{}", err("[{\"name\":\"cpus\",\"type\":\"SCALAR\"}]"));
+        assert!(err("[{\"name\":\"cpus\"}]").contains("missing field `type`"));
         assert!(err("[1,2]").contains("not a JSON list of resources"));
-        assert!(err("[{\"name\":\"cpus\",\"type\":\"TEXT\",\"text\":{\"value\":\"x\"}}]").contains("SCALAR, RANGES or SET"));
+        assert!(err("[{\"name\":\"cpus\",\"type\":\"TEXT\"}]").contains("SCALAR, RANGES or SET"));
     }
 
     #[test]

@@ -1,0 +1,686 @@
+//! Every mapping of the launch → OCI translation: each rule, each default, each error.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use husk_oci::{translate, Config, ParentContext, Placement};
+use husk_proto::agent::v1::LaunchRequest;
+use husk_proto::mesos::v1::{
+    capability_info::Capability, command_info, container_info, environment, image, linux_info, mount_propagation,
+    r_limit_info, value, volume, CapabilityInfo, CommandInfo, ContainerId, ContainerInfo, Environment, Image,
+    LinuxInfo, MountPropagation, NetworkInfo, RLimitInfo, SeccompInfo, TtyInfo, Volume,
+};
+use husk_oci::resources::scalar;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    sandbox: PathBuf,
+    rootfs: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = dir.path().join("sandbox");
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir_all(&sandbox).unwrap();
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n").unwrap();
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1000:\nvideo:x:44:app\n").unwrap();
+    Fixture { _dir: dir, sandbox, rootfs }
+}
+
+fn id(v: &str) -> ContainerId {
+    ContainerId { value: v.into(), parent: None }
+}
+
+fn launch(cmd: &str) -> LaunchRequest {
+    LaunchRequest {
+        container_id: id("c1"),
+        command: Some(CommandInfo { value: Some(cmd.into()), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn mesos_info() -> ContainerInfo {
+    ContainerInfo { r#type: container_info::Type::Mesos as i32, ..Default::default() }
+}
+
+fn host(f: &Fixture) -> Placement {
+    Placement { sandbox_dir: f.sandbox.clone(), ..Default::default() }
+}
+
+fn image_place(f: &Fixture) -> Placement {
+    Placement { sandbox_dir: f.sandbox.clone(), rootfs: Some(f.rootfs.clone()), ..Default::default() }
+}
+
+fn spec(req: &LaunchRequest, place: &Placement) -> Spec {
+    translate(req, &Config::default(), place).unwrap().spec
+}
+
+fn err(req: &LaunchRequest, place: &Placement) -> String {
+    translate(req, &Config::default(), place).unwrap_err().to_string()
+}
+
+fn env_of(s: &Spec) -> HashMap<String, String> {
+    s.process().as_ref().unwrap().env().as_ref().unwrap().iter().map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap();
+        (k.to_string(), v.to_string())
+    }).collect()
+}
+
+fn ns_types(s: &Spec) -> Vec<LinuxNamespaceType> {
+    s.linux().as_ref().unwrap().namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect()
+}
+
+fn mount_at<'a>(s: &'a Spec, dest: &str) -> Option<&'a oci_spec::runtime::Mount> {
+    s.mounts().as_ref().unwrap().iter().find(|m| m.destination() == Path::new(dest))
+}
+
+#[test]
+fn shell_command_runs_through_sh() {
+    let f = fixture();
+    let s = spec(&launch("echo hi"), &host(&f));
+    assert_eq!(s.process().as_ref().unwrap().args().as_ref().unwrap(), &["/bin/sh", "-c", "echo hi"]);
+}
+
+#[test]
+fn plain_command_uses_value_and_arguments() {
+    let f = fixture();
+    let mut req = launch("/bin/echo");
+    req.command.as_mut().unwrap().shell = Some(false);
+    req.command.as_mut().unwrap().arguments = vec!["echo".into(), "a".into(), "b c".into()];
+    let s = spec(&req, &host(&f));
+    assert_eq!(s.process().as_ref().unwrap().args().as_ref().unwrap(), &["/bin/echo", "a", "b c"]);
+    assert_eq!(s.annotations().as_ref().unwrap().get(husk_oci::ANNOTATION_ARGV0).unwrap(), "echo");
+    // argv[0] equal to the executable needs no annotation.
+    req.command.as_mut().unwrap().arguments = vec!["/bin/echo".into()];
+    let s = spec(&req, &host(&f));
+    assert!(!s.annotations().as_ref().unwrap().contains_key(husk_oci::ANNOTATION_ARGV0));
+}
+
+#[test]
+fn host_rootfs_container_sees_host_files_with_its_own_namespaces() {
+    let f = fixture();
+    let s = spec(&launch("true"), &host(&f));
+    assert_eq!(s.root().as_ref().unwrap().path(), Path::new("/"));
+    let p = s.process().as_ref().unwrap();
+    assert_eq!(p.cwd(), &f.sandbox);
+    assert_eq!(env_of(&s)["MESOS_SANDBOX"], f.sandbox.display().to_string());
+    let ns = ns_types(&s);
+    for t in [LinuxNamespaceType::Mount, LinuxNamespaceType::Pid, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Cgroup] {
+        assert!(ns.contains(&t), "{t:?} missing");
+    }
+    assert!(!ns.contains(&LinuxNamespaceType::Network), "host network is the Mesos default");
+    // No sandbox mount: the host path is already there.
+    assert!(mount_at(&s, "/mnt/mesos/sandbox").is_none());
+}
+
+#[test]
+fn rootfs_container_gets_the_sandbox_mounted() {
+    let f = fixture();
+    let s = spec(&launch("true"), &image_place(&f));
+    assert_eq!(s.root().as_ref().unwrap().path(), &f.rootfs);
+    let m = mount_at(&s, "/mnt/mesos/sandbox").expect("sandbox mount");
+    assert_eq!(m.source().as_ref().unwrap(), &f.sandbox);
+    assert_eq!(s.process().as_ref().unwrap().cwd(), Path::new("/mnt/mesos/sandbox"));
+    assert_eq!(env_of(&s)["MESOS_SANDBOX"], "/mnt/mesos/sandbox");
+    let cfg = Config { sandbox_directory: "/sandbox".into(), ..Default::default() };
+    let s = translate(&launch("true"), &cfg, &image_place(&f)).unwrap().spec;
+    assert!(mount_at(&s, "/sandbox").is_some());
+}
+
+#[test]
+fn special_mounts_masked_and_readonly_paths() {
+    let f = fixture();
+    let s = spec(&launch("true"), &image_place(&f));
+    for (dest, typ) in [("/proc", "proc"), ("/dev", "tmpfs"), ("/dev/pts", "devpts"), ("/dev/shm", "tmpfs"), ("/dev/mqueue", "mqueue"), ("/sys", "sysfs")] {
+        let m = mount_at(&s, dest).unwrap_or_else(|| panic!("{dest} missing"));
+        assert_eq!(m.typ().as_deref(), Some(typ), "{dest}");
+    }
+    assert!(mount_at(&s, "/sys").unwrap().options().as_ref().unwrap().contains(&"ro".to_string()));
+    assert!(mount_at(&s, "/dev/shm").unwrap().options().as_ref().unwrap().contains(&"size=65536k".to_string()));
+    let linux = s.linux().as_ref().unwrap();
+    assert!(linux.masked_paths().as_ref().unwrap().contains(&"/proc/kcore".to_string()));
+    assert!(linux.readonly_paths().as_ref().unwrap().contains(&"/proc/sysrq-trigger".to_string()));
+    let devices = linux.resources().as_ref().unwrap().devices().as_ref().unwrap();
+    assert!(!devices[0].allow(), "device cgroup starts from deny-all");
+    assert!(devices.iter().any(|d| d.allow() && d.major() == Some(1) && d.minor() == Some(3)));
+}
+
+#[test]
+fn shm_size_and_ipc_modes() {
+    let f = fixture();
+    let mut req = launch("true");
+    let mut info = mesos_info();
+    info.linux_info = Some(LinuxInfo { shm_size: Some(16), ..Default::default() });
+    req.container = Some(info.clone());
+    let s = spec(&req, &image_place(&f));
+    assert!(mount_at(&s, "/dev/shm").unwrap().options().as_ref().unwrap().contains(&"size=16384k".to_string()));
+
+    info.linux_info = Some(LinuxInfo { ipc_mode: Some(linux_info::IpcMode::ShareParent as i32), ..Default::default() });
+    req.container = Some(info.clone());
+    let s = spec(&req, &image_place(&f));
+    assert!(!ns_types(&s).contains(&LinuxNamespaceType::Ipc));
+    assert_eq!(mount_at(&s, "/dev/shm").unwrap().typ().as_deref(), Some("bind"));
+
+    info.linux_info = Some(LinuxInfo { ipc_mode: Some(linux_info::IpcMode::ShareParent as i32), shm_size: Some(8), ..Default::default() });
+    req.container = Some(info);
+    assert!(err(&req, &image_place(&f)).starts_with("container.linux_info.shm_size: can only be set with ipc_mode PRIVATE"));
+}
+
+#[test]
+fn share_pid_namespace_uses_the_hosts() {
+    let f = fixture();
+    let mut req = launch("true");
+    let mut info = mesos_info();
+    info.linux_info = Some(LinuxInfo { share_pid_namespace: Some(true), ..Default::default() });
+    req.container = Some(info);
+    assert!(!ns_types(&spec(&req, &host(&f))).contains(&LinuxNamespaceType::Pid));
+}
+
+#[test]
+fn named_network_gets_a_network_namespace() {
+    let f = fixture();
+    let mut req = launch("true");
+    let mut info = mesos_info();
+    info.network_infos = vec![NetworkInfo { name: Some("bridge".into()), ..Default::default() }];
+    req.container = Some(info.clone());
+    assert!(ns_types(&spec(&req, &host(&f))).contains(&LinuxNamespaceType::Network));
+    info.network_infos = vec![NetworkInfo::default()];
+    req.container = Some(info);
+    assert!(!ns_types(&spec(&req, &host(&f))).contains(&LinuxNamespaceType::Network));
+}
+
+fn resources_of(s: &Spec) -> &oci_spec::runtime::LinuxResources {
+    s.linux().as_ref().unwrap().resources().as_ref().unwrap()
+}
+
+#[test]
+fn cpu_shares_follow_mesos() {
+    let f = fixture();
+    for (cpus, shares) in [(1.0, 1024), (0.5, 512), (2.25, 2304), (0.001, 2), (0.0, 2)] {
+        let mut req = launch("true");
+        req.resources = vec![scalar("cpus", cpus)];
+        let s = spec(&req, &host(&f));
+        let cpu = resources_of(&s).cpu().as_ref().unwrap();
+        assert_eq!(cpu.shares(), Some(shares), "cpus {cpus}");
+        assert_eq!(cpu.quota(), None, "no quota without a limit");
+    }
+}
+
+#[test]
+fn cfs_quota_from_the_limit_or_the_request_when_enabled() {
+    let f = fixture();
+    let mut req = launch("true");
+    req.resources = vec![scalar("cpus", 0.5)];
+    req.limits = HashMap::from([("cpus".into(), value::Scalar { value: 1.5 })]);
+    let s = spec(&req, &host(&f));
+    let cpu = resources_of(&s).cpu().as_ref().unwrap();
+    assert_eq!((cpu.quota(), cpu.period()), (Some(150_000), Some(100_000)));
+
+    req.limits = HashMap::from([("cpus".into(), value::Scalar { value: 0.001 })]);
+    req.resources = vec![];
+    let s = spec(&req, &host(&f));
+    assert_eq!(resources_of(&s).cpu().as_ref().unwrap().quota(), Some(1_000), "minimum 1 ms");
+
+    req.limits = HashMap::from([("cpus".into(), value::Scalar { value: f64::INFINITY })]);
+    req.resources = vec![scalar("cpus", 1.0)];
+    let s = spec(&req, &host(&f));
+    assert_eq!(resources_of(&s).cpu().as_ref().unwrap().quota(), None, "infinite limit: no quota");
+
+    req.limits.clear();
+    let cfg = Config { enable_cfs: true, ..Default::default() };
+    let s = translate(&req, &cfg, &host(&f)).unwrap().spec;
+    assert_eq!(resources_of(&s).cpu().as_ref().unwrap().quota(), Some(100_000));
+}
+
+#[test]
+fn memory_limit_rules() {
+    let f = fixture();
+    let mb = 1024 * 1024;
+    let mut req = launch("true");
+    req.resources = vec![scalar("mem", 128.0)];
+    let s = spec(&req, &host(&f));
+    let mem = resources_of(&s).memory().as_ref().unwrap();
+    assert_eq!(mem.limit(), Some(128 * mb));
+    assert_eq!(mem.reservation(), None);
+
+    req.resources = vec![scalar("mem", 8.0)];
+    let t = translate(&req, &Config::default(), &host(&f)).unwrap();
+    assert_eq!(resources_of(&t.spec).memory().as_ref().unwrap().limit(), Some(32 * mb), "at least 32 MB");
+    assert!(t.warnings.iter().any(|w| w.contains("raised to the minimum")));
+
+    req.resources = vec![scalar("mem", 64.0)];
+    req.limits = HashMap::from([("mem".into(), value::Scalar { value: 256.0 })]);
+    let s = spec(&req, &host(&f));
+    let mem = resources_of(&s).memory().as_ref().unwrap();
+    assert_eq!((mem.limit(), mem.reservation()), (Some(256 * mb), Some(64 * mb)));
+
+    req.limits = HashMap::from([("mem".into(), value::Scalar { value: f64::INFINITY })]);
+    let s = spec(&req, &host(&f));
+    assert_eq!(resources_of(&s).memory().as_ref().unwrap().limit(), None);
+}
+
+#[test]
+fn pids_limit_and_cgroups_path() {
+    let f = fixture();
+    let s = spec(&launch("true"), &host(&f));
+    assert_eq!(resources_of(&s).pids().as_ref().unwrap().limit(), 4096);
+    assert_eq!(s.linux().as_ref().unwrap().cgroups_path().as_deref(), Some(Path::new("/husk/c1")));
+    let cfg = Config { default_pids_limit: None, cgroup_root: "/mesos/".into(), ..Default::default() };
+    let s = translate(&launch("true"), &cfg, &host(&f)).unwrap().spec;
+    assert!(resources_of(&s).pids().is_none());
+    assert_eq!(s.linux().as_ref().unwrap().cgroups_path().as_deref(), Some(Path::new("/mesos/c1")));
+}
+
+fn caps_of(s: &Spec) -> &oci_spec::runtime::LinuxCapabilities {
+    s.process().as_ref().unwrap().capabilities().as_ref().unwrap()
+}
+
+fn names(set: &Option<oci_spec::runtime::Capabilities>) -> Vec<String> {
+    let mut v: Vec<String> = set.as_ref().unwrap().iter().map(|c| serde_json::to_value(c).unwrap().as_str().unwrap().to_string()).collect();
+    v.sort();
+    v
+}
+
+fn capinfo(caps: &[Capability]) -> CapabilityInfo {
+    CapabilityInfo { capabilities: caps.iter().map(|c| *c as i32).collect() }
+}
+
+#[test]
+fn default_capabilities_are_the_allowed_set() {
+    let f = fixture();
+    let s = spec(&launch("true"), &host(&f));
+    let c = caps_of(&s);
+    assert_eq!(names(c.bounding()).len(), 14);
+    assert_eq!(names(c.bounding()), names(c.effective()));
+    assert!(names(c.ambient()).is_empty());
+}
+
+#[test]
+fn requested_capabilities_are_intersected_with_the_allowed_set() {
+    let f = fixture();
+    let mut req = launch("true");
+    let mut info = mesos_info();
+    info.linux_info = Some(LinuxInfo {
+        effective_capabilities: Some(capinfo(&[Capability::NetRaw, Capability::SysAdmin])),
+        ..Default::default()
+    });
+    req.container = Some(info);
+    let t = translate(&req, &Config::default(), &host(&f)).unwrap();
+    let c = caps_of(&t.spec);
+    assert_eq!(names(c.effective()), vec!["CAP_NET_RAW"]);
+    assert_eq!(names(c.bounding()), vec!["CAP_NET_RAW"]);
+    assert!(t.warnings.iter().any(|w| w.contains("CAP_SYS_ADMIN not in the agent's allowed capabilities")));
+
+    // An operator who allows SYS_ADMIN lets it through, and the seccomp profile opens mount.
+    let mut cfg = Config::default();
+    cfg.allowed_capabilities.insert("CAP_SYS_ADMIN".into());
+    let t = translate(&req, &cfg, &host(&f)).unwrap();
+    assert_eq!(names(caps_of(&t.spec).effective()), vec!["CAP_NET_RAW", "CAP_SYS_ADMIN"]);
+    let seccomp = serde_json::to_value(t.spec.linux().as_ref().unwrap().seccomp()).unwrap();
+    assert!(!seccomp["syscalls"][0]["names"].as_array().unwrap().iter().any(|n| n == "mount"));
+}
+
+#[test]
+fn bounding_and_effective_capabilities() {
+    let f = fixture();
+    let mut req = launch("true");
+    req.command.as_mut().unwrap().user = Some("app".into());
+    let mut info = mesos_info();
+    info.linux_info = Some(LinuxInfo {
+        bounding_capabilities: Some(capinfo(&[Capability::Chown, Capability::Kill, Capability::NetBindService])),
+        effective_capabilities: Some(capinfo(&[Capability::NetBindService])),
+        ..Default::default()
+    });
+    req.container = Some(info.clone());
+    let s = spec(&req, &image_place(&f));
+    let c = caps_of(&s);
+    assert_eq!(names(c.bounding()), vec!["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+    assert_eq!(names(c.effective()), vec!["CAP_NET_BIND_SERVICE"]);
+    assert_eq!(names(c.ambient()), vec!["CAP_NET_BIND_SERVICE"], "non-root keeps granted caps as ambient");
+
+    info.linux_info = Some(LinuxInfo {
+        bounding_capabilities: Some(capinfo(&[Capability::Chown])),
+        effective_capabilities: Some(capinfo(&[Capability::Kill])),
+        ..Default::default()
+    });
+    req.container = Some(info.clone());
+    assert!(err(&req, &image_place(&f)).contains("CAP_KILL is not in `bounding_capabilities`"));
+
+    info.linux_info = Some(LinuxInfo { bounding_capabilities: Some(CapabilityInfo { capabilities: vec![5] }), ..Default::default() });
+    req.container = Some(info);
+    assert_eq!(
+        err(&req, &image_place(&f)),
+        "container.linux_info.bounding_capabilities.capabilities[0]: unknown capability value 5"
+    );
+}
+
+#[test]
+fn seccomp_default_unconfined_and_named() {
+    let f = fixture();
+    let s = spec(&launch("true"), &host(&f));
+    assert!(s.linux().as_ref().unwrap().seccomp().is_some(), "default profile on by default");
+
+    let mut req = launch("true");
+    let mut info = mesos_info();
+    info.linux_info = Some(LinuxInfo { seccomp: Some(SeccompInfo { unconfined: Some(true), profile_name: None }), ..Default::default() });
+    req.container = Some(info.clone());
+    assert_eq!(
+        err(&req, &host(&f)),
+        "container.linux_info.seccomp.unconfined: is not allowed by this agent (see --allow-unconfined-seccomp)"
+    );
+    let cfg = Config { allow_unconfined_seccomp: true, ..Default::default() };
+    let s = translate(&req, &cfg, &host(&f)).unwrap().spec;
+    assert!(s.linux().as_ref().unwrap().seccomp().is_none());
+
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(profiles.path().join("strict.json"), r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[]}"#).unwrap();
+    let cfg = Config { seccomp_profile_dir: Some(profiles.path().into()), ..Default::default() };
+    info.linux_info = Some(LinuxInfo { seccomp: Some(SeccompInfo { profile_name: Some("strict".into()), unconfined: None }), ..Default::default() });
+    req.container = Some(info.clone());
+    let s = translate(&req, &cfg, &host(&f)).unwrap().spec;
+    assert_eq!(serde_json::to_value(s.linux().as_ref().unwrap().seccomp()).unwrap()["defaultAction"], "SCMP_ACT_ERRNO");
+    info.linux_info = Some(LinuxInfo { seccomp: Some(SeccompInfo { profile_name: Some("../etc".into()), unconfined: None }), ..Default::default() });
+    req.container = Some(info);
+    assert!(translate(&req, &cfg, &host(&f)).unwrap_err().to_string().contains("must be a file name"));
+}
+
+#[test]
+fn user_is_resolved_in_the_rootfs() {
+    let f = fixture();
+    let mut req = launch("id");
+    req.command.as_mut().unwrap().user = Some("app".into());
+    let s = spec(&req, &image_place(&f));
+    let u = s.process().as_ref().unwrap().user();
+    assert_eq!((u.uid(), u.gid()), (1000, 1000));
+    assert_eq!(u.additional_gids().as_deref(), Some(&[44][..]));
+    req.command.as_mut().unwrap().user = Some("4000:4000".into());
+    let s = spec(&req, &image_place(&f));
+    assert_eq!(s.process().as_ref().unwrap().user().uid(), 4000);
+    req.command.as_mut().unwrap().user = Some("nosuchuser".into());
+    assert_eq!(err(&req, &image_place(&f)), "command.user: no user `nosuchuser` in the container's /etc/passwd");
+}
+
+#[test]
+fn environment_precedence_and_default_path() {
+    let f = fixture();
+    let mut req = launch("env");
+    let var = |n: &str, v: &str| environment::Variable { name: n.into(), value: Some(v.into()), ..Default::default() };
+    req.command.as_mut().unwrap().environment =
+        Some(Environment { variables: vec![var("A", "user"), var("MESOS_SANDBOX", "/mine"), var("B", "b")] });
+    let place = Placement {
+        agent_environment: vec![("A".into(), "agent".into()), ("C".into(), "agent".into())],
+        ..host(&f)
+    };
+    let s = spec(&req, &place);
+    let env = env_of(&s);
+    assert_eq!(env["A"], "user", "user variables win over the agent's");
+    assert_eq!(env["C"], "agent");
+    assert_eq!(env["MESOS_SANDBOX"], "/mine", "and over MESOS_SANDBOX");
+    assert_eq!(env["PATH"], husk_oci::config::DEFAULT_PATH);
+    req.command.as_mut().unwrap().environment = Some(Environment { variables: vec![var("PATH", "/x")] });
+    assert_eq!(env_of(&spec(&req, &host(&f)))["PATH"], "/x");
+}
+
+#[test]
+fn rlimits_map_to_posix_rlimits() {
+    let f = fixture();
+    let mut req = launch("true");
+    let mut info = mesos_info();
+    use r_limit_info::{r_limit::Type, RLimit};
+    info.rlimit_info = Some(RLimitInfo {
+        rlimits: vec![
+            RLimit { r#type: Some(Type::RlmtNofile as i32), soft: Some(100), hard: Some(200) },
+            RLimit { r#type: Some(Type::RlmtCore as i32), soft: None, hard: None },
+        ],
+    });
+    req.container = Some(info);
+    let s = spec(&req, &host(&f));
+    let r = serde_json::to_value(s.process().as_ref().unwrap().rlimits()).unwrap();
+    assert_eq!(r[0]["type"], "RLIMIT_NOFILE");
+    assert_eq!((r[0]["soft"].as_u64(), r[0]["hard"].as_u64()), (Some(100), Some(200)));
+    assert_eq!(r[1]["type"], "RLIMIT_CORE");
+    assert_eq!(r[1]["soft"].as_u64(), Some(u64::MAX), "unset bounds mean unlimited");
+}
+
+#[test]
+fn hostname_terminal_and_annotations() {
+    let f = fixture();
+    let mut req = launch("true");
+    let mut info = mesos_info();
+    info.hostname = Some("web-1".into());
+    info.tty_info = Some(TtyInfo { window_size: Some(husk_proto::mesos::v1::tty_info::WindowSize { rows: 40, columns: 120 }) });
+    req.container = Some(info.clone());
+    let s = spec(&req, &host(&f));
+    assert_eq!(s.hostname().as_deref(), Some("web-1"));
+    let p = s.process().as_ref().unwrap();
+    assert_eq!(p.terminal(), Some(true));
+    assert_eq!(p.console_size().unwrap().height(), 40);
+    assert_eq!(s.annotations().as_ref().unwrap()[husk_oci::ANNOTATION_CONTAINER_ID], "c1");
+    assert_eq!(p.no_new_privileges(), Some(true));
+    info.hostname = Some("bad_host".into());
+    req.container = Some(info);
+    assert!(err(&req, &host(&f)).starts_with("container.hostname:"));
+}
+
+fn host_volume(container_path: &str, host: &str, mode: volume::Mode) -> Volume {
+    Volume {
+        mode: mode as i32,
+        container_path: container_path.into(),
+        source: Some(volume::Source {
+            r#type: Some(volume::source::Type::HostPath as i32),
+            host_path: Some(volume::source::HostPath { path: host.into(), mount_propagation: None }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn sandbox_volume(container_path: &str, path: &str, ty: volume::source::sandbox_path::Type) -> Volume {
+    Volume {
+        mode: volume::Mode::Rw as i32,
+        container_path: container_path.into(),
+        source: Some(volume::Source {
+            r#type: Some(volume::source::Type::SandboxPath as i32),
+            sandbox_path: Some(volume::source::SandboxPath { r#type: Some(ty as i32), path: path.into() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn with_volumes(vols: Vec<Volume>) -> LaunchRequest {
+    let mut req = launch("true");
+    let mut info = mesos_info();
+    info.volumes = vols;
+    req.container = Some(info);
+    req
+}
+
+#[test]
+fn host_path_volumes() {
+    let f = fixture();
+    let data = f.rootfs.parent().unwrap().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let req = with_volumes(vec![
+        host_volume("/data", data.to_str().unwrap(), volume::Mode::Ro),
+        host_volume("cache", data.to_str().unwrap(), volume::Mode::Rw),
+    ]);
+    let s = spec(&req, &image_place(&f));
+    let m = mount_at(&s, "/data").unwrap();
+    assert_eq!(m.options().as_ref().unwrap(), &["rbind", "rslave", "ro"]);
+    assert!(mount_at(&s, "/mnt/mesos/sandbox/cache").is_some(), "relative paths are under the sandbox");
+
+    let mut v = host_volume("/data", data.to_str().unwrap(), volume::Mode::Rw);
+    v.source.as_mut().unwrap().host_path.as_mut().unwrap().mount_propagation =
+        Some(MountPropagation { mode: Some(mount_propagation::Mode::Bidirectional as i32) });
+    let s = spec(&with_volumes(vec![v]), &image_place(&f));
+    assert_eq!(mount_at(&s, "/data").unwrap().options().as_ref().unwrap(), &["rbind", "rshared", "rw"]);
+}
+
+#[test]
+fn volume_errors() {
+    let f = fixture();
+    let cases: Vec<(Volume, &str)> = vec![
+        (host_volume("/data", "/nonexistent-husk-path", volume::Mode::Rw), "container.volumes[0].source.host_path.path: `/nonexistent-husk-path`"),
+        (host_volume("/data", "relative/dir", volume::Mode::Rw), "must be an absolute path"),
+        (host_volume("/data", "/tmp/../etc", volume::Mode::Rw), "must not contain `..`"),
+        (host_volume("/a/../b", "/tmp", volume::Mode::Rw), "container.volumes[0].container_path: `/a/../b` must not contain `..`"),
+        (host_volume("", "/tmp", volume::Mode::Rw), "container.volumes[0].container_path: must not be empty"),
+        (host_volume("/", "/tmp", volume::Mode::Rw), "cannot be mounted over `/`"),
+        (host_volume("/proc/sys", "/tmp", volume::Mode::Rw), "would cover the container's /proc"),
+        (host_volume("/sys", "/tmp", volume::Mode::Rw), "would cover the container's /sys"),
+        (sandbox_volume("/x", "/abs", volume::source::sandbox_path::Type::Self_), "must be relative to the sandbox"),
+        (sandbox_volume("/x", "a/../../b", volume::source::sandbox_path::Type::Self_), "must not contain `..`"),
+        (sandbox_volume("/x", "a", volume::source::sandbox_path::Type::Parent), "PARENT needs a nested container"),
+    ];
+    for (v, expected) in cases {
+        let e = err(&with_volumes(vec![v]), &image_place(&f));
+        assert!(e.contains(expected), "{e:?} should contain {expected:?}");
+    }
+    let mut v = host_volume("/x", "/tmp", volume::Mode::Rw);
+    v.mode = 9;
+    assert!(err(&with_volumes(vec![v]), &image_place(&f)).contains("mode: must be RW or RO"));
+    let v = Volume { mode: 1, container_path: "/x".into(), ..Default::default() };
+    assert!(err(&with_volumes(vec![v]), &image_place(&f)).contains("source: is required"));
+    let mut v = host_volume("/x", "/tmp", volume::Mode::Rw);
+    v.source.as_mut().unwrap().r#type = Some(volume::source::Type::Secret as i32);
+    assert!(err(&with_volumes(vec![v]), &image_place(&f)).contains("SECRET is not supported"));
+    // A host-rootfs container mounts only on paths that already exist on the host.
+    let e = err(&with_volumes(vec![host_volume("/husk-no-such-dir", "/tmp", volume::Mode::Rw)]), &host(&f));
+    assert!(e.contains("does not exist on the host"), "{e}");
+}
+
+#[test]
+fn sandbox_path_volume_symlink_stays_in_the_sandbox() {
+    let f = fixture();
+    std::os::unix::fs::symlink("/etc", f.sandbox.join("escape")).unwrap();
+    let t = translate(
+        &with_volumes(vec![sandbox_volume("/shared", "escape/x", volume::source::sandbox_path::Type::Self_)]),
+        &Config::default(),
+        &image_place(&f),
+    )
+    .unwrap();
+    let m = mount_at(&t.spec, "/shared").unwrap();
+    assert_eq!(m.source().as_ref().unwrap(), &f.sandbox.join("etc/x"), "the link resolves inside the sandbox");
+    assert_eq!(t.sandbox_dirs, vec![f.sandbox.join("etc/x")]);
+}
+
+#[test]
+fn nested_container_joins_its_parent() {
+    let f = fixture();
+    let parent_sandbox = f.sandbox.clone();
+    let child_sandbox = f.sandbox.join("containers/child");
+    std::fs::create_dir_all(&child_sandbox).unwrap();
+    let mut req = with_volumes(vec![sandbox_volume("shared", "data", volume::source::sandbox_path::Type::Parent)]);
+    req.container_id = ContainerId { value: "child".into(), parent: Some(Box::new(id("pod"))) };
+    let place = Placement {
+        sandbox_dir: child_sandbox.clone(),
+        parent: Some(ParentContext {
+            sandbox_dir: parent_sandbox.clone(),
+            net_ns: "/proc/42/ns/net".into(),
+            uts_ns: "/proc/42/ns/uts".into(),
+            pid_ns: "/proc/42/ns/pid".into(),
+            ipc_ns: "/proc/42/ns/ipc".into(),
+            cgroups_path: "/husk/pod".into(),
+        }),
+        ..Default::default()
+    };
+    let s = spec(&req, &place);
+    let ns = s.linux().as_ref().unwrap().namespaces().as_ref().unwrap();
+    let path_of = |t: LinuxNamespaceType| ns.iter().find(|n| n.typ() == t).and_then(|n| n.path().clone());
+    assert_eq!(path_of(LinuxNamespaceType::Network), Some("/proc/42/ns/net".into()));
+    assert_eq!(path_of(LinuxNamespaceType::Uts), Some("/proc/42/ns/uts".into()));
+    assert_eq!(path_of(LinuxNamespaceType::Pid), None, "own pid namespace unless share_pid_namespace");
+    assert_eq!(s.linux().as_ref().unwrap().cgroups_path().as_deref(), Some(Path::new("/husk/pod")));
+    assert_eq!(mount_at(&s, &format!("{}/shared", child_sandbox.display())).unwrap().source().as_ref().unwrap(), &parent_sandbox.join("data"));
+    assert_eq!(s.annotations().as_ref().unwrap()[husk_oci::ANNOTATION_CONTAINER_ID], "pod.child");
+
+    // share_cgroups=false gives the child its own cgroup under the parent's.
+    let mut info = req.container.clone().unwrap();
+    info.linux_info = Some(LinuxInfo { share_cgroups: Some(false), share_pid_namespace: Some(true), ..Default::default() });
+    req.container = Some(info);
+    let s = spec(&req, &place);
+    assert_eq!(s.linux().as_ref().unwrap().cgroups_path().as_deref(), Some(Path::new("/husk/pod/child")));
+    let ns = s.linux().as_ref().unwrap().namespaces().as_ref().unwrap();
+    assert_eq!(ns.iter().find(|n| n.typ() == LinuxNamespaceType::Pid).unwrap().path().as_deref(), Some(Path::new("/proc/42/ns/pid")));
+
+    // Without the parent's context, a nested launch is refused.
+    assert!(err(&req, &host(&f)).starts_with("container_id.parent:"));
+}
+
+#[test]
+fn request_level_errors_name_the_field() {
+    let f = fixture();
+    let place = host(&f);
+    let mut req = launch("true");
+    req.container_id = id("a.b");
+    assert!(err(&req, &place).starts_with("container_id.value: `a.b` contains `.`"));
+
+    let mut req = launch("true");
+    req.command = None;
+    assert_eq!(err(&req, &place), "command: is required");
+
+    let mut req = launch("true");
+    req.container = Some(ContainerInfo { r#type: container_info::Type::Docker as i32, ..Default::default() });
+    assert!(err(&req, &place).starts_with("container.type: DOCKER (the Docker containerizer)"));
+
+    let mut req = launch("true");
+    req.resources = vec![scalar("cpus", -1.0)];
+    assert_eq!(err(&req, &place), "resources[0] (cpus): must not be negative (got -1)");
+
+    let mut req = launch("true");
+    req.resources = vec![scalar("mem", f64::NAN)];
+    assert!(err(&req, &place).contains("NaN"));
+
+    let mut req = launch("true");
+    req.limits = HashMap::from([("mem".into(), value::Scalar { value: -5.0 })]);
+    assert!(err(&req, &place).starts_with("limits[\"mem\"]"));
+
+    let mut req = launch("true");
+    let mut info = mesos_info();
+    info.linux_info = Some(LinuxInfo { share_cgroups: Some(false), ..Default::default() });
+    req.container = Some(info);
+    assert!(err(&req, &place).starts_with("container.linux_info.share_cgroups: cannot be false for a top-level container"));
+
+    let mut req = launch("true");
+    let mut info = mesos_info();
+    info.mesos = Some(container_info::MesosInfo {
+        image: Some(Image { r#type: image::Type::Docker as i32, docker: Some(image::Docker { name: "busybox".into(), ..Default::default() }), ..Default::default() }),
+    });
+    req.container = Some(info);
+    assert!(err(&req, &place).starts_with("container.mesos.image: an image without a provisioned rootfs is not supported"));
+
+    let mut req = launch("true");
+    let mut info = mesos_info();
+    info.network_infos = vec![NetworkInfo { name: Some("a/b".into()), ..Default::default() }];
+    req.container = Some(info);
+    assert!(err(&req, &place).starts_with("container.network_infos[0].name"));
+
+    let req = launch("true");
+    let missing = Placement { sandbox_dir: "/nonexistent-husk-sandbox".into(), ..Default::default() };
+    assert!(err(&req, &missing).starts_with("sandbox:"));
+    let rel = Placement { sandbox_dir: f.sandbox.clone(), rootfs: Some("rel/rootfs".into()), ..Default::default() };
+    assert!(err(&req, &rel).starts_with("rootfs: `rel/rootfs` must be an absolute path"));
+}
+
+#[test]
+fn uri_fields_are_validated_at_launch() {
+    let f = fixture();
+    let mut req = launch("true");
+    req.command.as_mut().unwrap().uris = vec![command_info::Uri { value: String::new(), ..Default::default() }];
+    assert_eq!(err(&req, &host(&f)), "command.uris[0].value: must not be empty");
+}
+
+#[test]
+fn bundle_is_written_atomically_and_reads_back() {
+    let f = fixture();
+    let t = translate(&launch("true"), &Config::default(), &image_place(&f)).unwrap();
+    let bundle = f.sandbox.parent().unwrap().join("bundle");
+    t.write_bundle(&bundle).unwrap();
+    let back = husk_oci::bundle::read_spec(&bundle).unwrap();
+    assert_eq!(back, t.spec);
+    let entries: Vec<_> = std::fs::read_dir(&bundle).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(entries, vec![std::ffi::OsString::from("config.json")]);
+}
