@@ -14,12 +14,18 @@ pub const CONFIG_JSON: &str = "config.json";
 
 impl Translation {
     /// Writes `config.json` into `bundle_dir` (created if missing, mode 0711) atomically, and
-    /// creates the sandbox directories that SANDBOX_PATH volumes mount.
+    /// creates the sandbox directories that SANDBOX_PATH volumes mount and, for a host-rootfs
+    /// container, the `rootfs` mount point.
     pub fn write_bundle(&self, bundle_dir: &Path) -> Result<()> {
         for dir in &self.sandbox_dirs {
             DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(|e| Error::io(dir, e))?;
         }
-        write_spec(bundle_dir, &self.spec)
+        write_spec(bundle_dir, &self.spec)?;
+        if self.host_rootfs {
+            let root = bundle_dir.join(crate::translate::HOST_ROOTFS_DIR);
+            DirBuilder::new().recursive(true).mode(0o755).create(&root).map_err(|e| Error::io(&root, e))?;
+        }
+        Ok(())
     }
 }
 

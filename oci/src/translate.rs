@@ -29,6 +29,9 @@ use crate::user::{self, ResolvedUser};
 use crate::validate::{self, display_id, no_nul, path_of};
 use crate::{seccomp, ANNOTATION_ARGV0, ANNOTATION_CONTAINER_ID, ANNOTATION_SANDBOX};
 
+/// The bundle-relative root of a host-filesystem container (`<bundle>/rootfs`).
+pub const HOST_ROOTFS_DIR: &str = "rootfs";
+
 /// Mesos' `MIN_MEMORY`: a memory limit is never set below 32 MB.
 pub const MIN_MEMORY_MB: f64 = 32.0;
 /// Mesos' `CPU_SHARES_PER_CPU` and `MIN_CPU_SHARES`.
@@ -74,6 +77,9 @@ pub struct Translation {
     /// Directories inside sandboxes that SANDBOX_PATH volumes mount and that must exist before
     /// the container starts (created by [`Translation::write_bundle`]).
     pub sandbox_dirs: Vec<PathBuf>,
+    /// The container runs on the host filesystem: the bundle needs its (empty) `rootfs`
+    /// directory as the mount point of the host's `/`.
+    pub host_rootfs: bool,
     /// The resource amounts the spec enforces.
     pub requests: Amounts,
     pub limits: Limits,
@@ -149,7 +155,22 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
         hostname = Some(h.to_string());
     }
 
-    let mut mounts = t.special_mounts()?;
+    let mut mounts = Vec::new();
+    if rootfs.is_none() {
+        // The host filesystem as the container's root: a recursive bind of `/` onto the bundle's
+        // (empty) rootfs directory, made inside the container's mount namespace by the runtime.
+        // pivot_root cannot enter `/` itself, and nothing is mounted on the host.
+        mounts.push(
+            MountBuilder::default()
+                .destination("/")
+                .typ("bind")
+                .source("/")
+                .options(vec!["rbind".to_string(), "rslave".to_string()])
+                .build()
+                .map_err(internal)?,
+        );
+    }
+    mounts.extend(t.special_mounts()?);
     mounts.extend(t.sandbox_mount(&rootfs)?);
     mounts.extend(t.volumes(&rootfs)?);
 
@@ -171,7 +192,7 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
         .version("1.0.2")
         .root(
             RootBuilder::default()
-                .path(rootfs.clone().unwrap_or_else(|| PathBuf::from("/")))
+                .path(rootfs.clone().unwrap_or_else(|| PathBuf::from(HOST_ROOTFS_DIR)))
                 .readonly(false)
                 .build()
                 .map_err(internal)?,
@@ -184,7 +205,15 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
         builder = builder.hostname(h);
     }
     let spec = builder.build().map_err(internal)?;
-    Ok(Translation { spec, user, warnings: t.warnings, sandbox_dirs: t.sandbox_dirs, requests, limits })
+    Ok(Translation {
+        spec,
+        user,
+        warnings: t.warnings,
+        sandbox_dirs: t.sandbox_dirs,
+        host_rootfs: rootfs.is_none(),
+        requests,
+        limits,
+    })
 }
 
 fn internal(e: oci_spec::OciSpecError) -> Error {
@@ -449,7 +478,14 @@ impl Translator<'_> {
             // host's.
             mounts.push(m("/dev/shm", "bind", "/dev/shm", &["rbind", "nosuid", "noexec", "nodev"])?);
         }
-        mounts.push(m("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?);
+        if self.has_own_network()? {
+            mounts.push(m("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?);
+        } else {
+            // sysfs shows the network namespace that mounts it, and the kernel refuses a second
+            // mount of the host's sysfs over itself (EBUSY on a host rootfs). Bind the host's
+            // /sys read-only instead, without its submounts (debugfs, securityfs, bpf, ...).
+            mounts.push(m("/sys", "bind", "/sys", &["bind", "nosuid", "noexec", "nodev", "ro"])?);
+        }
         mounts.push(m("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"])?);
         Ok(mounts)
     }
@@ -633,6 +669,14 @@ impl Translator<'_> {
             }
         }
         Ok(out)
+    }
+
+    /// Whether the container has a network namespace of its own (not the host's).
+    fn has_own_network(&self) -> Result<bool> {
+        match &self.place.parent {
+            Some(_) => Ok(false),
+            None => self.network_isolated(),
+        }
     }
 
     /// Mesos' default is the host network; a `NetworkInfo` naming a (CNI) network asks for the

@@ -102,7 +102,12 @@ fn plain_command_uses_value_and_arguments() {
 fn host_rootfs_container_sees_host_files_with_its_own_namespaces() {
     let f = fixture();
     let s = spec(&launch("true"), &host(&f));
-    assert_eq!(s.root().as_ref().unwrap().path(), Path::new("/"));
+    assert_eq!(s.root().as_ref().unwrap().path(), Path::new("rootfs"), "the bundle's rootfs dir");
+    let root = mount_at(&s, "/").expect("the host's / bound as the root");
+    assert_eq!(root.source().as_deref(), Some(Path::new("/")));
+    assert_eq!(root.options().as_ref().unwrap(), &["rbind", "rslave"]);
+    assert_eq!(s.mounts().as_ref().unwrap()[0].destination(), Path::new("/"), "first, under every other mount");
+    assert_eq!(mount_at(&s, "/sys").unwrap().typ().as_deref(), Some("bind"), "host network: the host's /sys, read-only");
     let p = s.process().as_ref().unwrap();
     assert_eq!(p.cwd(), &f.sandbox);
     assert_eq!(env_of(&s)["MESOS_SANDBOX"], f.sandbox.display().to_string());
@@ -133,7 +138,7 @@ fn rootfs_container_gets_the_sandbox_mounted() {
 fn special_mounts_masked_and_readonly_paths() {
     let f = fixture();
     let s = spec(&launch("true"), &image_place(&f));
-    for (dest, typ) in [("/proc", "proc"), ("/dev", "tmpfs"), ("/dev/pts", "devpts"), ("/dev/shm", "tmpfs"), ("/dev/mqueue", "mqueue"), ("/sys", "sysfs")] {
+    for (dest, typ) in [("/proc", "proc"), ("/dev", "tmpfs"), ("/dev/pts", "devpts"), ("/dev/shm", "tmpfs"), ("/dev/mqueue", "mqueue"), ("/sys", "bind")] {
         let m = mount_at(&s, dest).unwrap_or_else(|| panic!("{dest} missing"));
         assert_eq!(m.typ().as_deref(), Some(typ), "{dest}");
     }
@@ -185,7 +190,11 @@ fn named_network_gets_a_network_namespace() {
     let mut info = mesos_info();
     info.network_infos = vec![NetworkInfo { name: Some("bridge".into()), ..Default::default() }];
     req.container = Some(info.clone());
-    assert!(ns_types(&spec(&req, &host(&f))).contains(&LinuxNamespaceType::Network));
+    let s = spec(&req, &host(&f));
+    assert!(ns_types(&s).contains(&LinuxNamespaceType::Network));
+    let sys = mount_at(&s, "/sys").unwrap();
+    assert_eq!(sys.typ().as_deref(), Some("sysfs"), "its own network: its own sysfs");
+    assert!(sys.options().as_ref().unwrap().contains(&"ro".to_string()));
     info.network_infos = vec![NetworkInfo::default()];
     req.container = Some(info);
     assert!(!ns_types(&spec(&req, &host(&f))).contains(&LinuxNamespaceType::Network));
@@ -683,4 +692,9 @@ fn bundle_is_written_atomically_and_reads_back() {
     assert_eq!(back, t.spec);
     let entries: Vec<_> = std::fs::read_dir(&bundle).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(entries, vec![std::ffi::OsString::from("config.json")]);
+
+    let t = translate(&launch("true"), &Config::default(), &host(&f)).unwrap();
+    let bundle = f.sandbox.parent().unwrap().join("host-bundle");
+    t.write_bundle(&bundle).unwrap();
+    assert!(bundle.join("rootfs").is_dir(), "a host-rootfs bundle has its mount point");
 }

@@ -1,1 +1,185 @@
-fn main(){}
+//! huskctl: the operator's command line for husk.
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use husk_oci::{translate, Config, Placement};
+use husk_proto::agent::v1::LaunchRequest;
+use husk_proto::mesos::v1::{container_info, environment, value, CommandInfo, ContainerId, ContainerInfo, Environment};
+
+#[derive(Parser)]
+#[command(name = "huskctl", version, about = "The operator's command line for husk, a node-level container runtime")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write the OCI bundle (config.json) that husk makes of a Mesos-style launch.
+    ///
+    /// The launch comes from a JSON file (-f: a Mesos LAUNCH_CONTAINER call, its bare
+    /// launch_container object, or a Mesos TaskInfo) or from the flags and the command after
+    /// `--`. Any OCI runtime runs the result: `runc run --bundle DIR ID`.
+    #[command(after_help = "Examples:\n  \
+        huskctl bundle --bundle /tmp/b --resources 'cpus:0.5;mem:64' -- echo hello\n  \
+        runc run --bundle /tmp/b demo\n\n  \
+        huskctl bundle --bundle /tmp/b --rootfs /srv/busybox -f launch.json")]
+    Bundle(BundleArgs),
+    /// Print huskctl's version.
+    Version,
+}
+
+#[derive(Args)]
+struct BundleArgs {
+    /// Directory to write config.json into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    bundle: PathBuf,
+    /// Launch document (JSON; `-` for standard input).
+    #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "command")]
+    file: Option<String>,
+    /// Container id (required for a TaskInfo; default `husk-bundle` for a command).
+    #[arg(long)]
+    id: Option<String>,
+    /// Root filesystem directory; without it the container runs on the host filesystem with its
+    /// own mount, pid, ipc and uts namespaces (Mesos' default).
+    #[arg(long, value_name = "DIR")]
+    rootfs: Option<PathBuf>,
+    /// Host sandbox directory (MESOS_SANDBOX); default `<bundle>/sandbox`, created if missing.
+    #[arg(long, value_name = "DIR")]
+    sandbox: Option<PathBuf>,
+    /// Resources in Mesos' text form, e.g. `cpus:1;mem:128`.
+    #[arg(long, value_name = "RESOURCES")]
+    resources: Option<String>,
+    /// A limit above the request, e.g. `cpus=2` or `mem=inf` (repeatable).
+    #[arg(long = "limit", value_name = "NAME=VALUE")]
+    limits: Vec<String>,
+    /// Hostname of the container.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// User to run as (name, uid, name:group or uid:gid), resolved in the rootfs.
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Environment variable NAME=VALUE (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Run COMMAND... as an argv instead of through `/bin/sh -c`.
+    #[arg(long)]
+    no_shell: bool,
+    /// Cgroup path prefix of the container.
+    #[arg(long, default_value = "husk", value_name = "PATH")]
+    cgroup_root: String,
+    /// pids.max of the container (0 for unlimited).
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pids_limit: i64,
+    /// Mount point of the sandbox inside a container with a rootfs.
+    #[arg(long, default_value = husk_oci::config::DEFAULT_SANDBOX_DIRECTORY, value_name = "PATH")]
+    sandbox_directory: PathBuf,
+    /// The command to run.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bundle(args) => bundle(args),
+        Command::Version => {
+            println!("huskctl {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("huskctl: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn launch_from_flags(args: &BundleArgs) -> Result<LaunchRequest> {
+    if args.command.is_empty() {
+        bail!("give a launch file with -f FILE, or a command after `--`");
+    }
+    let variables = args
+        .env
+        .iter()
+        .map(|kv| {
+            let (name, value) = kv.split_once('=').with_context(|| format!("--env `{kv}` is not NAME=VALUE"))?;
+            Ok(environment::Variable { name: name.into(), value: Some(value.into()), ..Default::default() })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (shell, value, arguments) = if args.no_shell {
+        (false, args.command[0].clone(), args.command.clone())
+    } else {
+        (true, args.command.join(" "), Vec::new())
+    };
+    let resources = match &args.resources {
+        Some(text) => husk_oci::resources::parse(text, "--resources")?,
+        None => Vec::new(),
+    };
+    let mut limits = std::collections::HashMap::new();
+    for l in &args.limits {
+        let (name, v) = l.split_once('=').with_context(|| format!("--limit `{l}` is not NAME=VALUE"))?;
+        let v: f64 = v.parse().with_context(|| format!("--limit `{l}`: `{v}` is not a number or `inf`"))?;
+        limits.insert(name.to_string(), value::Scalar { value: v });
+    }
+    Ok(LaunchRequest {
+        container_id: ContainerId { value: args.id.clone().unwrap_or_else(|| "husk-bundle".into()), parent: None },
+        command: Some(CommandInfo {
+            shell: Some(shell),
+            value: Some(value),
+            arguments,
+            user: args.user.clone(),
+            environment: (!variables.is_empty()).then_some(Environment { variables }),
+            ..Default::default()
+        }),
+        resources,
+        limits,
+        container: Some(ContainerInfo {
+            r#type: container_info::Type::Mesos as i32,
+            hostname: args.hostname.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn bundle(args: BundleArgs) -> Result<()> {
+    let req = match &args.file {
+        Some(file) => husk::launch_file::read(file, args.id.as_deref())?,
+        None => launch_from_flags(&args)?,
+    };
+    let bundle = absolute(&args.bundle)?;
+    let sandbox = match &args.sandbox {
+        Some(s) => absolute(s)?,
+        None => bundle.join("sandbox"),
+    };
+    if !sandbox.exists() {
+        std::fs::create_dir_all(&sandbox).with_context(|| format!("creating the sandbox {}", sandbox.display()))?;
+    }
+    let rootfs = args.rootfs.as_deref().map(absolute).transpose()?;
+    let cfg = Config {
+        cgroup_root: args.cgroup_root.clone(),
+        default_pids_limit: (args.pids_limit > 0).then_some(args.pids_limit),
+        sandbox_directory: args.sandbox_directory.clone(),
+        ..Default::default()
+    };
+    let place = Placement { sandbox_dir: sandbox.clone(), rootfs, ..Default::default() };
+    let t = translate(&req, &cfg, &place)?;
+    for w in &t.warnings {
+        eprintln!("huskctl: warning: {w}");
+    }
+    t.write_bundle(&bundle)?;
+    println!("{}", bundle.join(husk_oci::bundle::CONFIG_JSON).display());
+    Ok(())
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    Ok(std::env::current_dir().context("reading the current directory")?.join(p))
+}

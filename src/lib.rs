@@ -1,0 +1,4 @@
+//! husk: the agent and the operator's command line. Shared pieces of the two binaries live here.
+#![deny(unsafe_code)]
+
+pub mod launch_file;
