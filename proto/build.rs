@@ -28,10 +28,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_protos(PROTOS, &["."])?;
 
     let descriptors = std::fs::read(&descriptor_path)?;
-    pbjson_build::Builder::new()
-        .register_descriptors(&descriptors)?
-        .preserve_proto_field_names()
-        .build(&[".mesos.v1", ".mesos.v1.agent", ".husk.agent.v1", ".husk.shim.v1"])?;
+    pbjson_build::Builder::new().register_descriptors(&descriptors)?.preserve_proto_field_names().build(&[
+        ".mesos.v1",
+        ".mesos.v1.agent",
+        ".husk.agent.v1",
+        ".husk.shim.v1",
+    ])?;
 
     // prost names the enum value `Volume.Source.SandboxPath.Type.SELF` `Self_` (a keyword
     // escape); pbjson writes the bare keyword. Align pbjson's output with prost's.

@@ -18,30 +18,30 @@ pub const MAX_LAUNCH_FILE: u64 = 4 << 20;
 pub fn parse(text: &str, id: Option<&str>) -> Result<LaunchRequest> {
     let value: serde_json::Value = serde_json::from_str(text).context("not a JSON document")?;
     let obj = value.as_object().context("a launch document must be a JSON object")?;
-    let mut req = if obj.contains_key("launch_container") || obj.contains_key("launchContainer") || obj.contains_key("type")
-    {
-        let call: Call = serde_json::from_value(value).context("not a Mesos agent Call")?;
-        if call.r#type() != call::Type::LaunchContainer {
-            bail!("the Mesos call is {}, not LAUNCH_CONTAINER", call.r#type().as_str_name());
-        }
-        let launch = call.launch_container.context("a LAUNCH_CONTAINER call needs `launch_container`")?;
-        // Same field numbers: the Mesos message's bytes are a husk LaunchRequest.
-        LaunchRequest::decode(launch.encode_to_vec().as_slice()).context("re-encoding the launch")?
-    } else if obj.contains_key("task_id") || obj.contains_key("taskId") {
-        let task: TaskInfo = serde_json::from_value(value).context("not a Mesos TaskInfo")?;
-        let id = id.context("a TaskInfo has no container id: pass one with --id")?;
-        LaunchRequest {
-            container_id: ContainerId { value: id.to_string(), parent: None },
-            command: task.command,
-            resources: task.resources,
-            container: task.container,
-            limits: task.limits,
-            labels: task.labels,
-            ..Default::default()
-        }
-    } else {
-        serde_json::from_value(value).context("not a Mesos LaunchContainer")?
-    };
+    let mut req =
+        if obj.contains_key("launch_container") || obj.contains_key("launchContainer") || obj.contains_key("type") {
+            let call: Call = serde_json::from_value(value).context("not a Mesos agent Call")?;
+            if call.r#type() != call::Type::LaunchContainer {
+                bail!("the Mesos call is {}, not LAUNCH_CONTAINER", call.r#type().as_str_name());
+            }
+            let launch = call.launch_container.context("a LAUNCH_CONTAINER call needs `launch_container`")?;
+            // Same field numbers: the Mesos message's bytes are a husk LaunchRequest.
+            LaunchRequest::decode(launch.encode_to_vec().as_slice()).context("re-encoding the launch")?
+        } else if obj.contains_key("task_id") || obj.contains_key("taskId") {
+            let task: TaskInfo = serde_json::from_value(value).context("not a Mesos TaskInfo")?;
+            let id = id.context("a TaskInfo has no container id: pass one with --id")?;
+            LaunchRequest {
+                container_id: ContainerId { value: id.to_string(), parent: None },
+                command: task.command,
+                resources: task.resources,
+                container: task.container,
+                limits: task.limits,
+                labels: task.labels,
+                ..Default::default()
+            }
+        } else {
+            serde_json::from_value(value).context("not a Mesos LaunchContainer")?
+        };
     if let Some(id) = id {
         req.container_id = ContainerId { value: id.to_string(), parent: req.container_id.parent.take() };
     }
@@ -64,7 +64,7 @@ pub fn read(path: &str, id: Option<&str>) -> Result<LaunchRequest> {
     if text.len() as u64 > MAX_LAUNCH_FILE {
         bail!("{path}: larger than {MAX_LAUNCH_FILE} bytes");
     }
-    parse(&text, id).with_context(|| format!("{path}"))
+    parse(&text, id).with_context(|| path.to_string())
 }
 
 #[cfg(test)]

@@ -41,5 +41,6 @@ pub fn write_spec(bundle_dir: &Path, spec: &Spec) -> Result<()> {
 pub fn read_spec(bundle_dir: &Path) -> Result<Spec> {
     let path = bundle_dir.join(CONFIG_JSON);
     let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_slice(&text).map_err(|e| Error::invalid(path.display().to_string(), format!("not an OCI runtime spec: {e}")))
+    serde_json::from_slice(&text)
+        .map_err(|e| Error::invalid(path.display().to_string(), format!("not an OCI runtime spec: {e}")))
 }

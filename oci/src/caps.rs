@@ -40,18 +40,13 @@ pub fn parse_name(name: &str, field: &str) -> Result<String> {
 
 /// Every capability the kernel knows of (as Mesos enumerates them).
 pub fn all() -> CapSet {
-    (1000..=1040)
-        .filter_map(|n| MesosCap::try_from(n).ok())
-        .map(|c| format!("CAP_{}", c.as_str_name()))
-        .collect()
+    (1000..=1040).filter_map(|n| MesosCap::try_from(n).ok()).map(|c| format!("CAP_{}", c.as_str_name())).collect()
 }
 
 /// The `CAP_*` name of a Mesos capability enum value.
 pub fn from_mesos(value: i32, field: &str) -> Result<String> {
     match MesosCap::try_from(value) {
-        Ok(MesosCap::Unknown) | Err(_) => {
-            Err(Error::invalid(field, format!("unknown capability value {value}")))
-        }
+        Ok(MesosCap::Unknown) | Err(_) => Err(Error::invalid(field, format!("unknown capability value {value}"))),
         Ok(c) => Ok(format!("CAP_{}", c.as_str_name())),
     }
 }

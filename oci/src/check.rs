@@ -152,7 +152,8 @@ mod tests {
         v["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}]);
         assert_eq!(check(v).unwrap_err().field(), Some("hostname"));
         let mut v = base();
-        v["process"]["capabilities"] = serde_json::json!({"bounding": [], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]});
+        v["process"]["capabilities"] =
+            serde_json::json!({"bounding": [], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]});
         assert!(check(v).unwrap_err().to_string().contains("permitted set but not the bounding set"));
         let mut v = base();
         v["process"]["rlimits"] = serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 10, "hard": 5}]);

@@ -44,9 +44,9 @@ impl Error {
     /// The request field this error is about, if it is about one.
     pub fn field(&self) -> Option<&str> {
         match self {
-            Error::Invalid { field, .. }
-            | Error::Unsupported { field, .. }
-            | Error::Missing { field, .. } => Some(field),
+            Error::Invalid { field, .. } | Error::Unsupported { field, .. } | Error::Missing { field, .. } => {
+                Some(field)
+            }
             Error::Io { .. } => None,
         }
     }

@@ -133,11 +133,7 @@ pub fn validate(resources: &[Resource], field: &str) -> Result<()> {
         let at = format!("{at} ({})", r.name);
         match value::Type::try_from(r.r#type) {
             Ok(value::Type::Scalar) => {
-                let v = r
-                    .scalar
-                    .as_ref()
-                    .ok_or_else(|| Error::invalid(&at, "type SCALAR needs `scalar`"))?
-                    .value;
+                let v = r.scalar.as_ref().ok_or_else(|| Error::invalid(&at, "type SCALAR needs `scalar`"))?.value;
                 check_scalar(v, &at)?;
             }
             Ok(value::Type::Ranges) => {
@@ -358,7 +354,11 @@ mod tests {
         assert!(err("cpus(x:1").contains("must be closed"));
         assert!(err("s:{a,a}").contains("appears twice"));
         assert_eq!(err(""), "--resources: no resources given");
-        assert!(err("[{\"name\":\"cpus\",\"type\":\"SCALAR\"}]").contains("needs `scalar`"), "{}", err("[{\"name\":\"cpus\",\"type\":\"SCALAR\"}]"));
+        assert!(
+            err("[{\"name\":\"cpus\",\"type\":\"SCALAR\"}]").contains("needs `scalar`"),
+            "{}",
+            err("[{\"name\":\"cpus\",\"type\":\"SCALAR\"}]")
+        );
         assert!(err("[{\"name\":\"cpus\"}]").contains("missing field `type`"));
         assert!(err("[1,2]").contains("not a JSON list of resources"));
         assert!(err("[{\"name\":\"cpus\",\"type\":\"TEXT\"}]").contains("SCALAR, RANGES or SET"));
@@ -382,6 +382,9 @@ mod tests {
         );
         assert!(limits(&m("cpus", f64::NAN), &requests, "limits").unwrap_err().to_string().contains("NaN"));
         assert!(limits(&m("mem", -1.0), &requests, "limits").unwrap_err().to_string().contains("positive"));
-        assert!(limits(&m("disk", 1.0), &requests, "limits").unwrap_err().to_string().contains("only `cpus` and `mem`"));
+        assert!(limits(&m("disk", 1.0), &requests, "limits")
+            .unwrap_err()
+            .to_string()
+            .contains("only `cpus` and `mem`"));
     }
 }

@@ -95,7 +95,13 @@ pub fn default_profile(caps: &CapSet) -> LinuxSeccomp {
         .expect("syscall rule has every required field");
     LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActAllow)
-        .architectures(vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32, Arch::ScmpArchAarch64, Arch::ScmpArchArm])
+        .architectures(vec![
+            Arch::ScmpArchX86_64,
+            Arch::ScmpArchX86,
+            Arch::ScmpArchX32,
+            Arch::ScmpArchAarch64,
+            Arch::ScmpArchArm,
+        ])
         .syscalls(vec![deny])
         .build()
         .expect("seccomp profile has every required field")
@@ -109,7 +115,22 @@ mod tests {
     fn default_container_is_denied_the_dangerous_families() {
         let caps: CapSet = crate::caps::DEFAULT_ALLOWED.iter().map(|s| s.to_string()).collect();
         let denied = denied_syscalls(&caps);
-        for name in ["kexec_load", "init_module", "finit_module", "reboot", "swapon", "keyctl", "add_key", "mount", "umount2", "unshare", "setns", "ptrace", "pivot_root", "open_tree"] {
+        for name in [
+            "kexec_load",
+            "init_module",
+            "finit_module",
+            "reboot",
+            "swapon",
+            "keyctl",
+            "add_key",
+            "mount",
+            "umount2",
+            "unshare",
+            "setns",
+            "ptrace",
+            "pivot_root",
+            "open_tree",
+        ] {
             assert!(denied.iter().any(|d| d == name), "{name} must be denied");
         }
         for name in ["read", "write", "clone", "execve", "chown", "setuid", "kill"] {

@@ -9,15 +9,13 @@ use std::path::{Path, PathBuf};
 
 use husk_proto::agent::v1::LaunchRequest;
 use husk_proto::mesos::v1::{
-    linux_info, mount_propagation, r_limit_info, volume, CapabilityInfo, CommandInfo, ContainerInfo,
-    LinuxInfo, Volume,
+    linux_info, mount_propagation, r_limit_info, volume, CapabilityInfo, CommandInfo, ContainerInfo, LinuxInfo, Volume,
 };
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
-    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, Mount,
-    MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    LinuxBuilder, LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroup,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder, PosixRlimit,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::caps::{self, CapSet};
@@ -93,7 +91,8 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
     resources::validate(&req.resources, "resources")?;
     let requests = Amounts::of(&req.resources);
     let limits = resources::limits(&req.limits, &requests, "limits")?;
-    let default_info = ContainerInfo { r#type: husk_proto::mesos::v1::container_info::Type::Mesos as i32, ..Default::default() };
+    let default_info =
+        ContainerInfo { r#type: husk_proto::mesos::v1::container_info::Type::Mesos as i32, ..Default::default() };
     let info = req.container.as_ref().unwrap_or(&default_info);
     validate::container_type(info, "container")?;
     let nested = req.container_id.parent.is_some();
@@ -174,13 +173,14 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
     mounts.extend(t.sandbox_mount(&rootfs)?);
     mounts.extend(t.volumes(&rootfs)?);
 
+    // rootfsPropagation stays unset: runtimes then make `/` recursively slave (runc, crun and
+    // husk's own), and the schema's values only offer the non-recursive "slave".
     let linux = LinuxBuilder::default()
         .namespaces(t.namespaces()?)
         .cgroups_path(PathBuf::from(t.cgroups_path(req)))
         .resources(t.resources(&requests, &limits)?)
         .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .rootfs_propagation("rslave")
         .build()
         .map_err(internal)?;
     let mut linux = linux;
@@ -265,7 +265,9 @@ impl Translator<'_> {
             use husk_proto::mesos::v1::image::Type;
             match image.r#type() {
                 Type::Docker if image.docker.as_ref().is_some_and(|d| !d.name.is_empty()) => {}
-                Type::Docker => return Err(Error::invalid("container.mesos.image.docker.name", "is required for a DOCKER image")),
+                Type::Docker => {
+                    return Err(Error::invalid("container.mesos.image.docker.name", "is required for a DOCKER image"))
+                }
                 Type::Appc => return Err(Error::unsupported("container.mesos.image.type", "APPC")),
             }
             if self.place.rootfs.is_none() {
@@ -278,7 +280,8 @@ impl Translator<'_> {
                 if !root.is_absolute() {
                     return Err(Error::invalid("rootfs", format!("`{}` must be an absolute path", root.display())));
                 }
-                let meta = std::fs::metadata(root).map_err(|e| Error::missing("rootfs", format!("`{}`: {e}", root.display())))?;
+                let meta = std::fs::metadata(root)
+                    .map_err(|e| Error::missing("rootfs", format!("`{}`: {e}", root.display())))?;
                 if !meta.is_dir() {
                     return Err(Error::invalid("rootfs", format!("`{}` is not a directory", root.display())));
                 }
@@ -334,7 +337,11 @@ impl Translator<'_> {
             ));
         }
         let effective_req = self.linux.effective_capabilities.as_ref().or(legacy);
-        let field_e = if legacy.is_some() { "container.linux_info.capability_info" } else { "container.linux_info.effective_capabilities" };
+        let field_e = if legacy.is_some() {
+            "container.linux_info.capability_info"
+        } else {
+            "container.linux_info.effective_capabilities"
+        };
         let effective_req = effective_req.map(|c| cap_set(c, field_e)).transpose()?;
         let bounding_req = self
             .linux
@@ -354,10 +361,8 @@ impl Translator<'_> {
         let mut clamp = |set: CapSet, what: &str| -> CapSet {
             let dropped: Vec<_> = set.difference(allowed).cloned().collect();
             if !dropped.is_empty() {
-                self.warnings.push(format!(
-                    "{what}: {} not in the agent's allowed capabilities, dropped",
-                    dropped.join(", ")
-                ));
+                self.warnings
+                    .push(format!("{what}: {} not in the agent's allowed capabilities, dropped", dropped.join(", ")));
             }
             set.intersection(allowed).cloned().collect()
         };
@@ -446,7 +451,9 @@ impl Translator<'_> {
                 }
                 Ok(false)
             }
-            linux_info::IpcMode::Unknown => Err(Error::invalid("container.linux_info.ipc_mode", "must be PRIVATE or SHARE_PARENT")),
+            linux_info::IpcMode::Unknown => {
+                Err(Error::invalid("container.linux_info.ipc_mode", "must be PRIVATE or SHARE_PARENT"))
+            }
         }
     }
 
@@ -463,7 +470,12 @@ impl Translator<'_> {
         let mut mounts = vec![
             m("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
             m("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
-            m("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"])?,
+            m(
+                "/dev/pts",
+                "devpts",
+                "devpts",
+                &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            )?,
         ];
         if self.ipc_private()? {
             let shm_mb = self.linux.shm_size.unwrap_or(self.cfg.default_shm_size_mb);
@@ -522,7 +534,8 @@ impl Translator<'_> {
     }
 
     fn volume(&mut self, v: &Volume, field: &str, rootfs: &Option<PathBuf>) -> Result<Mount> {
-        let mode = volume::Mode::try_from(v.mode).map_err(|_| Error::invalid(format!("{field}.mode"), "must be RW or RO"))?;
+        let mode =
+            volume::Mode::try_from(v.mode).map_err(|_| Error::invalid(format!("{field}.mode"), "must be RW or RO"))?;
         let cpath_field = format!("{field}.container_path");
         validate::volume_path(&v.container_path, &cpath_field)?;
         let in_sandbox = self.sandbox_in_container(rootfs);
@@ -547,7 +560,10 @@ impl Translator<'_> {
             // A host-rootfs container's mount points are host paths: husk does not create them.
             return Err(Error::missing(
                 &cpath_field,
-                format!("`{}` does not exist on the host (a container without an image mounts volumes on existing paths)", target.display()),
+                format!(
+                    "`{}` does not exist on the host (a container without an image mounts volumes on existing paths)",
+                    target.display()
+                ),
             ));
         }
 
@@ -581,12 +597,12 @@ impl Translator<'_> {
         let ty = Type::try_from(source.r#type.unwrap_or(0)).unwrap_or(Type::Unknown);
         match ty {
             Type::HostPath => {
-                let hp = source
-                    .host_path
-                    .as_ref()
-                    .ok_or_else(|| Error::invalid(format!("{field}.source.host_path"), "is required for type HOST_PATH"))?;
+                let hp = source.host_path.as_ref().ok_or_else(|| {
+                    Error::invalid(format!("{field}.source.host_path"), "is required for type HOST_PATH")
+                })?;
                 let path = host_path(&hp.path, &format!("{field}.source.host_path.path"))?;
-                let mode = hp.mount_propagation.as_ref().map(|p| p.mode()).unwrap_or(mount_propagation::Mode::HostToContainer);
+                let mode =
+                    hp.mount_propagation.as_ref().map(|p| p.mode()).unwrap_or(mount_propagation::Mode::HostToContainer);
                 let propagation = match mode {
                     mount_propagation::Mode::Bidirectional => "rshared",
                     _ => "rslave",
@@ -594,10 +610,9 @@ impl Translator<'_> {
                 Ok((path, propagation))
             }
             Type::SandboxPath => {
-                let sp = source
-                    .sandbox_path
-                    .as_ref()
-                    .ok_or_else(|| Error::invalid(format!("{field}.source.sandbox_path"), "is required for type SANDBOX_PATH"))?;
+                let sp = source.sandbox_path.as_ref().ok_or_else(|| {
+                    Error::invalid(format!("{field}.source.sandbox_path"), "is required for type SANDBOX_PATH")
+                })?;
                 let at = format!("{field}.source.sandbox_path.path");
                 validate::volume_path(&sp.path, &at)?;
                 if sp.path.starts_with('/') {
@@ -615,11 +630,15 @@ impl Translator<'_> {
                         }
                     },
                     sandbox_path::Type::Unknown => {
-                        return Err(Error::invalid(format!("{field}.source.sandbox_path.type"), "must be SELF or PARENT"));
+                        return Err(Error::invalid(
+                            format!("{field}.source.sandbox_path.type"),
+                            "must be SELF or PARENT",
+                        ));
                     }
                 };
                 // Sandboxes are written by containers: resolve links as if the sandbox were `/`.
-                let path = resolve_in_root(&root, Path::new(&sp.path)).map_err(|e| Error::invalid(&at, e.to_string()))?;
+                let path =
+                    resolve_in_root(&root, Path::new(&sp.path)).map_err(|e| Error::invalid(&at, e.to_string()))?;
                 self.sandbox_dirs.push(path.clone());
                 Ok((path, "rprivate"))
             }
@@ -658,7 +677,10 @@ impl Translator<'_> {
                 out.push(ns(LinuxNamespaceType::Uts, Some(&p.uts_ns))?);
                 out.push(ns(LinuxNamespaceType::Network, Some(&p.net_ns))?);
                 if !self.info.network_infos.is_empty() {
-                    return Err(Error::invalid("container.network_infos", "a nested container joins its parent's network"));
+                    return Err(Error::invalid(
+                        "container.network_infos",
+                        "a nested container joins its parent's network",
+                    ));
                 }
             }
             None => {
@@ -688,7 +710,10 @@ impl Translator<'_> {
             match n.name.as_deref() {
                 Some(name) => {
                     if name.is_empty() || name.len() > 128 || name.contains('/') || name.contains('\0') {
-                        return Err(Error::invalid(format!("{at}.name"), "must be 1-128 characters without `/` or NUL"));
+                        return Err(Error::invalid(
+                            format!("{at}.name"),
+                            "must be 1-128 characters without `/` or NUL",
+                        ));
                     }
                     isolated = true;
                 }
@@ -777,7 +802,10 @@ impl Translator<'_> {
         };
         if info.unconfined() {
             if info.profile_name.is_some() {
-                return Err(Error::invalid("container.linux_info.seccomp", "set either `unconfined` or `profile_name`"));
+                return Err(Error::invalid(
+                    "container.linux_info.seccomp",
+                    "set either `unconfined` or `profile_name`",
+                ));
             }
             if !self.cfg.allow_unconfined_seccomp {
                 return Err(Error::invalid(
@@ -798,7 +826,8 @@ impl Translator<'_> {
             return Err(Error::unsupported(at, "a named profile (the agent has no seccomp profile directory)"));
         };
         let file = dir.join(format!("{name}.json"));
-        let text = std::fs::read_to_string(&file).map_err(|e| Error::missing(at, format!("{}: {e}", file.display())))?;
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| Error::missing(at, format!("{}: {e}", file.display())))?;
         let profile: LinuxSeccomp = serde_json::from_str(&text)
             .map_err(|e| Error::invalid(at, format!("{} is not an OCI seccomp profile: {e}", file.display())))?;
         Ok(Some(profile))
@@ -839,15 +868,14 @@ fn default_device_rules() -> Result<Vec<LinuxDeviceCgroup>> {
     let c = LinuxDeviceType::C;
     Ok(vec![
         rule(false, LinuxDeviceType::A, None, None, "rwm")?,
-        rule(true, c, Some(1), Some(3), "rwm")?,   // null
-        rule(true, c, Some(1), Some(5), "rwm")?,   // zero
-        rule(true, c, Some(1), Some(7), "rwm")?,   // full
-        rule(true, c, Some(1), Some(8), "rwm")?,   // random
-        rule(true, c, Some(1), Some(9), "rwm")?,   // urandom
-        rule(true, c, Some(5), Some(0), "rwm")?,   // tty
-        rule(true, c, Some(5), Some(1), "rwm")?,   // console
-        rule(true, c, Some(5), Some(2), "rwm")?,   // ptmx
-        rule(true, c, Some(136), None, "rwm")?,    // pts/*
+        rule(true, c, Some(1), Some(3), "rwm")?, // null
+        rule(true, c, Some(1), Some(5), "rwm")?, // zero
+        rule(true, c, Some(1), Some(7), "rwm")?, // full
+        rule(true, c, Some(1), Some(8), "rwm")?, // random
+        rule(true, c, Some(1), Some(9), "rwm")?, // urandom
+        rule(true, c, Some(5), Some(0), "rwm")?, // tty
+        rule(true, c, Some(5), Some(1), "rwm")?, // console
+        rule(true, c, Some(5), Some(2), "rwm")?, // ptmx
+        rule(true, c, Some(136), None, "rwm")?,  // pts/*
     ])
 }
-

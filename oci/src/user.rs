@@ -59,10 +59,7 @@ pub fn resolve(rootfs: &Path, user: &str, field: &str) -> Result<ResolvedUser> {
         Err(_) => match entries.iter().find(|e| e.name == user_part) {
             Some(e) => (e.uid, e.gid, Some(e.name.clone()), Some(e.home.clone())),
             None => {
-                return Err(Error::missing(
-                    field,
-                    format!("no user `{user_part}` in the container's /etc/passwd"),
-                ));
+                return Err(Error::missing(field, format!("no user `{user_part}` in the container's /etc/passwd")));
             }
         },
     };

@@ -35,10 +35,15 @@ pub fn container_id(id: &ContainerId, field: &str) -> Result<()> {
                 format!("is {} bytes long; at most {MAX_CONTAINER_ID_LENGTH} are allowed", v.len()),
             ));
         }
-        if let Some(c) = v.chars().find(|c| c.is_control() || matches!(c, '.' | '/' | '\\' | ' ') || c.is_whitespace()) {
+        if let Some(c) = v.chars().find(|c| c.is_control() || matches!(c, '.' | '/' | '\\' | ' ') || c.is_whitespace())
+        {
             return Err(Error::invalid(
                 &field,
-                format!("`{}` contains {}; ids may not contain `.`, `/`, `\\`, spaces or control characters", v.escape_debug(), describe(c)),
+                format!(
+                    "`{}` contains {}; ids may not contain `.`, `/`, `\\`, spaces or control characters",
+                    v.escape_debug(),
+                    describe(c)
+                ),
             ));
         }
         current = id.parent.as_deref();
@@ -79,7 +84,10 @@ pub(crate) fn no_nul(s: &str, field: &str) -> Result<()> {
         return Err(Error::invalid(field, "must not contain a NUL byte"));
     }
     if s.len() > MAX_STRING_LENGTH {
-        return Err(Error::invalid(field, format!("is {} bytes long; at most {MAX_STRING_LENGTH} are allowed", s.len())));
+        return Err(Error::invalid(
+            field,
+            format!("is {} bytes long; at most {MAX_STRING_LENGTH} are allowed", s.len()),
+        ));
     }
     Ok(())
 }
@@ -96,7 +104,10 @@ pub fn command(cmd: &CommandInfo, field: &str) -> Result<()> {
         Some(v) => no_nul(v, &format!("{field}.value"))?,
     }
     if cmd.arguments.len() > MAX_LIST_LENGTH {
-        return Err(Error::invalid(format!("{field}.arguments"), format!("at most {MAX_LIST_LENGTH} arguments are allowed")));
+        return Err(Error::invalid(
+            format!("{field}.arguments"),
+            format!("at most {MAX_LIST_LENGTH} arguments are allowed"),
+        ));
     }
     for (i, a) in cmd.arguments.iter().enumerate() {
         no_nul(a, &format!("{field}.arguments[{i}]"))?;
@@ -112,7 +123,10 @@ pub fn command(cmd: &CommandInfo, field: &str) -> Result<()> {
 
 fn environment(env: &husk_proto::mesos::v1::Environment, field: &str) -> Result<()> {
     if env.variables.len() > MAX_LIST_LENGTH {
-        return Err(Error::invalid(format!("{field}.variables"), format!("at most {MAX_LIST_LENGTH} variables are allowed")));
+        return Err(Error::invalid(
+            format!("{field}.variables"),
+            format!("at most {MAX_LIST_LENGTH} variables are allowed"),
+        ));
     }
     for (i, var) in env.variables.iter().enumerate() {
         let at = format!("{field}.variables[{i}]");
@@ -154,7 +168,10 @@ fn uri(uri: &command_info::Uri, field: &str) -> Result<()> {
         let at = format!("{field}.output_file");
         no_nul(out, &at)?;
         if out.is_empty() || out.starts_with('/') || has_parent_component(out) {
-            return Err(Error::invalid(at, format!("`{}` must be a relative path inside the sandbox, without `..`", out.escape_debug())));
+            return Err(Error::invalid(
+                at,
+                format!("`{}` must be a relative path inside the sandbox, without `..`", out.escape_debug()),
+            ));
         }
     }
     Ok(())
@@ -186,7 +203,10 @@ pub fn hostname(name: &str, field: &str) -> Result<()> {
         if !ok {
             return Err(Error::invalid(
                 field,
-                format!("`{}` is not a valid hostname (letters, digits and `-` in dot-separated labels)", name.escape_debug()),
+                format!(
+                    "`{}` is not a valid hostname (letters, digits and `-` in dot-separated labels)",
+                    name.escape_debug()
+                ),
             ));
         }
     }
@@ -315,7 +335,11 @@ mod tests {
     #[test]
     fn uri_output_file_stays_in_the_sandbox() {
         let mut c = cmd(true, Some("true"));
-        c.uris = vec![command_info::Uri { value: "http://x/a".into(), output_file: Some("../a".into()), ..Default::default() }];
+        c.uris = vec![command_info::Uri {
+            value: "http://x/a".into(),
+            output_file: Some("../a".into()),
+            ..Default::default()
+        }];
         assert_eq!(command(&c, "command").unwrap_err().field(), Some("command.uris[0].output_file"));
         c.uris[0].output_file = Some("/etc/passwd".into());
         assert!(command(&c, "command").is_err());
@@ -336,7 +360,9 @@ mod tests {
         use r_limit_info::{r_limit::Type, RLimit};
         let r = |t: Type, soft: Option<u64>, hard: Option<u64>| RLimit { r#type: Some(t as i32), soft, hard };
         let info = |v: Vec<RLimit>| husk_proto::mesos::v1::RLimitInfo { rlimits: v };
-        assert!(rlimits(&info(vec![r(Type::RlmtNofile, Some(10), Some(20)), r(Type::RlmtCore, None, None)]), "x").is_ok());
+        assert!(
+            rlimits(&info(vec![r(Type::RlmtNofile, Some(10), Some(20)), r(Type::RlmtCore, None, None)]), "x").is_ok()
+        );
         assert_eq!(
             rlimits(&info(vec![r(Type::RlmtNofile, Some(30), Some(20))]), "x").unwrap_err().to_string(),
             "x.rlimits[0]: soft limit 30 is above the hard limit 20"

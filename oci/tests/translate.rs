@@ -2,6 +2,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use husk_oci::resources::scalar;
 use husk_oci::{translate, Config, ParentContext, Placement};
 use husk_proto::agent::v1::LaunchRequest;
 use husk_proto::mesos::v1::{
@@ -9,7 +10,6 @@ use husk_proto::mesos::v1::{
     r_limit_info, value, volume, CapabilityInfo, CommandInfo, ContainerId, ContainerInfo, Environment, Image,
     LinuxInfo, MountPropagation, NetworkInfo, RLimitInfo, SeccompInfo, TtyInfo, Volume,
 };
-use husk_oci::resources::scalar;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 struct Fixture {
@@ -24,7 +24,8 @@ fn fixture() -> Fixture {
     let rootfs = dir.path().join("rootfs");
     std::fs::create_dir_all(&sandbox).unwrap();
     std::fs::create_dir_all(rootfs.join("etc")).unwrap();
-    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n").unwrap();
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n")
+        .unwrap();
     std::fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1000:\nvideo:x:44:app\n").unwrap();
     Fixture { _dir: dir, sandbox, rootfs }
 }
@@ -62,10 +63,18 @@ fn err(req: &LaunchRequest, place: &Placement) -> String {
 }
 
 fn env_of(s: &Spec) -> HashMap<String, String> {
-    s.process().as_ref().unwrap().env().as_ref().unwrap().iter().map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap();
-        (k.to_string(), v.to_string())
-    }).collect()
+    s.process()
+        .as_ref()
+        .unwrap()
+        .env()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect()
 }
 
 fn ns_types(s: &Spec) -> Vec<LinuxNamespaceType> {
@@ -107,12 +116,22 @@ fn host_rootfs_container_sees_host_files_with_its_own_namespaces() {
     assert_eq!(root.source().as_deref(), Some(Path::new("/")));
     assert_eq!(root.options().as_ref().unwrap(), &["rbind", "rslave"]);
     assert_eq!(s.mounts().as_ref().unwrap()[0].destination(), Path::new("/"), "first, under every other mount");
-    assert_eq!(mount_at(&s, "/sys").unwrap().typ().as_deref(), Some("bind"), "host network: the host's /sys, read-only");
+    assert_eq!(
+        mount_at(&s, "/sys").unwrap().typ().as_deref(),
+        Some("bind"),
+        "host network: the host's /sys, read-only"
+    );
     let p = s.process().as_ref().unwrap();
     assert_eq!(p.cwd(), &f.sandbox);
     assert_eq!(env_of(&s)["MESOS_SANDBOX"], f.sandbox.display().to_string());
     let ns = ns_types(&s);
-    for t in [LinuxNamespaceType::Mount, LinuxNamespaceType::Pid, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Cgroup] {
+    for t in [
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Cgroup,
+    ] {
         assert!(ns.contains(&t), "{t:?} missing");
     }
     assert!(!ns.contains(&LinuxNamespaceType::Network), "host network is the Mesos default");
@@ -138,7 +157,14 @@ fn rootfs_container_gets_the_sandbox_mounted() {
 fn special_mounts_masked_and_readonly_paths() {
     let f = fixture();
     let s = spec(&launch("true"), &image_place(&f));
-    for (dest, typ) in [("/proc", "proc"), ("/dev", "tmpfs"), ("/dev/pts", "devpts"), ("/dev/shm", "tmpfs"), ("/dev/mqueue", "mqueue"), ("/sys", "bind")] {
+    for (dest, typ) in [
+        ("/proc", "proc"),
+        ("/dev", "tmpfs"),
+        ("/dev/pts", "devpts"),
+        ("/dev/shm", "tmpfs"),
+        ("/dev/mqueue", "mqueue"),
+        ("/sys", "bind"),
+    ] {
         let m = mount_at(&s, dest).unwrap_or_else(|| panic!("{dest} missing"));
         assert_eq!(m.typ().as_deref(), Some(typ), "{dest}");
     }
@@ -168,9 +194,15 @@ fn shm_size_and_ipc_modes() {
     assert!(!ns_types(&s).contains(&LinuxNamespaceType::Ipc));
     assert_eq!(mount_at(&s, "/dev/shm").unwrap().typ().as_deref(), Some("bind"));
 
-    info.linux_info = Some(LinuxInfo { ipc_mode: Some(linux_info::IpcMode::ShareParent as i32), shm_size: Some(8), ..Default::default() });
+    info.linux_info = Some(LinuxInfo {
+        ipc_mode: Some(linux_info::IpcMode::ShareParent as i32),
+        shm_size: Some(8),
+        ..Default::default()
+    });
     req.container = Some(info);
-    assert!(err(&req, &image_place(&f)).starts_with("container.linux_info.shm_size: can only be set with ipc_mode PRIVATE"));
+    assert!(
+        err(&req, &image_place(&f)).starts_with("container.linux_info.shm_size: can only be set with ipc_mode PRIVATE")
+    );
 }
 
 #[test]
@@ -287,7 +319,8 @@ fn caps_of(s: &Spec) -> &oci_spec::runtime::LinuxCapabilities {
 }
 
 fn names(set: &Option<oci_spec::runtime::Capabilities>) -> Vec<String> {
-    let mut v: Vec<String> = set.as_ref().unwrap().iter().map(|c| serde_json::to_value(c).unwrap().as_str().unwrap().to_string()).collect();
+    let mut v: Vec<String> =
+        set.as_ref().unwrap().iter().map(|c| serde_json::to_value(c).unwrap().as_str().unwrap().to_string()).collect();
     v.sort();
     v
 }
@@ -357,7 +390,8 @@ fn bounding_and_effective_capabilities() {
     req.container = Some(info.clone());
     assert!(err(&req, &image_place(&f)).contains("CAP_KILL is not in `bounding_capabilities`"));
 
-    info.linux_info = Some(LinuxInfo { bounding_capabilities: Some(CapabilityInfo { capabilities: vec![5] }), ..Default::default() });
+    info.linux_info =
+        Some(LinuxInfo { bounding_capabilities: Some(CapabilityInfo { capabilities: vec![5] }), ..Default::default() });
     req.container = Some(info);
     assert_eq!(
         err(&req, &image_place(&f)),
@@ -373,7 +407,10 @@ fn seccomp_default_unconfined_and_named() {
 
     let mut req = launch("true");
     let mut info = mesos_info();
-    info.linux_info = Some(LinuxInfo { seccomp: Some(SeccompInfo { unconfined: Some(true), profile_name: None }), ..Default::default() });
+    info.linux_info = Some(LinuxInfo {
+        seccomp: Some(SeccompInfo { unconfined: Some(true), profile_name: None }),
+        ..Default::default()
+    });
     req.container = Some(info.clone());
     assert_eq!(
         err(&req, &host(&f)),
@@ -386,11 +423,17 @@ fn seccomp_default_unconfined_and_named() {
     let profiles = tempfile::tempdir().unwrap();
     std::fs::write(profiles.path().join("strict.json"), r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[]}"#).unwrap();
     let cfg = Config { seccomp_profile_dir: Some(profiles.path().into()), ..Default::default() };
-    info.linux_info = Some(LinuxInfo { seccomp: Some(SeccompInfo { profile_name: Some("strict".into()), unconfined: None }), ..Default::default() });
+    info.linux_info = Some(LinuxInfo {
+        seccomp: Some(SeccompInfo { profile_name: Some("strict".into()), unconfined: None }),
+        ..Default::default()
+    });
     req.container = Some(info.clone());
     let s = translate(&req, &cfg, &host(&f)).unwrap().spec;
     assert_eq!(serde_json::to_value(s.linux().as_ref().unwrap().seccomp()).unwrap()["defaultAction"], "SCMP_ACT_ERRNO");
-    info.linux_info = Some(LinuxInfo { seccomp: Some(SeccompInfo { profile_name: Some("../etc".into()), unconfined: None }), ..Default::default() });
+    info.linux_info = Some(LinuxInfo {
+        seccomp: Some(SeccompInfo { profile_name: Some("../etc".into()), unconfined: None }),
+        ..Default::default()
+    });
     req.container = Some(info);
     assert!(translate(&req, &cfg, &host(&f)).unwrap_err().to_string().contains("must be a file name"));
 }
@@ -418,10 +461,8 @@ fn environment_precedence_and_default_path() {
     let var = |n: &str, v: &str| environment::Variable { name: n.into(), value: Some(v.into()), ..Default::default() };
     req.command.as_mut().unwrap().environment =
         Some(Environment { variables: vec![var("A", "user"), var("MESOS_SANDBOX", "/mine"), var("B", "b")] });
-    let place = Placement {
-        agent_environment: vec![("A".into(), "agent".into()), ("C".into(), "agent".into())],
-        ..host(&f)
-    };
+    let place =
+        Placement { agent_environment: vec![("A".into(), "agent".into()), ("C".into(), "agent".into())], ..host(&f) };
     let s = spec(&req, &place);
     let env = env_of(&s);
     assert_eq!(env["A"], "user", "user variables win over the agent's");
@@ -459,7 +500,8 @@ fn hostname_terminal_and_annotations() {
     let mut req = launch("true");
     let mut info = mesos_info();
     info.hostname = Some("web-1".into());
-    info.tty_info = Some(TtyInfo { window_size: Some(husk_proto::mesos::v1::tty_info::WindowSize { rows: 40, columns: 120 }) });
+    info.tty_info =
+        Some(TtyInfo { window_size: Some(husk_proto::mesos::v1::tty_info::WindowSize { rows: 40, columns: 120 }) });
     req.container = Some(info.clone());
     let s = spec(&req, &host(&f));
     assert_eq!(s.hostname().as_deref(), Some("web-1"));
@@ -532,10 +574,16 @@ fn host_path_volumes() {
 fn volume_errors() {
     let f = fixture();
     let cases: Vec<(Volume, &str)> = vec![
-        (host_volume("/data", "/nonexistent-husk-path", volume::Mode::Rw), "container.volumes[0].source.host_path.path: `/nonexistent-husk-path`"),
+        (
+            host_volume("/data", "/nonexistent-husk-path", volume::Mode::Rw),
+            "container.volumes[0].source.host_path.path: `/nonexistent-husk-path`",
+        ),
         (host_volume("/data", "relative/dir", volume::Mode::Rw), "must be an absolute path"),
         (host_volume("/data", "/tmp/../etc", volume::Mode::Rw), "must not contain `..`"),
-        (host_volume("/a/../b", "/tmp", volume::Mode::Rw), "container.volumes[0].container_path: `/a/../b` must not contain `..`"),
+        (
+            host_volume("/a/../b", "/tmp", volume::Mode::Rw),
+            "container.volumes[0].container_path: `/a/../b` must not contain `..`",
+        ),
         (host_volume("", "/tmp", volume::Mode::Rw), "container.volumes[0].container_path: must not be empty"),
         (host_volume("/", "/tmp", volume::Mode::Rw), "cannot be mounted over `/`"),
         (host_volume("/proc/sys", "/tmp", volume::Mode::Rw), "would cover the container's /proc"),
@@ -603,17 +651,24 @@ fn nested_container_joins_its_parent() {
     assert_eq!(path_of(LinuxNamespaceType::Uts), Some("/proc/42/ns/uts".into()));
     assert_eq!(path_of(LinuxNamespaceType::Pid), None, "own pid namespace unless share_pid_namespace");
     assert_eq!(s.linux().as_ref().unwrap().cgroups_path().as_deref(), Some(Path::new("/husk/pod")));
-    assert_eq!(mount_at(&s, &format!("{}/shared", child_sandbox.display())).unwrap().source().as_ref().unwrap(), &parent_sandbox.join("data"));
+    assert_eq!(
+        mount_at(&s, &format!("{}/shared", child_sandbox.display())).unwrap().source().as_ref().unwrap(),
+        &parent_sandbox.join("data")
+    );
     assert_eq!(s.annotations().as_ref().unwrap()[husk_oci::ANNOTATION_CONTAINER_ID], "pod.child");
 
     // share_cgroups=false gives the child its own cgroup under the parent's.
     let mut info = req.container.clone().unwrap();
-    info.linux_info = Some(LinuxInfo { share_cgroups: Some(false), share_pid_namespace: Some(true), ..Default::default() });
+    info.linux_info =
+        Some(LinuxInfo { share_cgroups: Some(false), share_pid_namespace: Some(true), ..Default::default() });
     req.container = Some(info);
     let s = spec(&req, &place);
     assert_eq!(s.linux().as_ref().unwrap().cgroups_path().as_deref(), Some(Path::new("/husk/pod/child")));
     let ns = s.linux().as_ref().unwrap().namespaces().as_ref().unwrap();
-    assert_eq!(ns.iter().find(|n| n.typ() == LinuxNamespaceType::Pid).unwrap().path().as_deref(), Some(Path::new("/proc/42/ns/pid")));
+    assert_eq!(
+        ns.iter().find(|n| n.typ() == LinuxNamespaceType::Pid).unwrap().path().as_deref(),
+        Some(Path::new("/proc/42/ns/pid"))
+    );
 
     // Without the parent's context, a nested launch is refused.
     assert!(err(&req, &host(&f)).starts_with("container_id.parent:"));
@@ -651,15 +706,23 @@ fn request_level_errors_name_the_field() {
     let mut info = mesos_info();
     info.linux_info = Some(LinuxInfo { share_cgroups: Some(false), ..Default::default() });
     req.container = Some(info);
-    assert!(err(&req, &place).starts_with("container.linux_info.share_cgroups: cannot be false for a top-level container"));
+    assert!(
+        err(&req, &place).starts_with("container.linux_info.share_cgroups: cannot be false for a top-level container")
+    );
 
     let mut req = launch("true");
     let mut info = mesos_info();
     info.mesos = Some(container_info::MesosInfo {
-        image: Some(Image { r#type: image::Type::Docker as i32, docker: Some(image::Docker { name: "busybox".into(), ..Default::default() }), ..Default::default() }),
+        image: Some(Image {
+            r#type: image::Type::Docker as i32,
+            docker: Some(image::Docker { name: "busybox".into(), ..Default::default() }),
+            ..Default::default()
+        }),
     });
     req.container = Some(info);
-    assert!(err(&req, &place).starts_with("container.mesos.image: an image without a provisioned rootfs is not supported"));
+    assert!(
+        err(&req, &place).starts_with("container.mesos.image: an image without a provisioned rootfs is not supported")
+    );
 
     let mut req = launch("true");
     let mut info = mesos_info();

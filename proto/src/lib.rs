@@ -42,5 +42,4 @@ pub mod husk {
 pub use husk::{agent, shim};
 
 /// The encoded `FileDescriptorSet` of all husk protos, for gRPC reflection and tooling.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/husk_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/husk_descriptor.bin"));

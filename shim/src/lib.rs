@@ -1,1 +1,7 @@
+//! husk-shim: the per-container shim and husk's OCI runtime.
+//!
+//! This crate holds what the shim persists about its container; the runtime, the reaper and the
+//! shim's API server build on it.
+#![deny(unsafe_code)]
 
+pub mod exit;

@@ -26,7 +26,7 @@ enum Command {
         huskctl bundle --bundle /tmp/b --resources 'cpus:0.5;mem:64' -- echo hello\n  \
         runc run --bundle /tmp/b demo\n\n  \
         huskctl bundle --bundle /tmp/b --rootfs /srv/busybox -f launch.json")]
-    Bundle(BundleArgs),
+    Bundle(Box<BundleArgs>),
     /// Print huskctl's version.
     Version,
 }
@@ -84,7 +84,7 @@ struct BundleArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Bundle(args) => bundle(args),
+        Command::Bundle(args) => bundle(*args),
         Command::Version => {
             println!("huskctl {}", env!("CARGO_PKG_VERSION"));
             Ok(())

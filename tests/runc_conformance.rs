@@ -1,0 +1,250 @@
+//! Conformance: bundles written by husk-oci run unchanged under real runc, and the container
+//! observes exactly what the launch asked for.
+mod common;
+
+use std::collections::HashMap;
+use std::os::unix::fs::chown;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{busybox_rootfs, observations, run_with_deadline, CgroupRoot};
+use husk_oci::resources::scalar;
+use husk_oci::{translate, Config, Placement};
+use husk_proto::agent::v1::LaunchRequest;
+use husk_proto::mesos::v1::{
+    capability_info::Capability, container_info, environment, r_limit_info, value, volume, CapabilityInfo, CommandInfo,
+    ContainerId, ContainerInfo, Environment, LinuxInfo, RLimitInfo, Volume,
+};
+
+/// Prints what the container sees as `key=value` lines; written for both busybox sh and dash.
+const PROBE: &str = r#"
+echo hostname=$(cat /proc/sys/kernel/hostname)
+echo uid=$(id -u)
+echo gid=$(id -g)
+echo groups=$(id -G)
+grep -E '^(CapEff|CapBnd|CapPrm|CapAmb|NoNewPrivs):' /proc/self/status | tr -d ' \t' | sed 's/:/=/'
+echo mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)
+echo shares=$(cat /sys/fs/cgroup/cpu/cpu.shares)
+echo quota=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us)
+echo period=$(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)
+echo pids=$(cat /sys/fs/cgroup/pids/pids.max)
+echo nofile_soft=$(ulimit -n)
+echo nofile_hard=$(ulimit -H -n)
+echo pid=$$
+echo nprocs=$(ls /proc | grep -c '^[0-9]')
+echo cwd=$(pwd)
+echo sandbox=$MESOS_SANDBOX
+echo probe > "$MESOS_SANDBOX/probe" && echo sandbox_write=ok
+echo volume=$(cat /data/hello)
+(echo x > /data/new) 2>/dev/null && echo volume_write=yes || echo volume_write=no
+echo greeting=$GREETING
+echo proc_sys_ro=$( (echo 1 > /proc/sys/kernel/ns_last_pid) 2>/dev/null && echo no || echo yes)
+"#;
+
+struct Run {
+    seen: HashMap<String, String>,
+    stderr: String,
+}
+
+/// Translates `req`, writes the bundle, runs it under `runc run` and returns what it printed.
+fn run_under_runc(tag: &str, req: &LaunchRequest, place: &Placement, work: &Path) -> Run {
+    let cgroups = CgroupRoot::new(tag);
+    let cfg = Config { cgroup_root: cgroups.name.clone(), default_pids_limit: Some(64), ..Default::default() };
+    let t = translate(req, &cfg, place).expect("translation");
+    assert!(t.warnings.is_empty(), "unexpected warnings: {:?}", t.warnings);
+    let bundle = work.join("bundle");
+    t.write_bundle(&bundle).unwrap();
+    let state = work.join("runc-state");
+    let id = format!("husk-conformance-{tag}-{}", std::process::id());
+    let out = run_with_deadline(
+        Command::new("runc").arg("--root").arg(&state).arg("run").arg("--bundle").arg(&bundle).arg(&id),
+        Duration::from_secs(60),
+    );
+    // Whatever happened, nothing may stay behind.
+    let _ = Command::new("runc").arg("--root").arg(&state).args(["delete", "--force", &id]).output();
+    let leaf_left: Vec<_> = cgroups.leftovers().into_iter().filter(|p| p.ends_with(&req.container_id.value)).collect();
+    assert!(leaf_left.is_empty(), "runc left cgroups: {leaf_left:?}");
+    drop(cgroups);
+    assert!(common::mounts_under(work).is_empty(), "mounts left under {}", work.display());
+    assert!(out.status.success(), "runc run failed ({}):\nstdout: {}\nstderr: {}", out.status, out.stdout, out.stderr);
+    Run { seen: observations(&out.stdout), stderr: out.stderr }
+}
+
+fn cap_mask(caps: &[u32]) -> String {
+    format!("{:016x}", caps.iter().fold(0u64, |m, c| m | (1 << c)))
+}
+
+fn base_launch(id: &str) -> LaunchRequest {
+    LaunchRequest {
+        container_id: ContainerId { value: id.into(), parent: None },
+        command: Some(CommandInfo {
+            value: Some(PROBE.into()),
+            environment: Some(Environment {
+                variables: vec![environment::Variable {
+                    name: "GREETING".into(),
+                    value: Some("hello husk".into()),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        }),
+        resources: vec![scalar("cpus", 0.5), scalar("mem", 64.0)],
+        limits: HashMap::from([("cpus".into(), value::Scalar { value: 1.0 })]),
+        ..Default::default()
+    }
+}
+
+fn container(volume_src: &Path, caps: &[Capability], hostname: &str) -> ContainerInfo {
+    use r_limit_info::{r_limit::Type, RLimit};
+    ContainerInfo {
+        r#type: container_info::Type::Mesos as i32,
+        hostname: Some(hostname.into()),
+        volumes: vec![Volume {
+            mode: volume::Mode::Ro as i32,
+            container_path: "/data".into(),
+            source: Some(volume::Source {
+                r#type: Some(volume::source::Type::HostPath as i32),
+                host_path: Some(volume::source::HostPath {
+                    path: volume_src.display().to_string(),
+                    mount_propagation: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        linux_info: Some(LinuxInfo {
+            bounding_capabilities: Some(CapabilityInfo { capabilities: caps.iter().map(|c| *c as i32).collect() }),
+            effective_capabilities: Some(CapabilityInfo { capabilities: caps.iter().map(|c| *c as i32).collect() }),
+            ..Default::default()
+        }),
+        rlimit_info: Some(RLimitInfo {
+            rlimits: vec![RLimit { r#type: Some(Type::RlmtNofile as i32), soft: Some(512), hard: Some(1024) }],
+        }),
+        ..Default::default()
+    }
+}
+
+fn assert_common(seen: &HashMap<String, String>, stderr: &str) {
+    let get =
+        |k: &str| seen.get(k).map(String::as_str).unwrap_or_else(|| panic!("no `{k}` in {seen:?}\nstderr: {stderr}"));
+    assert_eq!(get("mem"), (64u64 << 20).to_string(), "memory limit = mem request");
+    assert_eq!(get("shares"), "512", "cpu.shares = 1024 × 0.5");
+    assert_eq!(get("quota"), "100000", "CFS quota = 100 ms × limit 1");
+    assert_eq!(get("period"), "100000");
+    assert_eq!(get("pids"), "64");
+    assert_eq!(get("nofile_soft"), "512");
+    assert_eq!(get("nofile_hard"), "1024");
+    assert_eq!(get("pid"), "1", "the command is pid 1 of its own pid namespace");
+    let nprocs: u32 = get("nprocs").parse().unwrap();
+    assert!(nprocs < 10, "the container sees only its own processes, saw {nprocs}");
+    assert_eq!(get("sandbox_write"), "ok");
+    assert_eq!(get("volume"), "volume-content");
+    assert_eq!(get("volume_write"), "no", "an RO volume is read-only");
+    assert_eq!(get("greeting"), "hello husk");
+    assert_eq!(get("NoNewPrivs"), "1");
+    assert_eq!(get("proc_sys_ro"), "yes", "/proc/sys is read-only");
+}
+
+#[test]
+fn busybox_rootfs_bundle_runs_under_runc_as_asked() {
+    require!(true);
+    let work = tempfile::tempdir().unwrap();
+    let rootfs = work.path().join("rootfs");
+    busybox_rootfs(&rootfs);
+    let sandbox = work.path().join("sandbox");
+    std::fs::create_dir(&sandbox).unwrap();
+    chown(&sandbox, Some(common::APP_UID), Some(common::APP_GID)).unwrap();
+    let data = work.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("hello"), "volume-content").unwrap();
+
+    let mut req = base_launch("busybox");
+    req.command.as_mut().unwrap().user = Some("app".into());
+    req.container = Some(container(&data, &[Capability::NetBindService, Capability::Chown], "conformance"));
+    let place = Placement { sandbox_dir: sandbox.clone(), rootfs: Some(rootfs), ..Default::default() };
+    let Run { seen, stderr } = run_under_runc("busybox", &req, &place, work.path());
+
+    assert_common(&seen, &stderr);
+    assert_eq!(seen["hostname"], "conformance");
+    assert_eq!(seen["uid"], "1000");
+    assert_eq!(seen["gid"], "1000");
+    let groups: Vec<&str> = seen["groups"].split_whitespace().collect();
+    assert!(groups.contains(&"44"), "supplementary group from /etc/group: {groups:?}");
+    let granted = cap_mask(&[0, 10]); // CAP_CHOWN, CAP_NET_BIND_SERVICE
+    assert_eq!(seen["CapBnd"], granted, "bounding set is exactly what was asked");
+    assert_eq!(seen["CapEff"], granted, "a non-root user keeps granted capabilities (ambient)");
+    assert_eq!(seen["CapAmb"], granted);
+    assert_eq!(seen["cwd"], "/mnt/mesos/sandbox");
+    assert_eq!(seen["sandbox"], "/mnt/mesos/sandbox");
+    assert_eq!(std::fs::read_to_string(sandbox.join("probe")).unwrap(), "probe\n", "the sandbox is the host's");
+    assert!(!data.join("new").exists());
+}
+
+#[test]
+fn host_rootfs_bundle_runs_under_runc_as_asked() {
+    require!(true);
+    let work = tempfile::tempdir().unwrap();
+    let sandbox = work.path().join("sandbox");
+    std::fs::create_dir(&sandbox).unwrap();
+    chown(&sandbox, Some(65534), Some(65534)).unwrap();
+    let data = work.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("hello"), "volume-content").unwrap();
+    let marker = work.path().join("host-marker");
+    std::fs::write(&marker, "from the host").unwrap();
+
+    let mut req = base_launch("hostfs");
+    let cmd = req.command.as_mut().unwrap();
+    cmd.user = Some("nobody".into());
+    cmd.value = Some(format!("{PROBE}\necho marker=$(cat {})", marker.display()));
+    // Only KILL is left: every default capability but that one is dropped.
+    let mut info = container(&data, &[Capability::Kill], "hostfs");
+    // A host-rootfs container mounts volumes on paths that exist on the host.
+    info.volumes[0].container_path = data.display().to_string();
+    req.container = Some(info);
+    let cmd = req.command.as_mut().unwrap();
+    let probe = cmd.value.take().unwrap().replace("/data/", &format!("{}/", data.display()));
+    cmd.value = Some(probe);
+    let place = Placement { sandbox_dir: sandbox.clone(), ..Default::default() };
+    let Run { seen, stderr } = run_under_runc("hostfs", &req, &place, work.path());
+
+    assert_common(&seen, &stderr);
+    assert_eq!(seen["hostname"], "hostfs");
+    assert_eq!(seen["uid"], "65534", "`nobody` resolved from the host's /etc/passwd");
+    assert_eq!(seen["marker"], "from the host", "the host filesystem is the container's root");
+    assert_eq!(seen["CapBnd"], cap_mask(&[5]));
+    assert_eq!(seen["CapEff"], cap_mask(&[5]));
+    assert_eq!(seen["cwd"], sandbox.display().to_string(), "cwd is the host sandbox");
+    assert_eq!(seen["sandbox"], sandbox.display().to_string());
+    assert_eq!(std::fs::read_to_string(sandbox.join("probe")).unwrap(), "probe\n");
+}
+
+#[test]
+fn failing_command_exit_code_reaches_runc() {
+    require!(true);
+    let work = tempfile::tempdir().unwrap();
+    let rootfs = work.path().join("rootfs");
+    busybox_rootfs(&rootfs);
+    let sandbox = work.path().join("sandbox");
+    std::fs::create_dir(&sandbox).unwrap();
+    let mut req = base_launch("exitcode");
+    req.command.as_mut().unwrap().value = Some("exit 42".into());
+    let cgroups = CgroupRoot::new("exitcode");
+    let cfg = Config { cgroup_root: cgroups.name.clone(), ..Default::default() };
+    let place = Placement { sandbox_dir: sandbox, rootfs: Some(rootfs), ..Default::default() };
+    translate(&req, &cfg, &place).unwrap().write_bundle(&work.path().join("bundle")).unwrap();
+    let state = work.path().join("runc-state");
+    let id = format!("husk-exit-{}", std::process::id());
+    let out = run_with_deadline(
+        Command::new("runc")
+            .arg("--root")
+            .arg(&state)
+            .args(["run", "--bundle"])
+            .arg(work.path().join("bundle"))
+            .arg(&id),
+        Duration::from_secs(60),
+    );
+    let _ = Command::new("runc").arg("--root").arg(&state).args(["delete", "--force", &id]).output();
+    assert_eq!(out.status.code(), Some(42), "stderr: {}", out.stderr);
+}
