@@ -4,4 +4,5 @@
 //! shim's API server build on it.
 #![deny(unsafe_code)]
 
+pub mod cgroups;
 pub mod exit;
