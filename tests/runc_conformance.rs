@@ -43,11 +43,27 @@ echo proc_sys_ro=$( (echo 1 > /proc/sys/kernel/ns_last_pid) 2>/dev/null && echo 
 "#;
 
 struct Run {
+    status: std::process::ExitStatus,
     seen: HashMap<String, String>,
+    stdout: String,
     stderr: String,
 }
 
-/// Translates `req`, writes the bundle, runs it under `runc run` and returns what it printed.
+impl Run {
+    fn succeeded(self) -> Self {
+        assert!(
+            self.status.success(),
+            "runc run failed ({}):\nstdout: {}\nstderr: {}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Translates `req`, writes the bundle, runs it under `runc run` and returns what it printed,
+/// after checking that runc left no cgroup and no mount behind.
 fn run_under_runc(tag: &str, req: &LaunchRequest, place: &Placement, work: &Path) -> Run {
     let cgroups = CgroupRoot::new(tag);
     let cfg = Config { cgroup_root: cgroups.name.clone(), default_pids_limit: Some(64), ..Default::default() };
@@ -67,8 +83,18 @@ fn run_under_runc(tag: &str, req: &LaunchRequest, place: &Placement, work: &Path
     assert!(leaf_left.is_empty(), "runc left cgroups: {leaf_left:?}");
     drop(cgroups);
     assert!(common::mounts_under(work).is_empty(), "mounts left under {}", work.display());
-    assert!(out.status.success(), "runc run failed ({}):\nstdout: {}\nstderr: {}", out.status, out.stdout, out.stderr);
-    Run { seen: observations(&out.stdout), stderr: out.stderr }
+    Run { status: out.status, seen: observations(&out.stdout), stdout: out.stdout, stderr: out.stderr }
+}
+
+/// A sandbox owned by `uid` and a host directory holding `hello`, for the RO volume.
+fn sandbox_and_volume(work: &Path, uid: u32, gid: u32) -> (std::path::PathBuf, std::path::PathBuf) {
+    let sandbox = work.join("sandbox");
+    std::fs::create_dir(&sandbox).unwrap();
+    chown(&sandbox, Some(uid), Some(gid)).unwrap();
+    let data = work.join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("hello"), "volume-content").unwrap();
+    (sandbox, data)
 }
 
 fn cap_mask(caps: &[u32]) -> String {
@@ -152,18 +178,13 @@ fn busybox_rootfs_bundle_runs_under_runc_as_asked() {
     let work = tempfile::tempdir().unwrap();
     let rootfs = work.path().join("rootfs");
     busybox_rootfs(&rootfs);
-    let sandbox = work.path().join("sandbox");
-    std::fs::create_dir(&sandbox).unwrap();
-    chown(&sandbox, Some(common::APP_UID), Some(common::APP_GID)).unwrap();
-    let data = work.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    std::fs::write(data.join("hello"), "volume-content").unwrap();
+    let (sandbox, data) = sandbox_and_volume(work.path(), common::APP_UID, common::APP_GID);
 
     let mut req = base_launch("busybox");
     req.command.as_mut().unwrap().user = Some("app".into());
     req.container = Some(container(&data, &[Capability::NetBindService, Capability::Chown], "conformance"));
     let place = Placement { sandbox_dir: sandbox.clone(), rootfs: Some(rootfs), ..Default::default() };
-    let Run { seen, stderr } = run_under_runc("busybox", &req, &place, work.path());
+    let Run { seen, stderr, .. } = run_under_runc("busybox", &req, &place, work.path()).succeeded();
 
     assert_common(&seen, &stderr);
     assert_eq!(seen["hostname"], "conformance");
@@ -185,12 +206,7 @@ fn busybox_rootfs_bundle_runs_under_runc_as_asked() {
 fn host_rootfs_bundle_runs_under_runc_as_asked() {
     require!(true);
     let work = tempfile::tempdir().unwrap();
-    let sandbox = work.path().join("sandbox");
-    std::fs::create_dir(&sandbox).unwrap();
-    chown(&sandbox, Some(65534), Some(65534)).unwrap();
-    let data = work.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    std::fs::write(data.join("hello"), "volume-content").unwrap();
+    let (sandbox, data) = sandbox_and_volume(work.path(), 65534, 65534);
     let marker = work.path().join("host-marker");
     std::fs::write(&marker, "from the host").unwrap();
 
@@ -207,7 +223,7 @@ fn host_rootfs_bundle_runs_under_runc_as_asked() {
     let probe = cmd.value.take().unwrap().replace("/data/", &format!("{}/", data.display()));
     cmd.value = Some(probe);
     let place = Placement { sandbox_dir: sandbox.clone(), ..Default::default() };
-    let Run { seen, stderr } = run_under_runc("hostfs", &req, &place, work.path());
+    let Run { seen, stderr, .. } = run_under_runc("hostfs", &req, &place, work.path()).succeeded();
 
     assert_common(&seen, &stderr);
     assert_eq!(seen["hostname"], "hostfs");
@@ -230,21 +246,7 @@ fn failing_command_exit_code_reaches_runc() {
     std::fs::create_dir(&sandbox).unwrap();
     let mut req = base_launch("exitcode");
     req.command.as_mut().unwrap().value = Some("exit 42".into());
-    let cgroups = CgroupRoot::new("exitcode");
-    let cfg = Config { cgroup_root: cgroups.name.clone(), ..Default::default() };
     let place = Placement { sandbox_dir: sandbox, rootfs: Some(rootfs), ..Default::default() };
-    translate(&req, &cfg, &place).unwrap().write_bundle(&work.path().join("bundle")).unwrap();
-    let state = work.path().join("runc-state");
-    let id = format!("husk-exit-{}", std::process::id());
-    let out = run_with_deadline(
-        Command::new("runc")
-            .arg("--root")
-            .arg(&state)
-            .args(["run", "--bundle"])
-            .arg(work.path().join("bundle"))
-            .arg(&id),
-        Duration::from_secs(60),
-    );
-    let _ = Command::new("runc").arg("--root").arg(&state).args(["delete", "--force", &id]).output();
-    assert_eq!(out.status.code(), Some(42), "stderr: {}", out.stderr);
+    let run = run_under_runc("exitcode", &req, &place, work.path());
+    assert_eq!(run.status.code(), Some(42), "stderr: {}", run.stderr);
 }
