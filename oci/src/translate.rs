@@ -488,7 +488,12 @@ impl Translator<'_> {
         } else {
             // The shared IPC namespace's /dev/shm: the parent's for a nested container, else the
             // host's.
-            mounts.push(m("/dev/shm", "bind", "/dev/shm", &["rbind", "nosuid", "noexec", "nodev"])?);
+            let shm = match &self.place.parent {
+                Some(p) => p.root_dir.join("dev/shm"),
+                None => PathBuf::from("/dev/shm"),
+            };
+            let shm = shm.display().to_string();
+            mounts.push(m("/dev/shm", "bind", &shm, &["rbind", "nosuid", "noexec", "nodev"])?);
         }
         if self.has_own_network()? {
             mounts.push(m("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?);

@@ -640,6 +640,7 @@ fn nested_container_joins_its_parent() {
             uts_ns: "/proc/42/ns/uts".into(),
             pid_ns: "/proc/42/ns/pid".into(),
             ipc_ns: "/proc/42/ns/ipc".into(),
+            root_dir: "/proc/42/root".into(),
             cgroups_path: "/husk/pod".into(),
         }),
         ..Default::default()
@@ -659,8 +660,12 @@ fn nested_container_joins_its_parent() {
 
     // share_cgroups=false gives the child its own cgroup under the parent's.
     let mut info = req.container.clone().unwrap();
-    info.linux_info =
-        Some(LinuxInfo { share_cgroups: Some(false), share_pid_namespace: Some(true), ..Default::default() });
+    info.linux_info = Some(LinuxInfo {
+        share_cgroups: Some(false),
+        share_pid_namespace: Some(true),
+        ipc_mode: Some(linux_info::IpcMode::ShareParent as i32),
+        ..Default::default()
+    });
     req.container = Some(info);
     let s = spec(&req, &place);
     assert_eq!(s.linux().as_ref().unwrap().cgroups_path().as_deref(), Some(Path::new("/husk/pod/child")));
@@ -669,6 +674,10 @@ fn nested_container_joins_its_parent() {
         ns.iter().find(|n| n.typ() == LinuxNamespaceType::Pid).unwrap().path().as_deref(),
         Some(Path::new("/proc/42/ns/pid"))
     );
+    let ipc = ns.iter().find(|n| n.typ() == LinuxNamespaceType::Ipc).unwrap();
+    assert_eq!(ipc.path().as_deref(), Some(Path::new("/proc/42/ns/ipc")));
+    let shm = mount_at(&s, "/dev/shm").unwrap();
+    assert_eq!(shm.source().as_deref(), Some(Path::new("/proc/42/root/dev/shm")), "the parent's /dev/shm");
 
     // Without the parent's context, a nested launch is refused.
     assert!(err(&req, &host(&f)).starts_with("container_id.parent:"));
