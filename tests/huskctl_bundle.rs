@@ -50,7 +50,7 @@ fn mesos_launch_call_becomes_a_bundle_runc_runs() {
         Duration::from_secs(60),
     );
     let _ = Command::new("runc").arg("--root").arg(&state).args(["delete", "--force", &id]).output();
-    assert!(run.status.success(), "{}", run.stderr);
+    assert!(!run.timed_out && run.status.success(), "{}", run.stderr);
     assert_eq!(run.stdout.trim(), "hello from from-json as 0");
 }
 
@@ -123,6 +123,27 @@ fn bad_input_names_the_field_and_writes_nothing() {
         assert!(out.stderr.contains(expected), "{args:?}: {:?} lacks {expected:?}", out.stderr);
         assert!(!bundle.exists(), "{args:?} wrote a bundle");
     }
+    // Without --sandbox, the default sandbox it had to create goes again.
+    let out = run_with_deadline(
+        huskctl().args(["bundle", "--bundle"]).arg(&bundle).args(["--resources", "mem:NaN", "--", "true"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(!bundle.exists(), "a refused launch leaves no bundle or sandbox directory");
+
     let out = run_with_deadline(huskctl().args(["bundle", "--no-such-flag"]), Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+    let out = run_with_deadline(
+        huskctl().args(["bundle", "--bundle", "/tmp/x", "-f", "l.json", "--resources", "cpus:1"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(2), "flags that -f would ignore are refused: {}", out.stderr);
+    let out = run_with_deadline(
+        huskctl()
+            .args(["bundle", "--bundle"])
+            .arg(&bundle)
+            .args(["--limit", "mem=1", "--limit", "mem=2", "--", "true"]),
+        Duration::from_secs(30),
+    );
+    assert!(out.stderr.contains("--limit `mem` is given twice"), "{}", out.stderr);
 }

@@ -38,6 +38,7 @@ echo sandbox=$MESOS_SANDBOX
 echo probe > "$MESOS_SANDBOX/probe" && echo sandbox_write=ok
 echo volume=$(cat /data/hello)
 (echo x > /data/new) 2>/dev/null && echo volume_write=yes || echo volume_write=no
+(echo x > /data/sub/new) 2>/dev/null && echo submount_write=yes || echo submount_write=no
 echo greeting=$GREETING
 echo proc_sys_ro=$( (echo 1 > /proc/sys/kernel/ns_last_pid) 2>/dev/null && echo no || echo yes)
 "#;
@@ -82,19 +83,34 @@ fn run_under_runc(tag: &str, req: &LaunchRequest, place: &Placement, work: &Path
     let leaf_left: Vec<_> = cgroups.leftovers().into_iter().filter(|p| p.ends_with(&req.container_id.value)).collect();
     assert!(leaf_left.is_empty(), "runc left cgroups: {leaf_left:?}");
     drop(cgroups);
-    assert!(common::mounts_under(work).is_empty(), "mounts left under {}", work.display());
+    let left: Vec<_> = common::mounts_under(work).into_iter().filter(|m| !m.ends_with("data/sub")).collect();
+    assert!(left.is_empty(), "mounts left under {}: {left:?}", work.display());
+    assert!(!out.timed_out, "runc run did not finish in time\nstdout: {}\nstderr: {}", out.stdout, out.stderr);
     Run { status: out.status, seen: observations(&out.stdout), stdout: out.stdout, stderr: out.stderr }
 }
 
-/// A sandbox owned by `uid` and a host directory holding `hello`, for the RO volume.
-fn sandbox_and_volume(work: &Path, uid: u32, gid: u32) -> (std::path::PathBuf, std::path::PathBuf) {
+/// Unmounts a test's own mount when dropped.
+struct MountGuard(std::path::PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A sandbox owned by `uid`, and a host directory holding `hello` with a tmpfs mounted at
+/// `sub`, for the RO volume (read-only must reach its submounts too).
+fn sandbox_and_volume(work: &Path, uid: u32, gid: u32) -> (std::path::PathBuf, std::path::PathBuf, MountGuard) {
     let sandbox = work.join("sandbox");
     std::fs::create_dir(&sandbox).unwrap();
     chown(&sandbox, Some(uid), Some(gid)).unwrap();
     let data = work.join("data");
-    std::fs::create_dir(&data).unwrap();
+    std::fs::create_dir_all(data.join("sub")).unwrap();
     std::fs::write(data.join("hello"), "volume-content").unwrap();
-    (sandbox, data)
+    let status = Command::new("mount").args(["-t", "tmpfs", "-o", "mode=0777", "tmpfs"]).arg(data.join("sub")).status();
+    assert!(status.unwrap().success(), "mounting the test's tmpfs");
+    let guard = MountGuard(data.join("sub"));
+    (sandbox, data, guard)
 }
 
 fn cap_mask(caps: &[u32]) -> String {
@@ -167,6 +183,7 @@ fn assert_common(seen: &HashMap<String, String>, stderr: &str) {
     assert_eq!(get("sandbox_write"), "ok");
     assert_eq!(get("volume"), "volume-content");
     assert_eq!(get("volume_write"), "no", "an RO volume is read-only");
+    assert_eq!(get("submount_write"), "no", "and so are its submounts");
     assert_eq!(get("greeting"), "hello husk");
     assert_eq!(get("NoNewPrivs"), "1");
     assert_eq!(get("proc_sys_ro"), "yes", "/proc/sys is read-only");
@@ -178,7 +195,7 @@ fn busybox_rootfs_bundle_runs_under_runc_as_asked() {
     let work = tempfile::tempdir().unwrap();
     let rootfs = work.path().join("rootfs");
     busybox_rootfs(&rootfs);
-    let (sandbox, data) = sandbox_and_volume(work.path(), common::APP_UID, common::APP_GID);
+    let (sandbox, data, _submount) = sandbox_and_volume(work.path(), common::APP_UID, common::APP_GID);
 
     let mut req = base_launch("busybox");
     req.command.as_mut().unwrap().user = Some("app".into());
@@ -206,7 +223,7 @@ fn busybox_rootfs_bundle_runs_under_runc_as_asked() {
 fn host_rootfs_bundle_runs_under_runc_as_asked() {
     require!(true);
     let work = tempfile::tempdir().unwrap();
-    let (sandbox, data) = sandbox_and_volume(work.path(), 65534, 65534);
+    let (sandbox, data, _submount) = sandbox_and_volume(work.path(), 65534, 65534);
     let marker = work.path().join("host-marker");
     std::fs::write(&marker, "from the host").unwrap();
 

@@ -17,8 +17,8 @@ impl Translation {
     /// creates the sandbox directories that SANDBOX_PATH volumes mount and, for a host-rootfs
     /// container, the `rootfs` mount point.
     pub fn write_bundle(&self, bundle_dir: &Path) -> Result<()> {
-        for dir in &self.sandbox_dirs {
-            DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(|e| Error::io(dir, e))?;
+        for (root, rel) in &self.sandbox_dirs {
+            crate::fs::mkdir_in_root(root, rel, 0o755).map_err(|e| Error::io(root.join(rel), e))?;
         }
         write_spec(bundle_dir, &self.spec)?;
         if self.host_rootfs {

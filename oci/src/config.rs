@@ -32,6 +32,13 @@ pub struct Config {
     pub default_shm_size_mb: u32,
     /// Set `no_new_privileges` on every container (Mesos' `linux/nnp` isolator).
     pub no_new_privileges: bool,
+    /// Whether a top-level container may share the host's pid namespace
+    /// (`LinuxInfo.share_pid_namespace`); the opposite of Mesos'
+    /// `--disallow_sharing_agent_pid_namespace`, and off by default.
+    pub allow_host_pid_namespace: bool,
+    /// Whether a top-level container may share the host's IPC namespace and `/dev/shm`
+    /// (`ipc_mode: SHARE_PARENT`); off by default.
+    pub allow_host_ipc_namespace: bool,
 }
 
 impl Default for Config {
@@ -46,6 +53,8 @@ impl Default for Config {
             seccomp_profile_dir: None,
             default_shm_size_mb: 64,
             no_new_privileges: true,
+            allow_host_pid_namespace: false,
+            allow_host_ipc_namespace: false,
         }
     }
 }

@@ -63,6 +63,36 @@ fn join(root: &Path, parts: &[OsString]) -> PathBuf {
     p
 }
 
+/// Creates `rel` (and its missing parents) inside `root`, never following a symbolic link: each
+/// component is created and then opened with `O_NOFOLLOW` relative to its parent, so a link
+/// planted by whoever writes inside `root` fails the call instead of redirecting it.
+pub fn mkdir_in_root(root: &Path, rel: &Path, mode: u32) -> io::Result<()> {
+    use nix::fcntl::{open, openat, OFlag};
+    use nix::sys::stat::{mkdirat, Mode};
+    let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
+    let mut dir = open(root, flags, Mode::empty()).map_err(io::Error::from)?;
+    for part in rel.components() {
+        let Component::Normal(name) = part else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("`{}` is not a plain relative path", rel.display()),
+            ));
+        };
+        match mkdirat(&dir, name, Mode::from_bits_truncate(mode)) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        dir = openat(&dir, name, flags, Mode::empty()).map_err(|e| match e {
+            nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR => io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("`{}` in `{}` is not a directory (a symbolic link?)", name.to_string_lossy(), root.display()),
+            ),
+            e => e.into(),
+        })?;
+    }
+    Ok(())
+}
+
 /// Whether `path` is free of `..` components (a lexical check, for request fields).
 pub fn has_parent_component(path: &str) -> bool {
     Path::new(path).components().any(|c| c == Component::ParentDir)
@@ -90,6 +120,19 @@ mod tests {
         assert_eq!(resolve_in_root(root, Path::new("/../../x")).unwrap(), root.join("x"));
         assert_eq!(resolve_in_root(root, Path::new("/rel/a/../b")).unwrap(), root.join("real/b"));
         assert!(resolve_in_root(root, Path::new("/loop1")).is_err());
+    }
+
+    #[test]
+    fn mkdir_in_root_refuses_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        mkdir_in_root(dir.path(), Path::new("a/b/c"), 0o755).unwrap();
+        assert!(dir.path().join("a/b/c").is_dir());
+        mkdir_in_root(dir.path(), Path::new("a/b/c"), 0o755).unwrap();
+        symlink(outside.path(), dir.path().join("a/link")).unwrap();
+        assert!(mkdir_in_root(dir.path(), Path::new("a/link/x"), 0o755).is_err());
+        assert!(!outside.path().join("x").exists(), "nothing created through the link");
+        assert!(mkdir_in_root(dir.path(), Path::new("../x"), 0o755).is_err());
     }
 
     #[test]

@@ -7,6 +7,22 @@ use husk_proto::mesos::v1::{resource, value, Resource};
 
 use crate::error::{Error, Result};
 
+/// Largest cpu amount husk accepts (the kernel's CFS quota is bounded; no node comes close).
+pub const MAX_CPUS: f64 = 1_000_000.0;
+/// Largest memory or disk amount husk accepts, in MB (1 EiB; byte counts must fit in an i64).
+pub const MAX_MB: f64 = (1u64 << 40) as f64;
+/// Largest value of any other scalar (integers stay exact in an f64 up to here).
+pub const MAX_SCALAR: f64 = (1u64 << 53) as f64;
+
+/// The bound of a named scalar.
+pub fn max_for(name: &str) -> f64 {
+    match name {
+        "cpus" => MAX_CPUS,
+        "mem" | "disk" => MAX_MB,
+        _ => MAX_SCALAR,
+    }
+}
+
 /// Role of unreserved resources.
 pub const UNRESERVED_ROLE: &str = "*";
 
@@ -135,6 +151,12 @@ pub fn validate(resources: &[Resource], field: &str) -> Result<()> {
             Ok(value::Type::Scalar) => {
                 let v = r.scalar.as_ref().ok_or_else(|| Error::invalid(&at, "type SCALAR needs `scalar`"))?.value;
                 check_scalar(v, &at)?;
+                if v > max_for(&r.name) {
+                    return Err(Error::invalid(
+                        &at,
+                        format!("{v} is above the largest accepted value {}", max_for(&r.name)),
+                    ));
+                }
             }
             Ok(value::Type::Ranges) => {
                 let ranges = r.ranges.as_ref().ok_or_else(|| Error::invalid(&at, "type RANGES needs `ranges`"))?;
@@ -226,6 +248,26 @@ impl Amounts {
     }
 }
 
+impl Amounts {
+    /// Checks the totals over all roles against the same bounds as single resources.
+    pub fn check_totals(&self, field: &str) -> Result<()> {
+        for (name, v) in [("cpus", self.cpus), ("mem", self.mem_mb), ("disk", self.disk_mb)] {
+            if let Some(v) = v {
+                if v > max_for(name) {
+                    return Err(Error::invalid(
+                        field,
+                        format!(
+                            "{name} adds up to {v} over all roles, above the largest accepted value {}",
+                            max_for(name)
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Resource limits (`limits` of a launch): `cpus` and `mem`, where infinity means no limit.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Limits {
@@ -246,6 +288,9 @@ pub fn limits(map: &HashMap<String, value::Scalar>, requests: &Amounts, field: &
         }
         if v <= 0.0 {
             return Err(Error::invalid(&at, format!("must be positive or infinity (got {v})")));
+        }
+        if v.is_finite() && v > max_for(key) {
+            return Err(Error::invalid(&at, format!("{v} is above the largest accepted value {}", max_for(key))));
         }
         let (slot, request) = match key.as_str() {
             "cpus" => (&mut out.cpus, requests.cpus),
@@ -354,6 +399,9 @@ mod tests {
         assert!(err("cpus(x:1").contains("must be closed"));
         assert!(err("s:{a,a}").contains("appears twice"));
         assert_eq!(err(""), "--resources: no resources given");
+        assert!(err("cpus:2000000").contains("above the largest accepted value"));
+        assert!(err("mem:1e300").contains("above the largest accepted value"));
+        assert!(parse("cpus:1000000;mem:1099511627776", "r").is_ok(), "the bounds themselves are fine");
         assert!(
             err("[{\"name\":\"cpus\",\"type\":\"SCALAR\"}]").contains("needs `scalar`"),
             "{}",
@@ -368,6 +416,8 @@ mod tests {
     fn same_name_in_two_roles_is_fine_and_summed() {
         let r = parse("cpus:1;cpus(web):2", "r").unwrap();
         assert_eq!(Amounts::of(&r).cpus, Some(3.0));
+        let r = parse("cpus:1000000;cpus(web):1", "r").unwrap();
+        assert!(Amounts::of(&r).check_totals("resources").unwrap_err().to_string().contains("adds up to 1000001"));
     }
 
     #[test]
@@ -386,5 +436,6 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("only `cpus` and `mem`"));
+        assert!(limits(&m("cpus", 1e12), &requests, "limits").unwrap_err().to_string().contains("largest accepted"));
     }
 }

@@ -5,7 +5,10 @@
 //! the mount/namespace/tracing families unless the container holds the capability that would
 //! make them meaningful (as Docker's default profile conditions them). The kernel checks the
 //! capabilities too; seccomp closes the attack surface of the syscall code before that check.
-use oci_spec::runtime::{Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder};
+use oci_spec::runtime::{
+    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator,
+    LinuxSyscall, LinuxSyscallBuilder,
+};
 
 use crate::caps::CapSet;
 
@@ -14,6 +17,9 @@ const ALWAYS_DENIED: &[&str] = &[
     "add_key",
     "create_module",
     "get_kernel_syms",
+    "io_uring_enter",
+    "io_uring_register",
+    "io_uring_setup",
     "kexec_file_load",
     "kexec_load",
     "keyctl",
@@ -73,6 +79,17 @@ const DENIED_WITHOUT: &[(&str, &[&str])] = &[
 /// errno returned for a refused syscall.
 pub const DENIED_ERRNO: u32 = libc::EPERM as u32;
 
+/// clone(2) flags that create namespaces: refused without CAP_SYS_ADMIN, like unshare(2).
+const NAMESPACE_CLONE_FLAGS: &[u64] = &[
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWCGROUP as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWNET as u64,
+];
+
 /// The syscalls the default profile refuses to a container whose bounding set is `caps`.
 pub fn denied_syscalls(caps: &CapSet) -> Vec<String> {
     let mut names: Vec<String> = ALWAYS_DENIED.iter().map(|s| s.to_string()).collect();
@@ -87,12 +104,15 @@ pub fn denied_syscalls(caps: &CapSet) -> Vec<String> {
 
 /// The default profile for a container whose bounding set is `caps`.
 pub fn default_profile(caps: &CapSet) -> LinuxSeccomp {
-    let deny = LinuxSyscallBuilder::default()
-        .names(denied_syscalls(caps))
-        .action(LinuxSeccompAction::ScmpActErrno)
-        .errno_ret(DENIED_ERRNO)
-        .build()
-        .expect("syscall rule has every required field");
+    let mut rules = vec![rule(denied_syscalls(caps), DENIED_ERRNO, None)];
+    if !caps.contains("CAP_SYS_ADMIN") {
+        // clone3 passes its flags in memory, where seccomp cannot look: ENOSYS makes libc fall
+        // back to clone(2), whose flags it can check.
+        rules.push(rule(vec!["clone3".to_string()], libc::ENOSYS as u32, None));
+        for flag in NAMESPACE_CLONE_FLAGS {
+            rules.push(rule(vec!["clone".to_string()], DENIED_ERRNO, Some(*flag)));
+        }
+    }
     LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActAllow)
         .architectures(vec![
@@ -102,9 +122,25 @@ pub fn default_profile(caps: &CapSet) -> LinuxSeccomp {
             Arch::ScmpArchAarch64,
             Arch::ScmpArchArm,
         ])
-        .syscalls(vec![deny])
+        .syscalls(rules)
         .build()
         .expect("seccomp profile has every required field")
+}
+
+/// Refuse `names` with `errno`; with `flag`, only calls whose first argument has that bit set.
+fn rule(names: Vec<String>, errno: u32, flag: Option<u64>) -> LinuxSyscall {
+    let mut b = LinuxSyscallBuilder::default().names(names).action(LinuxSeccompAction::ScmpActErrno).errno_ret(errno);
+    if let Some(bit) = flag {
+        let arg = LinuxSeccompArgBuilder::default()
+            .index(0usize)
+            .value(bit)
+            .value_two(bit)
+            .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+            .build()
+            .expect("seccomp argument has every required field");
+        b = b.args(vec![arg]);
+    }
+    b.build().expect("syscall rule has every required field")
 }
 
 #[cfg(test)]
@@ -133,6 +169,7 @@ mod tests {
         ] {
             assert!(denied.iter().any(|d| d == name), "{name} must be denied");
         }
+        assert!(denied.iter().any(|d| d == "io_uring_setup"));
         for name in ["read", "write", "clone", "execve", "chown", "setuid", "kill"] {
             assert!(!denied.iter().any(|d| d == name), "{name} must be allowed");
         }
@@ -153,5 +190,16 @@ mod tests {
         assert_eq!(json["defaultAction"], "SCMP_ACT_ALLOW");
         assert_eq!(json["syscalls"][0]["action"], "SCMP_ACT_ERRNO");
         assert_eq!(json["syscalls"][0]["errnoRet"], 1);
+        assert_eq!(json["syscalls"][1]["names"][0], "clone3");
+        assert_eq!(json["syscalls"][1]["errnoRet"], libc::ENOSYS);
+        let clone_rules: Vec<_> =
+            json["syscalls"].as_array().unwrap().iter().filter(|r| r["names"][0] == "clone").collect();
+        assert_eq!(clone_rules.len(), 7, "one rule per namespace flag");
+        let newuser = clone_rules.iter().find(|r| r["args"][0]["value"] == libc::CLONE_NEWUSER as u64).unwrap();
+        assert_eq!(newuser["args"][0]["op"], "SCMP_CMP_MASKED_EQ");
+        assert_eq!(newuser["args"][0]["valueTwo"], libc::CLONE_NEWUSER as u64);
+        // With CAP_SYS_ADMIN the namespace rules go.
+        let admin = serde_json::to_value(default_profile(&["CAP_SYS_ADMIN".to_string()].into())).unwrap();
+        assert_eq!(admin["syscalls"].as_array().unwrap().len(), 1);
     }
 }

@@ -73,8 +73,9 @@ pub struct Translation {
     /// allowed set, a memory request raised to the minimum).
     pub warnings: Vec<String>,
     /// Directories inside sandboxes that SANDBOX_PATH volumes mount and that must exist before
-    /// the container starts (created by [`Translation::write_bundle`]).
-    pub sandbox_dirs: Vec<PathBuf>,
+    /// the container starts, as (sandbox, path inside it); created by
+    /// [`Translation::write_bundle`] without following links.
+    pub sandbox_dirs: Vec<(PathBuf, PathBuf)>,
     /// The container runs on the host filesystem: the bundle needs its (empty) `rootfs`
     /// directory as the mount point of the host's `/`.
     pub host_rootfs: bool,
@@ -90,6 +91,7 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
     validate::command(cmd, "command")?;
     resources::validate(&req.resources, "resources")?;
     let requests = Amounts::of(&req.resources);
+    requests.check_totals("resources")?;
     let limits = resources::limits(&req.limits, &requests, "limits")?;
     let default_info =
         ContainerInfo { r#type: husk_proto::mesos::v1::container_info::Type::Mesos as i32, ..Default::default() };
@@ -255,7 +257,7 @@ struct Translator<'a> {
     linux: &'a LinuxInfo,
     nested: bool,
     warnings: Vec<String>,
-    sandbox_dirs: Vec<PathBuf>,
+    sandbox_dirs: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Translator<'_> {
@@ -436,6 +438,8 @@ impl Translator<'_> {
 
     fn ipc_private(&self) -> Result<bool> {
         let mode = match self.linux.ipc_mode {
+            // Mesos: a nested container without an ipc_mode shares its parent's.
+            None if self.nested => linux_info::IpcMode::ShareParent,
             None => linux_info::IpcMode::Private,
             Some(v) => linux_info::IpcMode::try_from(v)
                 .map_err(|_| Error::invalid("container.linux_info.ipc_mode", format!("unknown mode {v}")))?,
@@ -447,6 +451,13 @@ impl Translator<'_> {
                     return Err(Error::invalid(
                         "container.linux_info.shm_size",
                         "can only be set with ipc_mode PRIVATE (a shared IPC namespace shares /dev/shm)",
+                    ));
+                }
+                if !self.nested && !self.cfg.allow_host_ipc_namespace {
+                    return Err(Error::invalid(
+                        "container.linux_info.ipc_mode",
+                        "SHARE_PARENT would share the host's IPC namespace, which this agent does not allow \
+                         (see --allow-host-ipc-namespace)",
                     ));
                 }
                 Ok(false)
@@ -574,7 +585,13 @@ impl Translator<'_> {
 
         let (source, propagation) = self.volume_source(v, field)?;
         let mut options = vec!["rbind".to_string(), propagation.to_string()];
-        options.push(if mode == volume::Mode::Ro { "ro" } else { "rw" }.to_string());
+        if mode == volume::Mode::Ro {
+            // `ro` alone leaves the volume's submounts writable; `rro` makes the whole tree
+            // read-only (mount_setattr, Linux 5.12; runc 1.1, crun 1.4 and husk's runtime).
+            options.extend(["ro".to_string(), "rro".to_string()]);
+        } else {
+            options.push("rw".to_string());
+        }
         MountBuilder::default()
             .destination(target)
             .typ("bind")
@@ -644,7 +661,8 @@ impl Translator<'_> {
                 // Sandboxes are written by containers: resolve links as if the sandbox were `/`.
                 let path =
                     resolve_in_root(&root, Path::new(&sp.path)).map_err(|e| Error::invalid(&at, e.to_string()))?;
-                self.sandbox_dirs.push(path.clone());
+                let rel = path.strip_prefix(&root).unwrap_or(Path::new("")).to_path_buf();
+                self.sandbox_dirs.push((root, rel));
                 Ok((path, "rprivate"))
             }
             Type::DockerVolume => Err(Error::unsupported(format!("{field}.source.type"), "DOCKER_VOLUME")),
@@ -666,8 +684,16 @@ impl Translator<'_> {
         let mut out = vec![ns(LinuxNamespaceType::Mount, None)?, ns(LinuxNamespaceType::Cgroup, None)?];
         if self.linux.share_pid_namespace() {
             // Top-level: the host's pid namespace (no entry). Nested: the parent's.
-            if let Some(p) = parent {
-                out.push(ns(LinuxNamespaceType::Pid, Some(&p.pid_ns))?);
+            match parent {
+                Some(p) => out.push(ns(LinuxNamespaceType::Pid, Some(&p.pid_ns))?),
+                None if !self.cfg.allow_host_pid_namespace => {
+                    return Err(Error::invalid(
+                        "container.linux_info.share_pid_namespace",
+                        "would share the host's pid namespace, which this agent does not allow \
+                         (see --allow-host-pid-namespace)",
+                    ));
+                }
+                None => {}
             }
         } else {
             out.push(ns(LinuxNamespaceType::Pid, None)?);
@@ -731,11 +757,12 @@ impl Translator<'_> {
         Ok(isolated)
     }
 
+    /// Every container has a cgroup of its own: killing or removing it never touches another
+    /// container. A nested container's is below its parent's, so with `share_cgroups` (and no
+    /// limits of its own) it shares the parent's limits, hierarchically.
     fn cgroups_path(&self, req: &LaunchRequest) -> String {
         if let Some(p) = &self.place.parent {
-            if self.linux.share_cgroups() {
-                return p.cgroups_path.clone();
-            }
+            return format!("{}/{}", p.cgroups_path.trim_end_matches('/'), req.container_id.value);
         }
         let mut path = format!("/{}", self.cfg.cgroup_root.trim_matches('/'));
         for part in path_of(&req.container_id) {
@@ -754,7 +781,7 @@ impl Translator<'_> {
         }
         let mut b = LinuxResourcesBuilder::default().devices(default_device_rules()?);
         if self.nested && self.linux.share_cgroups() {
-            // The parent's cgroups hold the limits; a nested container only adds its processes.
+            // The parent's cgroup above holds the limits; this one only groups the processes.
             return b.build().map_err(internal);
         }
         let mut cpu = LinuxCpuBuilder::default();
@@ -789,8 +816,8 @@ impl Translator<'_> {
                 }
                 mem = mem.limit((l.max(MIN_MEMORY_MB) * MIB) as i64);
             }
-            if let (Some(r), true) = (req.mem_mb, lim.mem_mb.is_some()) {
-                // With a separate limit, the request is the soft limit (memory.soft_limit_in_bytes).
+            if let Some(r) = req.mem_mb {
+                // The request is the soft limit (memory.soft_limit_in_bytes), as Mesos sets it.
                 mem = mem.reservation((r.max(MIN_MEMORY_MB) * MIB) as i64);
             }
             b = b.memory(mem.build().map_err(internal)?);

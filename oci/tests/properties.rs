@@ -109,7 +109,8 @@ proptest! {
     fn valid_launches_make_valid_specs(req in launch_strategy()) {
         let dir = tempfile::tempdir().unwrap();
         let place = Placement { sandbox_dir: dir.path().to_path_buf(), ..Default::default() };
-        let cfg = Config::default();
+        // share_pid_namespace is in the strategy: an agent that allows it.
+        let cfg = Config { allow_host_pid_namespace: true, ..Config::default() };
         let t = translate(&req, &cfg, &place).map_err(|e| TestCaseError::fail(e.to_string()))?;
 
         let json = serde_json::to_string(&t.spec).unwrap();

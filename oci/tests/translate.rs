@@ -190,7 +190,9 @@ fn shm_size_and_ipc_modes() {
 
     info.linux_info = Some(LinuxInfo { ipc_mode: Some(linux_info::IpcMode::ShareParent as i32), ..Default::default() });
     req.container = Some(info.clone());
-    let s = spec(&req, &image_place(&f));
+    assert!(err(&req, &image_place(&f)).contains("see --allow-host-ipc-namespace"), "host IPC is opt-in");
+    let host_ipc = Config { allow_host_ipc_namespace: true, ..Default::default() };
+    let s = translate(&req, &host_ipc, &image_place(&f)).unwrap().spec;
     assert!(!ns_types(&s).contains(&LinuxNamespaceType::Ipc));
     assert_eq!(mount_at(&s, "/dev/shm").unwrap().typ().as_deref(), Some("bind"));
 
@@ -212,7 +214,14 @@ fn share_pid_namespace_uses_the_hosts() {
     let mut info = mesos_info();
     info.linux_info = Some(LinuxInfo { share_pid_namespace: Some(true), ..Default::default() });
     req.container = Some(info);
-    assert!(!ns_types(&spec(&req, &host(&f))).contains(&LinuxNamespaceType::Pid));
+    assert_eq!(
+        err(&req, &host(&f)),
+        "container.linux_info.share_pid_namespace: would share the host's pid namespace, which this agent does \
+         not allow (see --allow-host-pid-namespace)"
+    );
+    let cfg = Config { allow_host_pid_namespace: true, ..Default::default() };
+    let s = translate(&req, &cfg, &host(&f)).unwrap().spec;
+    assert!(!ns_types(&s).contains(&LinuxNamespaceType::Pid));
 }
 
 #[test]
@@ -284,7 +293,7 @@ fn memory_limit_rules() {
     let s = spec(&req, &host(&f));
     let mem = resources_of(&s).memory().as_ref().unwrap();
     assert_eq!(mem.limit(), Some(128 * mb));
-    assert_eq!(mem.reservation(), None);
+    assert_eq!(mem.reservation(), Some(128 * mb), "the request is also the soft limit");
 
     req.resources = vec![scalar("mem", 8.0)];
     let t = translate(&req, &Config::default(), &host(&f)).unwrap();
@@ -560,7 +569,7 @@ fn host_path_volumes() {
     ]);
     let s = spec(&req, &image_place(&f));
     let m = mount_at(&s, "/data").unwrap();
-    assert_eq!(m.options().as_ref().unwrap(), &["rbind", "rslave", "ro"]);
+    assert_eq!(m.options().as_ref().unwrap(), &["rbind", "rslave", "ro", "rro"]);
     assert!(mount_at(&s, "/mnt/mesos/sandbox/cache").is_some(), "relative paths are under the sandbox");
 
     let mut v = host_volume("/data", data.to_str().unwrap(), volume::Mode::Rw);
@@ -621,7 +630,7 @@ fn sandbox_path_volume_symlink_stays_in_the_sandbox() {
     .unwrap();
     let m = mount_at(&t.spec, "/shared").unwrap();
     assert_eq!(m.source().as_ref().unwrap(), &f.sandbox.join("etc/x"), "the link resolves inside the sandbox");
-    assert_eq!(t.sandbox_dirs, vec![f.sandbox.join("etc/x")]);
+    assert_eq!(t.sandbox_dirs, vec![(f.sandbox.clone(), PathBuf::from("etc/x"))]);
 }
 
 #[test]
@@ -651,7 +660,13 @@ fn nested_container_joins_its_parent() {
     assert_eq!(path_of(LinuxNamespaceType::Network), Some("/proc/42/ns/net".into()));
     assert_eq!(path_of(LinuxNamespaceType::Uts), Some("/proc/42/ns/uts".into()));
     assert_eq!(path_of(LinuxNamespaceType::Pid), None, "own pid namespace unless share_pid_namespace");
-    assert_eq!(s.linux().as_ref().unwrap().cgroups_path().as_deref(), Some(Path::new("/husk/pod")));
+    assert_eq!(
+        s.linux().as_ref().unwrap().cgroups_path().as_deref(),
+        Some(Path::new("/husk/pod/child")),
+        "a cgroup of its own below the parent's: deleting it never kills the parent"
+    );
+    assert!(resources_of(&s).memory().is_none(), "no limits of its own with share_cgroups");
+    assert_eq!(path_of(LinuxNamespaceType::Ipc), Some("/proc/42/ns/ipc".into()), "nested: the parent's IPC by default");
     assert_eq!(
         mount_at(&s, &format!("{}/shared", child_sandbox.display())).unwrap().source().as_ref().unwrap(),
         &parent_sandbox.join("data")

@@ -37,7 +37,12 @@ struct BundleArgs {
     #[arg(long, value_name = "DIR")]
     bundle: PathBuf,
     /// Launch document (JSON; `-` for standard input).
-    #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "command")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with_all = ["command", "resources", "limits", "hostname", "user", "env", "no_shell"]
+    )]
     file: Option<String>,
     /// Container id (required for a TaskInfo; default `husk-bundle` for a command).
     #[arg(long)]
@@ -76,7 +81,8 @@ struct BundleArgs {
     /// Mount point of the sandbox inside a container with a rootfs.
     #[arg(long, default_value = husk_oci::config::DEFAULT_SANDBOX_DIRECTORY, value_name = "PATH")]
     sandbox_directory: PathBuf,
-    /// The command to run.
+    /// The command to run: its words joined with spaces form the `sh -c` script (quote as for a
+    /// shell), or, with --no-shell, its argv.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
 }
@@ -124,7 +130,9 @@ fn launch_from_flags(args: &BundleArgs) -> Result<LaunchRequest> {
     for l in &args.limits {
         let (name, v) = l.split_once('=').with_context(|| format!("--limit `{l}` is not NAME=VALUE"))?;
         let v: f64 = v.parse().with_context(|| format!("--limit `{l}`: `{v}` is not a number or `inf`"))?;
-        limits.insert(name.to_string(), value::Scalar { value: v });
+        if limits.insert(name.to_string(), value::Scalar { value: v }).is_some() {
+            bail!("--limit `{name}` is given twice");
+        }
     }
     Ok(LaunchRequest {
         container_id: ContainerId { value: args.id.clone().unwrap_or_else(|| "husk-bundle".into()), parent: None },
@@ -157,9 +165,25 @@ fn bundle(args: BundleArgs) -> Result<()> {
         Some(s) => absolute(s)?,
         None => bundle.join("sandbox"),
     };
-    if !sandbox.exists() {
-        std::fs::create_dir_all(&sandbox).with_context(|| format!("creating the sandbox {}", sandbox.display()))?;
+    // The translation checks the sandbox exists; what is created for it is removed again when
+    // the launch is refused, so a refused launch leaves nothing behind.
+    let mut created = Vec::new();
+    for dir in sandbox.ancestors().collect::<Vec<_>>().into_iter().rev() {
+        if !dir.exists() {
+            std::fs::create_dir(dir).with_context(|| format!("creating the sandbox {}", sandbox.display()))?;
+            created.push(dir.to_path_buf());
+        }
     }
+    let result = write(&args, &req, &bundle, &sandbox);
+    if result.is_err() {
+        for dir in created.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    result
+}
+
+fn write(args: &BundleArgs, req: &LaunchRequest, bundle: &Path, sandbox: &Path) -> Result<()> {
     let rootfs = args.rootfs.as_deref().map(absolute).transpose()?;
     let cfg = Config {
         cgroup_root: args.cgroup_root.clone(),
@@ -167,12 +191,12 @@ fn bundle(args: BundleArgs) -> Result<()> {
         sandbox_directory: args.sandbox_directory.clone(),
         ..Default::default()
     };
-    let place = Placement { sandbox_dir: sandbox.clone(), rootfs, ..Default::default() };
-    let t = translate(&req, &cfg, &place)?;
+    let place = Placement { sandbox_dir: sandbox.to_path_buf(), rootfs, ..Default::default() };
+    let t = translate(req, &cfg, &place)?;
     for w in &t.warnings {
         eprintln!("huskctl: warning: {w}");
     }
-    t.write_bundle(&bundle)?;
+    t.write_bundle(bundle)?;
     println!("{}", bundle.join(husk_oci::bundle::CONFIG_JSON).display());
     Ok(())
 }

@@ -343,24 +343,50 @@ impl Cgroup {
         Ok(pids)
     }
 
-    /// Freezes (`true`) or thaws the cgroup.
-    pub fn set_frozen(&self, frozen: bool) -> io::Result<()> {
-        match &self.layout {
+    /// Freezes (`true`) or thaws the cgroup, and waits (up to `timeout`) until the kernel says it
+    /// is done: a v1 freeze passes through FREEZING, a v2 one shows in `cgroup.events`.
+    pub fn set_frozen(&self, frozen: bool, timeout: Duration) -> io::Result<()> {
+        let (file, value, state_file, done): (PathBuf, &str, PathBuf, &str) = match &self.layout {
             Layout::V2 { .. } => {
-                write_file(&self.dir("").unwrap().join("cgroup.freeze"), if frozen { "1" } else { "0" })
+                let dir = self.dir("").unwrap();
+                let want = if frozen { "frozen 1" } else { "frozen 0" };
+                (dir.join("cgroup.freeze"), if frozen { "1" } else { "0" }, dir.join("cgroup.events"), want)
             }
             Layout::V1 { .. } => {
                 let dir = self
                     .dir("freezer")
                     .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the freezer controller is not mounted"))?;
-                write_file(&dir.join("freezer.state"), if frozen { "FROZEN" } else { "THAWED" })
+                let want = if frozen { "FROZEN" } else { "THAWED" };
+                (dir.join("freezer.state"), want, dir.join("freezer.state"), want)
             }
+        };
+        write_file(&file, value)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let state = std::fs::read_to_string(&state_file).map_err(|e| annotate(e, &state_file))?;
+            // A fake tree without the kernel's state file reads back what was written.
+            if state.lines().any(|l| l.trim() == done) || (state_file == file && state.trim() == value) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{} did not reach `{done}` within {timeout:?}", self.path.display()),
+                ));
+            }
+            // A v1 freeze can stall on a task in uninterruptible sleep: ask again.
+            if !self.layout.is_v2() && frozen {
+                write_file(&file, value)?;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
-    /// Kills every process of the cgroup and waits until it is empty, within `timeout`.
-    /// v2 uses `cgroup.kill`; v1 (and v2 kernels before 5.14) freeze, SIGKILL every process,
-    /// thaw, and repeat until nothing is left, so no process can fork its way out.
+    /// Kills every process of the cgroup and its children and waits until they are gone, within
+    /// `timeout`. v2 uses `cgroup.kill`. Otherwise (v1, v2 before Linux 5.14) the cgroup is
+    /// frozen first, so no process can fork out of the round and no listed pid can exit and be
+    /// reused by another process, then every process gets SIGKILL and the cgroup is thawed (a
+    /// frozen process dies only once thawed); repeated until nothing is left.
     pub fn kill_all(&self, timeout: Duration) -> io::Result<()> {
         let deadline = Instant::now() + timeout;
         let kill_file = self.dir("").filter(|_| self.layout.is_v2()).map(|d| d.join("cgroup.kill"));
@@ -373,7 +399,8 @@ impl Cgroup {
             if procs.is_empty() {
                 return Ok(());
             }
-            if Instant::now() > deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("{} processes still in {} after {timeout:?}", procs.len(), self.path.display()),
@@ -382,18 +409,24 @@ impl Cgroup {
             match &kill_file {
                 Some(f) if f.exists() => write_file(f, "1")?,
                 _ => {
-                    let frozen = self.set_frozen(true).is_ok();
-                    for pid in &procs {
-                        // ESRCH: it exited meanwhile. Anything else shows up as a process left.
-                        let _ =
-                            nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
-                    }
-                    if frozen {
-                        self.set_frozen(false)?;
-                    }
+                    self.set_frozen(true, left)?;
+                    let result = self.procs().map(|frozen| {
+                        for pid in frozen {
+                            // ESRCH: a zombie already; anything else shows up as a process left.
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
+                    });
+                    self.set_frozen(
+                        false,
+                        deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1)),
+                    )?;
+                    result?;
                 }
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 

@@ -133,8 +133,12 @@ fn v2_on_a_fake_cgroupfs() {
     assert_eq!(read("husk/web/pids.max"), "64");
     cg.add(4242).unwrap();
     assert_eq!(read("husk/web/cgroup.procs"), "4242");
-    cg.set_frozen(true).unwrap();
+    std::fs::write(root.path().join("husk/web/cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
+    cg.set_frozen(true, Duration::from_secs(1)).unwrap();
     assert_eq!(read("husk/web/cgroup.freeze"), "1");
+    // The kernel never confirming the thaw is an error, not a hang.
+    let e = cg.set_frozen(false, Duration::from_millis(20)).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
 
     let dir = root.path().join("husk/web");
     std::fs::write(dir.join("cgroup.threads"), "4242\n4243\n").unwrap();
@@ -153,9 +157,24 @@ fn v2_on_a_fake_cgroupfs() {
     assert_eq!((s.mem_rss_bytes, s.mem_cache_bytes), (Some(4096), Some(8192)));
     assert_eq!(s.oom_kills, Some(1));
 
-    // cgroup.kill empties the cgroup (here: the fake's procs file empties when written).
+    // kill_all writes cgroup.kill; the fake's processes never go, so it reports them in time.
+    std::fs::write(dir.join("cgroup.kill"), "").unwrap();
+    let e = cg.kill_all(Duration::from_millis(50)).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+    assert!(e.to_string().contains("1 processes still in /husk/web"), "{e}");
+    assert_eq!(read("husk/web/cgroup.kill"), "1");
     std::fs::write(dir.join("cgroup.procs"), "").unwrap();
     cg.kill_all(Duration::from_secs(1)).unwrap();
+}
+
+/// Kills and reaps a test's child process however the test ends.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn require_root() -> bool {
@@ -195,8 +214,8 @@ fn v1_lifecycle_on_the_host() {
             .unwrap();
         assert_eq!(read("memory", "memory.memsw.limit_in_bytes"), (128u64 << 20).to_string());
 
-        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
-        let pid = child.id() as i32;
+        let mut child = ChildGuard(Command::new("sleep").arg("60").spawn().unwrap());
+        let pid = child.0.id() as i32;
         cg.add(pid).unwrap();
         assert_eq!(cg.procs().unwrap(), vec![pid]);
         assert_eq!(parent.procs().unwrap(), vec![pid], "procs covers the subtree");
@@ -206,13 +225,14 @@ fn v1_lifecycle_on_the_host() {
         assert!(s.mem_total_bytes.is_some(), "a joined process's old charges stay where they were: usage may be 0");
         assert!(s.cpus_user_time_secs.is_some());
 
-        cg.set_frozen(true).unwrap();
+        cg.set_frozen(true, Duration::from_secs(5)).unwrap();
         assert_eq!(read("freezer", "freezer.state"), "FROZEN");
-        cg.set_frozen(false).unwrap();
+        cg.set_frozen(false, Duration::from_secs(5)).unwrap();
+        assert_eq!(read("freezer", "freezer.state"), "THAWED");
 
         cg.kill_all(Duration::from_secs(10)).unwrap();
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        assert_eq!(child.0.wait().unwrap().signal(), Some(libc::SIGKILL));
         assert!(cg.procs().unwrap().is_empty());
         cg.remove(Duration::from_secs(10)).unwrap();
         for d in cg.dirs() {
