@@ -6,3 +6,5 @@
 
 pub mod cgroups;
 pub mod exit;
+pub mod runtime;
+mod sys;

@@ -12,7 +12,7 @@ mod stats;
 pub use stats::Stats;
 
 /// v1 controllers husk manages.
-pub const V1_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "memory", "pids", "freezer"];
+pub const V1_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "memory", "pids", "freezer", "devices"];
 /// v2 controllers husk enables for its containers.
 pub const V2_CONTROLLERS: &[&str] = &["cpu", "memory", "pids"];
 
@@ -107,6 +107,25 @@ pub struct Resources {
     pub memory_swap: Option<i64>,
     /// -1 removes the limit.
     pub pids_limit: Option<i64>,
+    /// Device access rules in order, as the v1 devices controller takes them (`c 1:3 rwm`).
+    pub devices: Vec<DeviceRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRule {
+    pub allow: bool,
+    /// `a`, `b` or `c`.
+    pub kind: char,
+    pub major: Option<i64>,
+    pub minor: Option<i64>,
+    pub access: String,
+}
+
+impl DeviceRule {
+    fn line(&self) -> String {
+        let n = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "*".into());
+        format!("{} {}:{} {}", self.kind, n(self.major), n(self.minor), self.access)
+    }
 }
 
 impl Resources {
@@ -121,6 +140,18 @@ impl Resources {
             memory_reservation: mem.and_then(|m| m.reservation()),
             memory_swap: mem.and_then(|m| m.swap()),
             pids_limit: r.pids().as_ref().map(|p| p.limit()),
+            devices: r
+                .devices()
+                .iter()
+                .flatten()
+                .map(|d| DeviceRule {
+                    allow: d.allow(),
+                    kind: d.typ().map(|t| t.as_str().chars().next().unwrap_or('a')).unwrap_or('a'),
+                    major: d.major(),
+                    minor: d.minor(),
+                    access: d.access().clone().unwrap_or_else(|| "rwm".into()),
+                })
+                .collect(),
         }
     }
 }
@@ -201,6 +232,10 @@ pub fn plan(v2: bool, r: &Resources) -> Vec<Write> {
         }
         if let Some(p) = r.pids_limit {
             out.push(w("pids", "pids.max", if p <= 0 { "max".to_string() } else { p.to_string() }));
+        }
+        // v2 has no devices files (it takes an eBPF program); v1 takes the rules in order.
+        for d in &r.devices {
+            out.push(w("devices", if d.allow { "devices.allow" } else { "devices.deny" }, d.line()));
         }
     }
     out

@@ -28,7 +28,7 @@ fn layouts_from_mountinfo() {
     assert_eq!(unified.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
     assert!(!controllers.contains_key("systemd"));
     let cg = Cgroup::new(hybrid, Path::new("/husk/c1")).unwrap();
-    assert_eq!(cg.dirs().len(), 4, "cpu,cpuacct is one hierarchy");
+    assert_eq!(cg.dirs().len(), 4, "cpu,cpuacct is one hierarchy (and no devices mount here)");
 
     let v2 = Layout::from_mountinfo(PURE_V2).unwrap();
     assert_eq!(v2, Layout::V2 { root: "/sys/fs/cgroup".into() });
@@ -54,6 +54,10 @@ fn full() -> Resources {
         memory_reservation: Some(32 << 20),
         memory_swap: Some(96 << 20),
         pids_limit: Some(64),
+        devices: vec![
+            DeviceRule { allow: false, kind: 'a', major: None, minor: None, access: "rwm".into() },
+            DeviceRule { allow: true, kind: 'c', major: Some(1), minor: Some(3), access: "rwm".into() },
+        ],
     }
 }
 
@@ -74,6 +78,8 @@ fn v1_plan() {
         ("/memory.memsw.limit_in_bytes", "100663296"),
         ("/memory.soft_limit_in_bytes", "33554432"),
         ("/pids.max", "64"),
+        ("/devices.deny", "a *:* rwm"),
+        ("/devices.allow", "c 1:3 rwm"),
     ];
     assert_eq!(p, expect.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>());
     let unlimited = Resources { cpu_quota: Some(-1), pids_limit: Some(-1), ..Default::default() };

@@ -1,0 +1,325 @@
+//! The container's side of `create`: runs in the forked children, never returns.
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::unistd::{Gid, Uid};
+use oci_spec::runtime::{LinuxNamespaceType, PosixRlimitType, Spec};
+use seccompiler::BpfProgram;
+use serde::{Deserialize, Serialize};
+
+use super::{mounts, Error};
+use crate::cgroups::Cgroup;
+use crate::sys::{exit_child, fork, Fork};
+
+/// What the init tells `create`, one JSON line each.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Msg {
+    /// The init's pid (sent by the first child, which then exits).
+    Pid(i32),
+    /// A request husk adjusted (e.g. a clamped rlimit).
+    Warning(String),
+    /// The container is created and waits for `start`.
+    Created,
+    Error(String),
+}
+
+pub(super) struct Child {
+    pub spec: Spec,
+    pub rootfs: PathBuf,
+    pub cgroup: Option<Cgroup>,
+    pub seccomp: Vec<BpfProgram>,
+    pub exec_fifo: PathBuf,
+    /// Write end of the message pipe.
+    pub to_parent: OwnedFd,
+    /// Read end of the pipe on which `create` sends the state once the init is in its cgroup.
+    pub from_parent: OwnedFd,
+}
+
+impl Child {
+    fn send(&self, msg: &Msg) {
+        let mut line = serde_json::to_vec(msg).unwrap_or_default();
+        line.push(b'\n');
+        let mut f = std::fs::File::from(self.to_parent.try_clone().expect("dup of the message pipe"));
+        let _ = f.write_all(&line);
+    }
+}
+
+fn errno_text(e: nix::errno::Errno) -> String {
+    e.desc().to_lowercase()
+}
+
+fn fail(what: impl std::fmt::Display, e: nix::errno::Errno) -> Error {
+    Error::Process(format!("{what}: {}", errno_text(e)))
+}
+
+fn flag(t: LinuxNamespaceType) -> Option<CloneFlags> {
+    Some(match t {
+        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        LinuxNamespaceType::Time => return None,
+    })
+}
+
+/// The first child: joins the namespaces the spec names by path, creates the new ones (the
+/// cgroup namespace waits until the init is in its cgroup), and forks the init, which is the
+/// first process of a new pid namespace.
+pub(super) fn stage1(child: Child) -> ! {
+    match enter_namespaces(&child.spec) {
+        Err(e) => child.send(&Msg::Error(e.to_string())),
+        Ok(()) => match fork() {
+            Ok(Fork::Parent(pid)) => {
+                child.send(&Msg::Pid(pid.as_raw()));
+                exit_child(0)
+            }
+            Ok(Fork::Child) => stage2(child),
+            Err(e) => child.send(&Msg::Error(format!("fork: {e}"))),
+        },
+    }
+    exit_child(1)
+}
+
+fn enter_namespaces(spec: &Spec) -> Result<(), Error> {
+    let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().clone()).unwrap_or_default();
+    for ns in namespaces.iter().filter(|n| n.path().is_some()) {
+        let path = ns.path().as_ref().unwrap();
+        let fd = std::fs::File::open(path).map_err(|e| Error::Process(format!("opening {}: {e}", path.display())))?;
+        let f = flag(ns.typ()).ok_or_else(|| Error::Process(format!("joining {:?} namespaces", ns.typ())))?;
+        setns(&fd, f).map_err(|e| fail(format!("setns {}", path.display()), e))?;
+    }
+    let mut new = CloneFlags::empty();
+    for ns in namespaces.iter().filter(|n| n.path().is_none() && n.typ() != LinuxNamespaceType::Cgroup) {
+        new |= flag(ns.typ()).ok_or_else(|| Error::Process(format!("{:?} namespaces", ns.typ())))?;
+    }
+    unshare(new).map_err(|e| fail("unshare", e))
+}
+
+/// The init: waits to be in its cgroup, builds the container and waits for `start`.
+fn stage2(child: Child) -> ! {
+    let err = match init(&child) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    child.send(&Msg::Error(err.to_string()));
+    exit_child(1)
+}
+
+enum Never {}
+
+fn init(child: &Child) -> Result<Never, Error> {
+    let spec = &child.spec;
+    // Wait for `create` to place us in the cgroup; it then sends the state for the hooks.
+    let mut state_json = Vec::new();
+    std::fs::File::from(child.from_parent.try_clone().map_err(|e| Error::Process(format!("dup: {e}")))?)
+        .read_to_end(&mut state_json)
+        .map_err(|e| Error::Process(format!("waiting for create: {e}")))?;
+    if state_json.is_empty() {
+        return Err(Error::Process("create went away before the container was in its cgroup".into()));
+    }
+    let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().clone()).unwrap_or_default();
+    let new_ns = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ() == t && n.path().is_none());
+    if new_ns(LinuxNamespaceType::Cgroup) {
+        unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| fail("unshare cgroup namespace", e))?;
+    }
+    nix::unistd::setsid().map_err(|e| fail("setsid", e))?;
+    // The fifo is reached through an O_PATH descriptor: after pivot_root its path is gone.
+    let fifo = nix::fcntl::open(
+        &child.exec_fifo,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| fail(format!("opening {}", child.exec_fifo.display()), e))?;
+
+    mounts::setup_rootfs(spec, &child.rootfs, child.cgroup.as_ref())?;
+    let hooks = spec.hooks().as_ref();
+    super::hooks::run("createContainer", hooks.and_then(|h| h.create_container().as_ref()), &state_json)?;
+    mounts::finish_rootfs(spec)?;
+    if let Some(h) = spec.hostname() {
+        if new_ns(LinuxNamespaceType::Uts) {
+            nix::unistd::sethostname(h).map_err(|e| fail("sethostname", e))?;
+        }
+    }
+    if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
+        for (key, value) in sysctl {
+            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+            std::fs::write(&path, value).map_err(|e| Error::Process(format!("sysctl {key}: {e}")))?;
+        }
+    }
+    let process = spec.process().as_ref().ok_or_else(|| Error::Bundle("process is required".into()))?;
+    if let Some(adj) = process.oom_score_adj() {
+        oom_score_adj(child, adj)?;
+    }
+    for r in process.rlimits().iter().flatten() {
+        rlimit(child, r.typ(), r.soft(), r.hard())?;
+    }
+
+    let env: Vec<CString> = process
+        .env()
+        .iter()
+        .flatten()
+        .map(|kv| CString::new(kv.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| Error::Bundle("process.env: NUL byte".into()))?;
+    let args = process.args().clone().unwrap_or_default();
+    let program = args.first().ok_or_else(|| Error::Bundle("process.args is empty".into()))?;
+    let path_var = process
+        .env()
+        .iter()
+        .flatten()
+        .find_map(|kv| kv.strip_prefix("PATH="))
+        .unwrap_or(husk_oci::config::DEFAULT_PATH)
+        .to_string();
+    let cwd = process.cwd();
+    nix::unistd::chdir(cwd).map_err(|e| fail(format!("chdir {}", cwd.display()), e))?;
+    let executable = find_executable(program, &path_var)?;
+    let mut argv: Vec<CString> =
+        args.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<_, _>>().map_err(|_| Error::Bundle("process.args: NUL byte".into()))?;
+    if let Some(argv0) = spec.annotations().as_ref().and_then(|a| a.get(husk_oci::ANNOTATION_ARGV0)) {
+        argv[0] = CString::new(argv0.as_bytes()).map_err(|_| Error::Bundle("argv0 annotation: NUL byte".into()))?;
+    }
+
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    if !nnp {
+        // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we have it.
+        super::seccomp::load(&child.seccomp)?;
+    }
+    set_user_and_capabilities(process)?;
+    if nnp {
+        nix::sys::prctl::set_no_new_privs().map_err(|e| fail("no_new_privileges", e))?;
+    }
+    super::hooks::run("startContainer", hooks.and_then(|h| h.start_container().as_ref()), &state_json)?;
+    if nnp {
+        super::seccomp::load(&child.seccomp)?;
+    }
+    crate::sys::cloexec_from(3);
+    child.send(&Msg::Created);
+
+    // Blocks until `start` opens the fifo for reading; exec closes it (O_CLOEXEC), which tells
+    // `start` the exec happened. A failed exec writes its reason into the fifo instead.
+    let mut fifo_w = nix::fcntl::open(
+        Path::new(&format!("/proc/self/fd/{}", fifo.as_raw_fd())),
+        nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map(std::fs::File::from)
+    .map_err(|e| fail("opening the exec fifo", e))?;
+    drop(fifo);
+    let e = nix::unistd::execve(&executable, &argv, &env).unwrap_err();
+    let text = format!("exec {}: {}", program, errno_text(e));
+    let _ = fifo_w.write_all(text.as_bytes());
+    exit_child(127)
+}
+
+fn find_executable(program: &str, path_var: &str) -> Result<CString, Error> {
+    let found = if program.contains('/') {
+        std::fs::metadata(program).map(|_| PathBuf::from(program)).map_err(|e| {
+            Error::Process(format!("exec {program}: {}", e.raw_os_error().map(|n| errno_text(nix::errno::Errno::from_raw(n))).unwrap_or(e.to_string())))
+        })?
+    } else {
+        path_var
+            .split(':')
+            .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(program))
+            .find(|p| nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok() && p.is_file())
+            .ok_or_else(|| Error::Process(format!("exec {program}: executable file not found in $PATH")))?
+    };
+    CString::new(found.as_os_str().as_bytes()).map_err(|_| Error::Bundle("process.args[0]: NUL byte".into()))
+}
+
+/// Lowering oom_score_adj below the caller's needs CAP_SYS_RESOURCE: without it the value is
+/// clamped to the caller's and reported, as containerd's restrict_oom_score_adj does.
+fn oom_score_adj(child: &Child, adj: i32) -> Result<(), Error> {
+    let path = "/proc/self/oom_score_adj";
+    if std::fs::write(path, adj.to_string()).is_ok() {
+        return Ok(());
+    }
+    let current = std::fs::read_to_string(path).unwrap_or_default();
+    child.send(&Msg::Warning(format!("oom_score_adj {adj} not permitted here; kept {}", current.trim())));
+    Ok(())
+}
+
+fn rlimit(child: &Child, typ: PosixRlimitType, soft: u64, hard: u64) -> Result<(), Error> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let r = match typ {
+        PosixRlimitType::RlimitCpu => Resource::RLIMIT_CPU,
+        PosixRlimitType::RlimitFsize => Resource::RLIMIT_FSIZE,
+        PosixRlimitType::RlimitData => Resource::RLIMIT_DATA,
+        PosixRlimitType::RlimitStack => Resource::RLIMIT_STACK,
+        PosixRlimitType::RlimitCore => Resource::RLIMIT_CORE,
+        PosixRlimitType::RlimitRss => Resource::RLIMIT_RSS,
+        PosixRlimitType::RlimitNproc => Resource::RLIMIT_NPROC,
+        PosixRlimitType::RlimitNofile => Resource::RLIMIT_NOFILE,
+        PosixRlimitType::RlimitMemlock => Resource::RLIMIT_MEMLOCK,
+        PosixRlimitType::RlimitAs => Resource::RLIMIT_AS,
+        PosixRlimitType::RlimitLocks => Resource::RLIMIT_LOCKS,
+        PosixRlimitType::RlimitSigpending => Resource::RLIMIT_SIGPENDING,
+        PosixRlimitType::RlimitMsgqueue => Resource::RLIMIT_MSGQUEUE,
+        PosixRlimitType::RlimitNice => Resource::RLIMIT_NICE,
+        PosixRlimitType::RlimitRtprio => Resource::RLIMIT_RTPRIO,
+        PosixRlimitType::RlimitRttime => Resource::RLIMIT_RTTIME,
+    };
+    match setrlimit(r, soft, hard) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EPERM) => {
+            // Raising a hard limit needs CAP_SYS_RESOURCE: clamp to what we have, and say so.
+            let (_, current_hard) = getrlimit(r).map_err(|e| fail("getrlimit", e))?;
+            let (s, h) = (soft.min(current_hard), hard.min(current_hard));
+            setrlimit(r, s, h).map_err(|e| fail(format!("setrlimit {typ:?}"), e))?;
+            child.send(&Msg::Warning(format!("{typ:?} {soft}/{hard} above the host's hard limit; clamped to {s}/{h}")));
+            Ok(())
+        }
+        Err(e) => Err(fail(format!("setrlimit {typ:?}"), e)),
+    }
+}
+
+fn to_caps(set: &Option<oci_spec::runtime::Capabilities>) -> Result<caps::CapsHashSet, Error> {
+    set.iter()
+        .flatten()
+        .map(|c| {
+            let name = serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            name.parse::<caps::Capability>().map_err(|_| Error::Bundle(format!("process.capabilities: unknown {name}")))
+        })
+        .collect()
+}
+
+fn set_user_and_capabilities(process: &oci_spec::runtime::Process) -> Result<(), Error> {
+    use caps::CapSet;
+    let user = process.user();
+    let capset_err = |what: &str, e: caps::errors::CapsError| Error::Process(format!("{what}: {e}"));
+    let wanted = process.capabilities().as_ref();
+    if let Some(c) = wanted {
+        let bounding = to_caps(c.bounding())?;
+        for cap in caps::all() {
+            if !bounding.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+                caps::drop(None, CapSet::Bounding, cap).map_err(|e| capset_err("dropping bounding capabilities", e))?;
+            }
+        }
+    }
+    nix::sys::prctl::set_keepcaps(true).map_err(|e| fail("keepcaps", e))?;
+    let groups: Vec<Gid> = user.additional_gids().iter().flatten().map(|g| Gid::from_raw(*g)).collect();
+    nix::unistd::setgroups(&groups).map_err(|e| fail("setgroups", e))?;
+    let (uid, gid) = (Uid::from_raw(user.uid()), Gid::from_raw(user.gid()));
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| fail(format!("setgid {gid}"), e))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| fail(format!("setuid {uid}"), e))?;
+    nix::sys::prctl::set_keepcaps(false).map_err(|e| fail("keepcaps", e))?;
+    let Some(c) = wanted else { return Ok(()) };
+    // The kernel wants effective ⊆ permitted at every step: shrink effective first.
+    caps::set(None, CapSet::Effective, &to_caps(c.effective())?)
+        .map_err(|e| capset_err("setting effective capabilities", e))?;
+    caps::set(None, CapSet::Permitted, &to_caps(c.permitted())?)
+        .map_err(|e| capset_err("setting permitted capabilities", e))?;
+    caps::set(None, CapSet::Inheritable, &to_caps(c.inheritable())?)
+        .map_err(|e| capset_err("setting inheritable capabilities", e))?;
+    caps::clear(None, CapSet::Ambient).map_err(|e| capset_err("clearing ambient capabilities", e))?;
+    for cap in to_caps(c.ambient())? {
+        caps::raise(None, CapSet::Ambient, cap).map_err(|e| capset_err(&format!("raising ambient {cap}"), e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! The few system calls husk's runtime needs that have no safe wrapper. Every `unsafe` block of
+//! the crate is here.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::unistd::Pid;
+
+pub enum Fork {
+    Parent(Pid),
+    Child,
+}
+
+/// fork(2).
+///
+/// Callers must be single-threaded: the runtime forks from `husk-runtime` (no threads) and from
+/// the shim before it starts its async runtime, so the child may run ordinary code.
+pub fn fork() -> io::Result<Fork> {
+    // SAFETY: the callers are single-threaded (see above), so no lock can be held by a thread
+    // that does not exist in the child.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Fork::Parent(child)),
+        nix::unistd::ForkResult::Child => Ok(Fork::Child),
+    }
+}
+
+/// Ends a forked child without running the parent's exit handlers or flushing its buffers.
+pub fn exit_child(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Makes the mount at `path` and every mount below it read-only (mount_setattr, Linux 5.12).
+pub fn make_tree_readonly(path: &Path) -> io::Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    // SAFETY: `c` is a valid NUL-terminated path and `attr` a valid mount_attr of the size
+    // passed; the kernel only reads them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Marks every descriptor from `first` up close-on-exec, so nothing the runtime or its caller
+/// had open leaks into the container's command.
+pub fn cloexec_from(first: u32) {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes descriptor flags of this process.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC);
+    }
+}
