@@ -190,7 +190,7 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
         linux.set_seccomp(Some(profile));
     }
 
-    let mut builder = SpecBuilder::default()
+    let builder = SpecBuilder::default()
         .version("1.0.2")
         .root(
             RootBuilder::default()
@@ -203,10 +203,10 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
         .mounts(mounts)
         .linux(linux)
         .annotations(annotations);
-    if let Some(h) = hostname {
-        builder = builder.hostname(h);
-    }
-    let spec = builder.build().map_err(internal)?;
+    // The builder fills unset fields from oci-spec's defaults, whose hostname is "youki": set it
+    // (or its absence) explicitly. Without one the container keeps the host's name, as in Mesos.
+    let mut spec = builder.build().map_err(internal)?;
+    spec.set_hostname(hostname);
     Ok(Translation {
         spec,
         user,

@@ -506,6 +506,7 @@ fn rlimits_map_to_posix_rlimits() {
 #[test]
 fn hostname_terminal_and_annotations() {
     let f = fixture();
+    assert_eq!(spec(&launch("true"), &host(&f)).hostname(), &None, "no hostname unless asked for");
     let mut req = launch("true");
     let mut info = mesos_info();
     info.hostname = Some("web-1".into());

@@ -144,26 +144,38 @@ pub struct Output {
 }
 
 /// Runs a command with a deadline; kills it when the deadline passes (`timed_out`), so the
-/// caller can clean up before it asserts.
+/// caller can clean up before it asserts. Output goes through files, not pipes: a container
+/// runtime's `create` hands its stdio to the container, which keeps it open after `create` exits.
 pub fn run_with_deadline(cmd: &mut Command, deadline: Duration) -> Output {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let out_file = tempfile::tempfile().unwrap();
+    let err_file = tempfile::tempfile().unwrap();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out_file.try_clone().unwrap())
+        .stderr(err_file.try_clone().unwrap())
+        .spawn()
+        .unwrap();
     let start = Instant::now();
     let mut timed_out = false;
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if start.elapsed() > deadline {
             let _ = child.kill();
             timed_out = true;
-            break;
+            break child.wait().unwrap();
         }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
-    Output {
-        timed_out,
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let read = |mut f: std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut s = String::new();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.read_to_string(&mut s).unwrap();
+        s
+    };
+    Output { timed_out, status, stdout: read(out_file), stderr: read(err_file) }
 }
 
 /// Parses `key=value` lines.

@@ -121,7 +121,12 @@ fn create_opts(cli: &Cli, a: &CreateArgs) -> Result<CreateOptions, Error> {
     if a.console_socket.is_some() {
         return Err(Error::Bundle("--console-socket is not supported yet".into()));
     }
-    Ok(CreateOptions { id: a.id.clone(), bundle: a.bundle.clone(), root: cli.root.clone(), pid_file: a.pid_file.clone() })
+    Ok(CreateOptions {
+        id: a.id.clone(),
+        bundle: a.bundle.clone(),
+        root: cli.root.clone(),
+        pid_file: a.pid_file.clone(),
+    })
 }
 
 fn warn(warnings: &[String]) {

@@ -1,5 +1,6 @@
 //! The runtime's operations on a container: create, start, state, kill, delete, list.
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -48,9 +49,7 @@ fn load_spec(bundle: &Path) -> Result<(Spec, PathBuf), Error> {
     husk_oci::check::check_spec(&spec).map_err(|e| Error::Bundle(format!("config.json: {e}")))?;
     let root = spec.root().as_ref().unwrap().path();
     let root = if root.is_absolute() { root.clone() } else { bundle.join(root) };
-    let rootfs = root
-        .canonicalize()
-        .map_err(|e| Error::Bundle(format!("root.path {}: {e}", root.display())))?;
+    let rootfs = root.canonicalize().map_err(|e| Error::Bundle(format!("root.path {}: {e}", root.display())))?;
     if !rootfs.is_dir() {
         return Err(Error::Bundle(format!("root.path {} is not a directory", rootfs.display())));
     }
@@ -64,7 +63,11 @@ fn load_spec(bundle: &Path) -> Result<(Spec, PathBuf), Error> {
         }
         if let Some(p) = n.path() {
             if !p.exists() {
-                return Err(Error::Bundle(format!("linux.namespaces: {:?} namespace {} does not exist", n.typ(), p.display())));
+                return Err(Error::Bundle(format!(
+                    "linux.namespaces: {:?} namespace {} does not exist",
+                    n.typ(),
+                    p.display()
+                )));
             }
         }
     }
@@ -146,7 +149,8 @@ fn now_ns() -> i64 {
 /// Returns its state and the warnings of the init (requests it adjusted).
 pub fn create(opts: &CreateOptions) -> Result<(State, Vec<String>), Error> {
     check_id(&opts.id)?;
-    let bundle = opts.bundle.canonicalize().map_err(|e| Error::Bundle(format!("bundle {}: {e}", opts.bundle.display())))?;
+    let bundle =
+        opts.bundle.canonicalize().map_err(|e| Error::Bundle(format!("bundle {}: {e}", opts.bundle.display())))?;
     let (spec, rootfs) = load_spec(&bundle)?;
     let programs = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         Some(profile) => seccomp::compile(profile)?,
@@ -154,7 +158,7 @@ pub fn create(opts: &CreateOptions) -> Result<(State, Vec<String>), Error> {
     };
     std::fs::create_dir_all(&opts.root).map_err(|e| Error::io(opts.root.display(), e))?;
     let dir = State::dir(&opts.root, &opts.id);
-    match std::fs::create_dir(&dir) {
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(Error::Exists(opts.id.clone())),
         Err(e) => return Err(Error::io(dir.display(), e)),
@@ -177,7 +181,11 @@ pub fn create(opts: &CreateOptions) -> Result<(State, Vec<String>), Error> {
     }
 
     let fifo = dir.join(EXEC_FIFO);
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+    // The init opens the fifo through an O_PATH descriptor (no path walk through the 0700 state
+    // directory), but reopening it for writing checks its mode: an init that runs as another
+    // user needs the write bits.
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::empty()).map_err(|e| Error::io(fifo.display(), e))?;
+    std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
         .map_err(|e| Error::io(fifo.display(), e))?;
     let (msg_r, msg_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::io("pipe", e))?;
     let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::io("pipe", e))?;
@@ -211,7 +219,9 @@ pub fn create(opts: &CreateOptions) -> Result<(State, Vec<String>), Error> {
             Some(Msg::Pid(pid)) => break pid,
             Some(Msg::Error(e)) => return Err(Error::Process(e)),
             Some(Msg::Warning(w)) => warnings.push(w),
-            Some(Msg::Created) | None => return Err(Error::Process("the container's init exited before it started".into())),
+            Some(Msg::Created) | None => {
+                return Err(Error::Process("the container's init exited before it started".into()))
+            }
         }
     };
     let _ = nix::sys::wait::waitpid(stage1, None);
@@ -264,7 +274,11 @@ pub fn start(root: &Path, id: &str) -> Result<(), Error> {
     let st = State::load(root, id)?;
     let status = st.status(root);
     if status != Status::Created {
-        return Err(Error::Status { id: id.into(), status: status.to_string(), what: "only a created container starts".into() });
+        return Err(Error::Status {
+            id: id.into(),
+            status: status.to_string(),
+            what: "only a created container starts".into(),
+        });
     }
     let fifo_path = State::dir(root, id).join(EXEC_FIFO);
     let fifo = nix::fcntl::open(
@@ -352,7 +366,11 @@ pub fn kill(root: &Path, id: &str, signal: Signal, all: bool) -> Result<(), Erro
         return Ok(());
     }
     if !st.init_alive() {
-        return Err(Error::Status { id: id.into(), status: "stopped".into(), what: "there is no process to signal".into() });
+        return Err(Error::Status {
+            id: id.into(),
+            status: "stopped".into(),
+            what: "there is no process to signal".into(),
+        });
     }
     nix::sys::signal::kill(Pid::from_raw(st.pid), signal).map_err(|e| Error::io(format!("kill {}", st.pid), e))
 }
@@ -363,7 +381,11 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), Error> {
     let st = State::load(root, id)?;
     let status = st.status(root);
     if status != Status::Stopped && !force {
-        return Err(Error::Status { id: id.into(), status: status.to_string(), what: "stop it first or use --force".into() });
+        return Err(Error::Status {
+            id: id.into(),
+            status: status.to_string(),
+            what: "stop it first or use --force".into(),
+        });
     }
     let cg = cgroup_of(&st)?;
     cg.kill_all(DESTROY_DEADLINE).map_err(|e| Error::io("killing the container's processes", e))?;
@@ -378,4 +400,3 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), Error> {
     }
     Ok(())
 }
-

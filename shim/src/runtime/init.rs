@@ -180,8 +180,11 @@ fn init(child: &Child) -> Result<Never, Error> {
     let cwd = process.cwd();
     nix::unistd::chdir(cwd).map_err(|e| fail(format!("chdir {}", cwd.display()), e))?;
     let executable = find_executable(program, &path_var)?;
-    let mut argv: Vec<CString> =
-        args.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<_, _>>().map_err(|_| Error::Bundle("process.args: NUL byte".into()))?;
+    let mut argv: Vec<CString> = args
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| Error::Bundle("process.args: NUL byte".into()))?;
     if let Some(argv0) = spec.annotations().as_ref().and_then(|a| a.get(husk_oci::ANNOTATION_ARGV0)) {
         argv[0] = CString::new(argv0.as_bytes()).map_err(|_| Error::Bundle("argv0 annotation: NUL byte".into()))?;
     }
@@ -221,7 +224,10 @@ fn init(child: &Child) -> Result<Never, Error> {
 fn find_executable(program: &str, path_var: &str) -> Result<CString, Error> {
     let found = if program.contains('/') {
         std::fs::metadata(program).map(|_| PathBuf::from(program)).map_err(|e| {
-            Error::Process(format!("exec {program}: {}", e.raw_os_error().map(|n| errno_text(nix::errno::Errno::from_raw(n))).unwrap_or(e.to_string())))
+            Error::Process(format!(
+                "exec {program}: {}",
+                e.raw_os_error().map(|n| errno_text(nix::errno::Errno::from_raw(n))).unwrap_or(e.to_string())
+            ))
         })?
     } else {
         path_var

@@ -56,8 +56,7 @@ pub fn parse_options(options: &[String]) -> Options {
                 o.recursive_ro = true;
                 continue;
             }
-            p @ ("private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
-            | "runbindable") => {
+            p @ ("private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable" | "runbindable") => {
                 let mut f = match p.trim_start_matches('r') {
                     "private" => MsFlags::MS_PRIVATE,
                     "shared" => MsFlags::MS_SHARED,
@@ -81,7 +80,7 @@ pub fn parse_options(options: &[String]) -> Options {
 }
 
 fn err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
-    Error::Process(format!("{what}: {e}"))
+    Error::Process(format!("{what}: {}", super::describe(e)))
 }
 
 /// `dest` inside `rootfs`, with every symlink resolved inside it: a mount target never leaves
@@ -129,7 +128,11 @@ fn mount_one(rootfs: &Path, m: &Mount, cgroup: Option<&Cgroup>) -> Result<(), Er
     let dest = target(rootfs, m.destination())?;
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
     let typ = m.typ().as_deref().unwrap_or("");
-    let what = format!("mounting {} on {}", m.source().as_deref().unwrap_or(Path::new(typ)).display(), m.destination().display());
+    let what = format!(
+        "mounting {} on {}",
+        m.source().as_deref().unwrap_or(Path::new(typ)).display(),
+        m.destination().display()
+    );
     let is_bind = opts.flags.contains(MsFlags::MS_BIND) || typ == "bind";
     if typ == "cgroup" {
         return mount_cgroup(rootfs, &dest, &opts, cgroup).map_err(|e| err(&what, e));
@@ -159,7 +162,8 @@ fn mount_one(rootfs: &Path, m: &Mount, cgroup: Option<&Cgroup>) -> Result<(), Er
         .map_err(|e| err(&what, e))?;
     }
     for p in &opts.propagation {
-        mount(None::<&str>, &dest, None::<&str>, *p, None::<&str>).map_err(|e| err(format!("{what} (propagation)"), e))?;
+        mount(None::<&str>, &dest, None::<&str>, *p, None::<&str>)
+            .map_err(|e| err(format!("{what} (propagation)"), e))?;
     }
     if opts.recursive_ro {
         crate::sys::make_tree_readonly(&dest).map_err(|e| err(format!("{what} (rro)"), e))?;
@@ -193,12 +197,16 @@ fn mount_cgroup(rootfs: &Path, dest: &Path, opts: &Options, cgroup: Option<&Cgro
                 std::fs::create_dir_all(&target).map_err(|e| err(target.display(), e))?;
                 mount(Some(&source), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
                     .map_err(|e| err(format!("binding {}", source.display()), e))?;
-                let f = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags | if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+                let f = MsFlags::MS_BIND
+                    | MsFlags::MS_REMOUNT
+                    | flags
+                    | if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() };
                 mount(None::<&str>, &target, None::<&str>, f, None::<&str>).map_err(|e| err(target.display(), e))?;
             }
             if ro {
                 let f = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags;
-                mount(None::<&str>, dest, None::<&str>, f, Some("mode=755")).map_err(|e| err("cgroup tmpfs (ro)", e))?;
+                mount(None::<&str>, dest, None::<&str>, f, Some("mode=755"))
+                    .map_err(|e| err("cgroup tmpfs (ro)", e))?;
             }
         }
     }
@@ -223,7 +231,10 @@ fn create_devices(rootfs: &Path, spec: &Spec) -> Result<(), Error> {
             Mode::from_bits_truncate(0o666),
             nix::sys::stat::FchmodatFlags::NoFollowSymlink,
         )
-        .or_else(|_| std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666)).map_err(|_| nix::errno::Errno::EPERM))
+        .or_else(|_| {
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+                .map_err(|_| nix::errno::Errno::EPERM)
+        })
         .map_err(|e| err(format!("chmod {}", path.display()), e))?;
     }
     for d in spec.linux().as_ref().and_then(|l| l.devices().as_ref()).into_iter().flatten() {
@@ -311,8 +322,14 @@ pub fn finish_rootfs(spec: &Spec) -> Result<(), Error> {
         }
     }
     if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
-            .map_err(|e| err("making the root read-only", e))?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| err("making the root read-only", e))?;
     }
     Ok(())
 }
@@ -320,10 +337,8 @@ pub fn finish_rootfs(spec: &Spec) -> Result<(), Error> {
 fn mask(p: &Path) -> Result<(), Error> {
     match std::fs::metadata(p) {
         Err(_) => Ok(()),
-        Ok(m) if m.is_dir() => {
-            mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0k"))
-                .map_err(|e| err(format!("masking {}", p.display()), e))
-        }
+        Ok(m) if m.is_dir() => mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0k"))
+            .map_err(|e| err(format!("masking {}", p.display()), e)),
         Ok(_) => mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
             .map_err(|e| err(format!("masking {}", p.display()), e)),
     }
@@ -335,7 +350,12 @@ fn readonly(p: &Path) -> Result<(), Error> {
     }
     mount(Some(p), p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .map_err(|e| err(format!("read-only {}", p.display()), e))?;
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
     mount(None::<&str>, p, None::<&str>, flags, None::<&str>).map_err(|e| err(format!("read-only {}", p.display()), e))
 }
 

@@ -1,10 +1,11 @@
-//! Conformance: bundles written by husk-oci run unchanged under real runc, and the container
-//! observes exactly what the launch asked for.
+//! Conformance: bundles written by husk-oci run unchanged under real runc and under
+//! husk-runtime, and in both the container observes exactly what the launch asked for.
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;
 use std::os::unix::fs::chown;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -63,9 +64,18 @@ impl Run {
     }
 }
 
-/// Translates `req`, writes the bundle, runs it under `runc run` and returns what it printed,
-/// after checking that runc left no cgroup and no mount behind.
-fn run_under_runc(tag: &str, req: &LaunchRequest, place: &Placement, work: &Path) -> Run {
+/// The runtimes every bundle runs under.
+fn runtimes() -> [(&'static str, PathBuf); 2] {
+    [("runc", PathBuf::from("runc")), ("husk", PathBuf::from(env!("CARGO_BIN_EXE_husk-runtime")))]
+}
+
+/// Translates `req`, writes the bundle, runs it under `runtime run` and returns what it printed,
+/// after checking that the runtime left no cgroup, mount or state behind.
+fn run_under(runtime: &Path, tag: &str, req: &LaunchRequest, place: &Placement, work: &Path) -> Run {
+    let tag = format!("{tag}-{}", runtime.file_name().unwrap().to_string_lossy());
+    let tag = tag.as_str();
+    let work = &work.join(tag);
+    std::fs::create_dir_all(work).unwrap();
     let cgroups = CgroupRoot::new(tag);
     let cfg = Config { cgroup_root: cgroups.name.clone(), default_pids_limit: Some(64), ..Default::default() };
     let t = translate(req, &cfg, place).expect("translation");
@@ -75,11 +85,14 @@ fn run_under_runc(tag: &str, req: &LaunchRequest, place: &Placement, work: &Path
     let state = work.join("runc-state");
     let id = format!("husk-conformance-{tag}-{}", std::process::id());
     let out = run_with_deadline(
-        Command::new("runc").arg("--root").arg(&state).arg("run").arg("--bundle").arg(&bundle).arg(&id),
+        Command::new(runtime).arg("--root").arg(&state).arg("run").arg("--bundle").arg(&bundle).arg(&id),
         Duration::from_secs(60),
     );
     // Whatever happened, nothing may stay behind.
-    let _ = Command::new("runc").arg("--root").arg(&state).args(["delete", "--force", &id]).output();
+    let _ = Command::new(runtime).arg("--root").arg(&state).args(["delete", "--force", &id]).output();
+    let states: Vec<_> =
+        std::fs::read_dir(&state).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(states.is_empty(), "{} left state: {states:?}", runtime.display());
     let leaf_left: Vec<_> = cgroups.leftovers().into_iter().filter(|p| p.ends_with(&req.container_id.value)).collect();
     assert!(leaf_left.is_empty(), "runc left cgroups: {leaf_left:?}");
     drop(cgroups);
@@ -189,8 +202,38 @@ fn assert_common(seen: &HashMap<String, String>, stderr: &str) {
     assert_eq!(get("proc_sys_ro"), "yes", "/proc/sys is read-only");
 }
 
+/// Runs `req` under every runtime, checks each with `check`, and checks that husk-runtime and
+/// runc showed the container the same things.
+fn under_every_runtime(
+    tag: &str,
+    req: &LaunchRequest,
+    place: &Placement,
+    work: &Path,
+    check: impl Fn(&str, &HashMap<String, String>, &str),
+) {
+    let mut seen_by = Vec::new();
+    for (name, runtime) in runtimes() {
+        let _ = std::fs::remove_file(place.sandbox_dir.join("probe"));
+        let Run { seen, stderr, .. } = run_under(&runtime, tag, req, place, work).succeeded();
+        assert_common(&seen, &stderr);
+        check(name, &seen, &stderr);
+        assert_eq!(
+            std::fs::read_to_string(place.sandbox_dir.join("probe")).unwrap(),
+            "probe\n",
+            "{name}: the sandbox is the host's"
+        );
+        seen_by.push((name, seen));
+    }
+    let (runc, husk) = (&seen_by[0].1, &seen_by[1].1);
+    for (k, v) in runc {
+        if k != "nprocs" {
+            assert_eq!(husk.get(k), Some(v), "husk-runtime and runc disagree on `{k}`");
+        }
+    }
+}
+
 #[test]
-fn busybox_rootfs_bundle_runs_under_runc_as_asked() {
+fn busybox_rootfs_bundle_runs_as_asked() {
     require!(true);
     let work = tempfile::tempdir().unwrap();
     let rootfs = work.path().join("rootfs");
@@ -201,26 +244,24 @@ fn busybox_rootfs_bundle_runs_under_runc_as_asked() {
     req.command.as_mut().unwrap().user = Some("app".into());
     req.container = Some(container(&data, &[Capability::NetBindService, Capability::Chown], "conformance"));
     let place = Placement { sandbox_dir: sandbox.clone(), rootfs: Some(rootfs), ..Default::default() };
-    let Run { seen, stderr, .. } = run_under_runc("busybox", &req, &place, work.path()).succeeded();
-
-    assert_common(&seen, &stderr);
-    assert_eq!(seen["hostname"], "conformance");
-    assert_eq!(seen["uid"], "1000");
-    assert_eq!(seen["gid"], "1000");
-    let groups: Vec<&str> = seen["groups"].split_whitespace().collect();
-    assert!(groups.contains(&"44"), "supplementary group from /etc/group: {groups:?}");
-    let granted = cap_mask(&[0, 10]); // CAP_CHOWN, CAP_NET_BIND_SERVICE
-    assert_eq!(seen["CapBnd"], granted, "bounding set is exactly what was asked");
-    assert_eq!(seen["CapEff"], granted, "a non-root user keeps granted capabilities (ambient)");
-    assert_eq!(seen["CapAmb"], granted);
-    assert_eq!(seen["cwd"], "/mnt/mesos/sandbox");
-    assert_eq!(seen["sandbox"], "/mnt/mesos/sandbox");
-    assert_eq!(std::fs::read_to_string(sandbox.join("probe")).unwrap(), "probe\n", "the sandbox is the host's");
+    under_every_runtime("busybox", &req, &place, work.path(), |name, seen, _| {
+        assert_eq!(seen["hostname"], "conformance", "{name}");
+        assert_eq!(seen["uid"], "1000", "{name}");
+        assert_eq!(seen["gid"], "1000", "{name}");
+        let groups: Vec<&str> = seen["groups"].split_whitespace().collect();
+        assert!(groups.contains(&"44"), "{name}: supplementary group from /etc/group: {groups:?}");
+        let granted = cap_mask(&[0, 10]); // CAP_CHOWN, CAP_NET_BIND_SERVICE
+        assert_eq!(seen["CapBnd"], granted, "{name}: bounding set is exactly what was asked");
+        assert_eq!(seen["CapEff"], granted, "{name}: a non-root user keeps granted capabilities (ambient)");
+        assert_eq!(seen["CapAmb"], granted, "{name}");
+        assert_eq!(seen["cwd"], "/mnt/mesos/sandbox", "{name}");
+        assert_eq!(seen["sandbox"], "/mnt/mesos/sandbox", "{name}");
+    });
     assert!(!data.join("new").exists());
 }
 
 #[test]
-fn host_rootfs_bundle_runs_under_runc_as_asked() {
+fn host_rootfs_bundle_runs_as_asked() {
     require!(true);
     let work = tempfile::tempdir().unwrap();
     let (sandbox, data, _submount) = sandbox_and_volume(work.path(), 65534, 65534);
@@ -230,40 +271,40 @@ fn host_rootfs_bundle_runs_under_runc_as_asked() {
     let mut req = base_launch("hostfs");
     let cmd = req.command.as_mut().unwrap();
     cmd.user = Some("nobody".into());
-    cmd.value = Some(format!("{PROBE}\necho marker=$(cat {})", marker.display()));
+    let probe = PROBE.replace("/data/", &format!("{}/", data.display()));
+    cmd.value = Some(format!("{probe}\necho marker=$(cat {})", marker.display()));
     // Only KILL is left: every default capability but that one is dropped.
     let mut info = container(&data, &[Capability::Kill], "hostfs");
     // A host-rootfs container mounts volumes on paths that exist on the host.
     info.volumes[0].container_path = data.display().to_string();
     req.container = Some(info);
-    let cmd = req.command.as_mut().unwrap();
-    let probe = cmd.value.take().unwrap().replace("/data/", &format!("{}/", data.display()));
-    cmd.value = Some(probe);
     let place = Placement { sandbox_dir: sandbox.clone(), ..Default::default() };
-    let Run { seen, stderr, .. } = run_under_runc("hostfs", &req, &place, work.path()).succeeded();
-
-    assert_common(&seen, &stderr);
-    assert_eq!(seen["hostname"], "hostfs");
-    assert_eq!(seen["uid"], "65534", "`nobody` resolved from the host's /etc/passwd");
-    assert_eq!(seen["marker"], "from the host", "the host filesystem is the container's root");
-    assert_eq!(seen["CapBnd"], cap_mask(&[5]));
-    assert_eq!(seen["CapEff"], cap_mask(&[5]));
-    assert_eq!(seen["cwd"], sandbox.display().to_string(), "cwd is the host sandbox");
-    assert_eq!(seen["sandbox"], sandbox.display().to_string());
-    assert_eq!(std::fs::read_to_string(sandbox.join("probe")).unwrap(), "probe\n");
+    under_every_runtime("hostfs", &req, &place, work.path(), |name, seen, _| {
+        assert_eq!(seen["hostname"], "hostfs", "{name}");
+        assert_eq!(seen["uid"], "65534", "{name}: `nobody` resolved from the host's /etc/passwd");
+        assert_eq!(seen["marker"], "from the host", "{name}: the host filesystem is the container's root");
+        assert_eq!(seen["CapBnd"], cap_mask(&[5]), "{name}");
+        assert_eq!(seen["CapEff"], cap_mask(&[5]), "{name}");
+        assert_eq!(seen["cwd"], sandbox.display().to_string(), "{name}: cwd is the host sandbox");
+        assert_eq!(seen["sandbox"], sandbox.display().to_string(), "{name}");
+    });
 }
 
 #[test]
-fn failing_command_exit_code_reaches_runc() {
+fn failing_command_exit_code_reaches_the_caller() {
     require!(true);
     let work = tempfile::tempdir().unwrap();
     let rootfs = work.path().join("rootfs");
     busybox_rootfs(&rootfs);
     let sandbox = work.path().join("sandbox");
     std::fs::create_dir(&sandbox).unwrap();
-    let mut req = base_launch("exitcode");
-    req.command.as_mut().unwrap().value = Some("exit 42".into());
     let place = Placement { sandbox_dir: sandbox, rootfs: Some(rootfs), ..Default::default() };
-    let run = run_under_runc("exitcode", &req, &place, work.path());
-    assert_eq!(run.status.code(), Some(42), "stderr: {}", run.stderr);
+    for (script, code) in [("exit 42", 42), ("true", 0)] {
+        let mut req = base_launch("exitcode");
+        req.command.as_mut().unwrap().value = Some(script.into());
+        for (name, runtime) in runtimes() {
+            let run = run_under(&runtime, "exitcode", &req, &place, work.path());
+            assert_eq!(run.status.code(), Some(code), "{name} `{script}`: stderr: {}", run.stderr);
+        }
+    }
 }

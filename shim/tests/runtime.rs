@@ -1,0 +1,327 @@
+//! husk-runtime as containerd's runc shim drives it: create/start/state/kill/delete, bad bundles
+//! that fail with a precise message and leave nothing behind, seccomp, and the schemas of its
+//! JSON output.
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{busybox_rootfs, run_with_deadline, CgroupRoot, Output};
+use husk_oci::{translate, Config, Placement};
+use husk_proto::agent::v1::LaunchRequest;
+use husk_proto::mesos::v1::{CommandInfo, ContainerId};
+
+struct Fixture {
+    work: tempfile::TempDir,
+    cgroups: CgroupRoot,
+    state: PathBuf,
+}
+
+impl Fixture {
+    fn new(tag: &str) -> Fixture {
+        let work = tempfile::tempdir().unwrap();
+        busybox_rootfs(&work.path().join("rootfs"));
+        std::fs::create_dir(work.path().join("sandbox")).unwrap();
+        let state = work.path().join("state");
+        Fixture { work, cgroups: CgroupRoot::new(tag), state }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.work.path().join(p)
+    }
+
+    /// Writes the bundle of a busybox container running `script`, then lets `edit` change the
+    /// spec JSON.
+    fn bundle(&self, name: &str, script: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+        let req = LaunchRequest {
+            container_id: ContainerId { value: name.into(), parent: None },
+            command: Some(CommandInfo { value: Some(script.into()), ..Default::default() }),
+            ..Default::default()
+        };
+        let cfg = Config { cgroup_root: self.cgroups.name.clone(), ..Default::default() };
+        let place =
+            Placement { sandbox_dir: self.path("sandbox"), rootfs: Some(self.path("rootfs")), ..Default::default() };
+        let bundle = self.path(&format!("bundle-{name}"));
+        translate(&req, &cfg, &place).unwrap().write_bundle(&bundle).unwrap();
+        let config = bundle.join("config.json");
+        let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+        edit(&mut spec);
+        std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+        bundle
+    }
+
+    fn runtime(&self, args: &[&str]) -> Output {
+        run_with_deadline(
+            Command::new(env!("CARGO_BIN_EXE_husk-runtime")).arg("--root").arg(&self.state).args(args),
+            Duration::from_secs(60),
+        )
+    }
+
+    fn state_of(&self, id: &str) -> serde_json::Value {
+        let out = self.runtime(&["state", id]);
+        assert!(out.status.success(), "state {id}: {}", out.stderr);
+        serde_json::from_str(&out.stdout).unwrap()
+    }
+
+    /// Nothing of container `id` is left: no state, no cgroup.
+    fn assert_gone(&self, id: &str) {
+        assert!(!self.state.join(id).exists(), "state of {id} left behind");
+        let leaves: Vec<_> = self.cgroups.leftovers().into_iter().filter(|p| p.ends_with(id)).collect();
+        assert!(leaves.is_empty(), "cgroups of {id} left behind: {leaves:?}");
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // However the test ended: no container may outlive it.
+        if let Ok(entries) = std::fs::read_dir(&self.state) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = self.runtime(&["delete", "--force", &id]);
+            }
+        }
+    }
+}
+
+fn wait_for_status(f: &Fixture, id: &str, status: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f.state_of(id)["status"] != status {
+        assert!(Instant::now() < deadline, "{id} never became {status}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn containerd_style_lifecycle() {
+    require!(false);
+    let f = Fixture::new("life");
+    let bundle = f.bundle("life", "echo started > /mnt/mesos/sandbox/started; exec sleep 60", |_| {});
+    let pid_file = f.path("life.pid");
+    let out =
+        f.runtime(&["create", "--bundle", bundle.to_str().unwrap(), "--pid-file", pid_file.to_str().unwrap(), "life"]);
+    assert!(out.status.success(), "create: {}", out.stderr);
+    let st = f.state_of("life");
+    assert_eq!(st["status"], "created");
+    assert_eq!(st["id"], "life");
+    assert_eq!(st["annotations"][husk_oci::ANNOTATION_CONTAINER_ID], "life");
+    let pid = st["pid"].as_i64().unwrap();
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), pid.to_string());
+    assert!(!f.path("sandbox/started").exists(), "created, not started: the command has not run");
+    let again = f.runtime(&["create", "--bundle", bundle.to_str().unwrap(), "life"]);
+    assert!(again.stderr.contains("container `life` already exists"), "{}", again.stderr);
+
+    let out = f.runtime(&["start", "life"]);
+    assert!(out.status.success(), "start: {}", out.stderr);
+    assert_eq!(f.state_of("life")["status"], "running");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f.path("sandbox/started").exists() {
+        assert!(Instant::now() < deadline, "the command never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = f.runtime(&["start", "life"]);
+    assert!(out.stderr.contains("is running: only a created container starts"), "{}", out.stderr);
+    let out = f.runtime(&["delete", "life"]);
+    assert!(out.stderr.contains("is running: stop it first or use --force"), "{}", out.stderr);
+    let list = f.runtime(&["list", "-q"]);
+    assert_eq!(list.stdout.trim(), "life");
+
+    let out = f.runtime(&["kill", "life", "KILL"]);
+    assert!(out.status.success(), "kill: {}", out.stderr);
+    wait_for_status(&f, "life", "stopped");
+    assert!(f.state_of("life").get("pid").is_none(), "a stopped container has no pid");
+    let out = f.runtime(&["delete", "life"]);
+    assert!(out.status.success(), "delete: {}", out.stderr);
+    f.assert_gone("life");
+    let out = f.runtime(&["state", "life"]);
+    assert!(out.stderr.contains("container `life` does not exist"), "{}", out.stderr);
+}
+
+#[test]
+fn kill_all_and_force_delete() {
+    require!(false);
+    let f = Fixture::new("all");
+    let bundle = f.bundle("all", "sleep 60 & sleep 60 & wait", |_| {});
+    let out = f.runtime(&["run", "--detach", "--bundle", bundle.to_str().unwrap(), "all"]);
+    assert!(out.status.success(), "run -d: {}", out.stderr);
+    assert_eq!(f.state_of("all")["status"], "running");
+    let out = f.runtime(&["kill", "--all", "all", "9"]);
+    assert!(out.status.success(), "kill --all: {}", out.stderr);
+    wait_for_status(&f, "all", "stopped");
+    assert!(f.runtime(&["delete", "all"]).status.success());
+    f.assert_gone("all");
+
+    let bundle = f.bundle("force", "exec sleep 60", |_| {});
+    assert!(f.runtime(&["run", "-d", "--bundle", bundle.to_str().unwrap(), "force"]).status.success());
+    let out = f.runtime(&["delete", "--force", "force"]);
+    assert!(out.status.success(), "delete --force: {}", out.stderr);
+    f.assert_gone("force");
+}
+
+/// Each bad bundle fails create with its own message and leaves nothing behind.
+#[test]
+fn bad_bundles_fail_precisely_and_leave_nothing() {
+    require!(false);
+    let f = Fixture::new("bad");
+    type Breaker = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Breaker, &str)> = vec![
+        (
+            "nope",
+            Box::new(|b: &Path| edit(b, |s| s["process"]["args"] = serde_json::json!(["/bin/nope"]))),
+            "exec /bin/nope: no such file or directory",
+        ),
+        (
+            "nopath",
+            Box::new(|b: &Path| edit(b, |s| s["process"]["args"] = serde_json::json!(["nope-cmd"]))),
+            "exec nope-cmd: executable file not found in $PATH",
+        ),
+        (
+            "norootfs",
+            Box::new(|b: &Path| edit(b, |s| s["root"]["path"] = serde_json::json!("/nonexistent-rootfs"))),
+            "root.path /nonexistent-rootfs",
+        ),
+        (
+            "badjson",
+            Box::new(|b: &Path| std::fs::write(b.join("config.json"), b"{not json").unwrap()),
+            "not an OCI runtime spec",
+        ),
+        (
+            "badns",
+            Box::new(|b: &Path| {
+                edit(b, |s| s["linux"]["namespaces"] = serde_json::json!([{"type": "mount"}, {"type": "bogus"}]))
+            }),
+            "not an OCI runtime spec",
+        ),
+        (
+            "nsgone",
+            Box::new(|b: &Path| {
+                edit(b, |s| {
+                    s["linux"]["namespaces"] =
+                        serde_json::json!([{"type": "mount"}, {"type": "network", "path": "/proc/999999999/ns/net"}])
+                })
+            }),
+            "does not exist",
+        ),
+        (
+            "badcwd",
+            Box::new(|b: &Path| edit(b, |s| s["process"]["cwd"] = serde_json::json!("relative"))),
+            "process.cwd",
+        ),
+        (
+            "badmount",
+            Box::new(|b: &Path| {
+                edit(b, |s| {
+                    s["mounts"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(serde_json::json!({"destination": "/x", "type": "nosuchfs", "source": "none"}))
+                })
+            }),
+            "mounting none on /x: no such device",
+        ),
+    ];
+    for (id, break_it, expected) in cases {
+        let bundle = f.bundle(id, "true", |_| {});
+        break_it(&bundle);
+        let out = f.runtime(&["create", "--bundle", bundle.to_str().unwrap(), id]);
+        assert_eq!(out.status.code(), Some(1), "{id}: {}", out.stderr);
+        assert!(out.stderr.contains(expected), "{id}: {:?} lacks {expected:?}", out.stderr);
+        f.assert_gone(id);
+    }
+    assert!(common::mounts_under(f.work.path()).is_empty());
+}
+
+fn edit(bundle: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let config = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    f(&mut spec);
+    std::fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+}
+
+#[test]
+fn mount_targets_never_leave_the_rootfs() {
+    require!(false);
+    let f = Fixture::new("escape");
+    let outside = f.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, f.path("rootfs/evil")).unwrap();
+    let bundle = f.bundle("escape", "echo in > /evil/file", |s| {
+        s["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"destination": "/evil", "type": "tmpfs", "source": "tmpfs"}));
+    });
+    let out = f.runtime(&["run", "--bundle", bundle.to_str().unwrap(), "escape"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(!outside.join("file").exists(), "the symlink's host target was written");
+    assert!(
+        f.path("rootfs").join(outside.strip_prefix("/").unwrap()).exists(),
+        "the mount point was made inside the rootfs"
+    );
+    f.assert_gone("escape");
+}
+
+#[test]
+fn seccomp_profile_is_enforced() {
+    require!(false);
+    let f = Fixture::new("seccomp");
+    let bundle = f.bundle("seccomp", "mkdir /tmp/x 2>&1; echo rc=$?; grep Seccomp: /proc/self/status", |s| {
+        s["linux"]["seccomp"]["syscalls"].as_array_mut().unwrap().push(serde_json::json!(
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}
+        ));
+    });
+    let out = f.runtime(&["run", "--bundle", bundle.to_str().unwrap(), "seccomp"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stdout.contains("Permission denied"), "mkdir must get EACCES from the filter: {}", out.stdout);
+    assert!(out.stdout.contains("rc=1"));
+    assert!(out.stdout.contains("Seccomp:\t2"), "filter mode: {}", out.stdout);
+    f.assert_gone("seccomp");
+}
+
+fn schema_validator(name: &str) -> Option<jsonschema::Validator> {
+    let dir = std::env::var_os("HUSK_OCI_SCHEMA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/oci-runtime-spec-schema"));
+    let path = dir.join(name);
+    if !path.exists() {
+        if std::env::var("HUSK_ALLOW_SKIP").as_deref() == Ok("1") {
+            eprintln!("SKIPPED: no {name}");
+            return None;
+        }
+        panic!("no OCI schema {} (set HUSK_OCI_SCHEMA_DIR or HUSK_ALLOW_SKIP=1)", path.display());
+    }
+    let path = path.canonicalize().unwrap();
+    let schema: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    Some(
+        jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft4)
+            .with_base_uri(format!("file://{}", path.display()))
+            .build(&schema)
+            .unwrap(),
+    )
+}
+
+#[test]
+fn features_and_state_match_the_oci_schemas() {
+    require!(false);
+    let f = Fixture::new("schema");
+    let out = f.runtime(&["features"]);
+    assert!(out.status.success());
+    let features: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    if let Some(v) = schema_validator("features-schema.json") {
+        let errors: Vec<String> = v.iter_errors(&features).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+    let bundle = f.bundle("schema", "exec sleep 60", |_| {});
+    assert!(f.runtime(&["create", "--bundle", bundle.to_str().unwrap(), "schema"]).status.success());
+    let state = f.state_of("schema");
+    if let Some(v) = schema_validator("state-schema.json") {
+        let errors: Vec<String> = v.iter_errors(&state).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+    assert!(f.runtime(&["delete", "--force", "schema"]).status.success());
+    f.assert_gone("schema");
+    let out = f.runtime(&["--systemd-cgroup", "list"]);
+    assert!(out.stderr.contains("--systemd-cgroup is not supported"), "{}", out.stderr);
+}
