@@ -6,5 +6,7 @@
 
 pub mod cgroups;
 pub mod exit;
+pub mod logs;
 pub mod runtime;
+pub mod shim;
 mod sys;

@@ -72,3 +72,17 @@ pub fn cloexec_from(first: u32) {
         libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC);
     }
 }
+
+/// Makes `fds` the calling process' stdin, stdout and stderr (a descriptor already in its
+/// place is left as it is).
+pub fn set_stdio(fds: [std::os::fd::RawFd; 3]) -> io::Result<()> {
+    for (target, fd) in fds.into_iter().enumerate() {
+        if fd != target as i32 {
+            // SAFETY: dup2 only changes this process' descriptor table; `target` is 0, 1 or 2.
+            if unsafe { libc::dup2(fd, target as i32) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}

@@ -126,6 +126,7 @@ fn create_opts(cli: &Cli, a: &CreateArgs) -> Result<CreateOptions, Error> {
         bundle: a.bundle.clone(),
         root: cli.root.clone(),
         pid_file: a.pid_file.clone(),
+        stdio: None,
     })
 }
 

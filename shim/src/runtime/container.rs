@@ -26,6 +26,8 @@ pub struct CreateOptions {
     /// The runtime's state root (`--root`).
     pub root: PathBuf,
     pub pid_file: Option<PathBuf>,
+    /// Standard input, output and error of the container (default: the caller's).
+    pub stdio: Option<[std::os::fd::RawFd; 3]>,
 }
 
 /// Container ids, as runc accepts them: letters, digits and `_+-.`, not `.` or `..`.
@@ -205,6 +207,7 @@ pub fn create(opts: &CreateOptions) -> Result<(State, Vec<String>), Error> {
                 exec_fifo: fifo.clone(),
                 to_parent: msg_w,
                 from_parent: go_r,
+                stdio: opts.stdio,
             })
         }
         Fork::Parent(pid) => pid,

@@ -37,6 +37,8 @@ pub(super) struct Child {
     pub to_parent: OwnedFd,
     /// Read end of the pipe on which `create` sends the state once the init is in its cgroup.
     pub from_parent: OwnedFd,
+    /// Descriptors to become the container's stdin, stdout and stderr.
+    pub stdio: Option<[std::os::fd::RawFd; 3]>,
 }
 
 impl Child {
@@ -128,6 +130,9 @@ fn init(child: &Child) -> Result<Never, Error> {
     let new_ns = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ() == t && n.path().is_none());
     if new_ns(LinuxNamespaceType::Cgroup) {
         unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| fail("unshare cgroup namespace", e))?;
+    }
+    if let Some(fds) = child.stdio {
+        crate::sys::set_stdio(fds).map_err(|e| Error::Process(format!("setting up stdio: {e}")))?;
     }
     nix::unistd::setsid().map_err(|e| fail("setsid", e))?;
     // The fifo is reached through an O_PATH descriptor: after pivot_root its path is gone.

@@ -10,7 +10,7 @@ mod hooks;
 mod init;
 pub mod mounts;
 pub mod seccomp;
-mod state;
+pub mod state;
 
 pub use container::{create, delete, kill, list, start, state, CreateOptions};
 pub use state::{OciState, State, Status};

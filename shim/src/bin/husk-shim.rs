@@ -1,0 +1,81 @@
+//! husk-shim: the per-container shim. `start` creates the container and leaves a daemon behind
+//! that serves `husk.shim.v1` on `<state dir>/shim.sock`; `cleanup` destroys what a dead shim
+//! left.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use husk_shim::shim::{self, Backend, Options};
+
+#[derive(Parser)]
+#[command(
+    name = "husk-shim",
+    version,
+    about = "husk's per-container shim",
+    after_help = "Example:\n  husk-shim start --id web --bundle /var/lib/husk/containers/web/bundle \\\n    \
+        --sandbox /var/lib/husk/containers/web/sandbox --state-dir /run/husk/shims/web"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the container and serve it; prints the socket once the shim answers.
+    Start(Common),
+    /// Destroy what is left of a container whose shim is gone (idempotent).
+    Cleanup(Common),
+}
+
+#[derive(Args)]
+struct Common {
+    /// The container id.
+    #[arg(long)]
+    id: String,
+    /// The OCI bundle.
+    #[arg(long, value_name = "DIR")]
+    bundle: PathBuf,
+    /// The container's sandbox (its stdout and stderr go there).
+    #[arg(long, value_name = "DIR")]
+    sandbox: PathBuf,
+    /// The shim's state directory (socket, pids, exit.json); created by start.
+    #[arg(long, value_name = "DIR")]
+    state_dir: PathBuf,
+    /// The runtime: `husk` (built in) or an OCI runtime command line (runc, crun, a path).
+    #[arg(long, default_value = "husk")]
+    runtime: String,
+    /// The runtime's state root (default: `<state dir>/runtime`).
+    #[arg(long, value_name = "DIR")]
+    runtime_root: Option<PathBuf>,
+}
+
+fn options(c: &Common) -> Options {
+    let root = c.runtime_root.clone().unwrap_or_else(|| c.state_dir.join("runtime"));
+    let backend = match c.runtime.as_str() {
+        "husk" => Backend::BuiltIn { root },
+        other => Backend::External { binary: other.into(), root, log: c.state_dir.join("runtime.log") },
+    };
+    Options {
+        id: c.id.clone(),
+        bundle: c.bundle.clone(),
+        sandbox: c.sandbox.clone(),
+        state_dir: c.state_dir.clone(),
+        backend,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Start(c) => shim::start(&options(c)).map(|socket| println!("{}", socket.display())),
+        Command::Cleanup(c) => shim::cleanup(&options(c)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("husk-shim: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

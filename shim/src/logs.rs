@@ -1,0 +1,175 @@
+//! The container's stdout and stderr, appended to `<sandbox>/stdout` and `<sandbox>/stderr` by
+//! the shim (the container never holds the files), rotated by size as Mesos' logrotate
+//! container logger does: `stdout` → `stdout.1` → ... → `stdout.<keep-1>`, the oldest dropped.
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Mesos' logrotate logger default: 10 MB per file.
+pub const DEFAULT_MAX_SIZE: u64 = 10 * 1024 * 1024;
+/// Files kept per stream, the live one included.
+pub const DEFAULT_KEEP: u32 = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    pub max_size: u64,
+    pub keep: u32,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Rotation { max_size: DEFAULT_MAX_SIZE, keep: DEFAULT_KEEP }
+    }
+}
+
+/// Parses a Mesos byte size: `1048576`, `512KB`, `10MB`, `1GB` (binary multiples, as Mesos'
+/// `Bytes`).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "KB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// The rotation of one stream (`STDOUT` or `STDERR`) from the container's environment:
+/// `CONTAINER_LOGGER_MAX_<STREAM>_SIZE` and `rotate N` in `CONTAINER_LOGGER_LOGROTATE_<STREAM>_OPTIONS`.
+/// Bad values keep the defaults (and are returned as warnings).
+pub fn rotation_from_env(env: &[String], stream: &str) -> (Rotation, Vec<String>) {
+    let mut r = Rotation::default();
+    let mut warnings = Vec::new();
+    let get = |key: &str| env.iter().rev().find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')));
+    let size_key = format!("CONTAINER_LOGGER_MAX_{stream}_SIZE");
+    if let Some(v) = get(&size_key) {
+        match parse_size(v) {
+            Some(n) if n >= 4096 => r.max_size = n,
+            _ => warnings.push(format!("{size_key}={v}: not a size of at least one page; using {}", r.max_size)),
+        }
+    }
+    let opts_key = format!("CONTAINER_LOGGER_LOGROTATE_{stream}_OPTIONS");
+    if let Some(v) = get(&opts_key) {
+        let mut words = v.split(|c: char| c.is_whitespace() || c == ';');
+        while let Some(w) = words.next() {
+            if w == "rotate" {
+                match words.next().and_then(|n| n.parse::<u32>().ok()) {
+                    Some(n) => r.keep = n + 1,
+                    None => warnings.push(format!("{opts_key}: `rotate` needs a number")),
+                }
+            }
+        }
+    }
+    (r, warnings)
+}
+
+/// An append-only log file that rotates itself.
+pub struct RotatingFile {
+    path: PathBuf,
+    rotation: Rotation,
+    file: File,
+    size: u64,
+}
+
+impl RotatingFile {
+    pub fn open(path: &Path, rotation: Rotation) -> io::Result<RotatingFile> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(RotatingFile { path: path.to_path_buf(), rotation, file, size })
+    }
+
+    fn numbered(&self, n: u32) -> PathBuf {
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{n}"));
+        self.path.with_file_name(name)
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let keep = self.rotation.keep.max(1);
+        if keep == 1 {
+            self.file.set_len(0)?;
+        } else {
+            let _ = std::fs::remove_file(self.numbered(keep - 1));
+            for n in (1..keep - 1).rev() {
+                let _ = std::fs::rename(self.numbered(n), self.numbered(n + 1));
+            }
+            std::fs::rename(&self.path, self.numbered(1))?;
+            self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        }
+        self.size = 0;
+        Ok(())
+    }
+
+    /// Appends `data`, rotating first when it would pass the size limit.
+    pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            if self.size >= self.rotation.max_size {
+                self.rotate()?;
+            }
+            let room = (self.rotation.max_size - self.size) as usize;
+            let n = data.len().min(room.max(1));
+            self.file.write_all(&data[..n])?;
+            self.size += n as u64;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10MB"), Some(10 << 20));
+        assert_eq!(parse_size("512kb"), Some(512 << 10));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("1 GB"), Some(1 << 30));
+        assert_eq!(parse_size("ten"), None);
+        assert_eq!(parse_size("1PB"), None);
+        assert_eq!(parse_size("99999999999999999999TB"), None);
+    }
+
+    #[test]
+    fn rotation_from_the_environment() {
+        let env = vec![
+            "CONTAINER_LOGGER_MAX_STDOUT_SIZE=8KB".to_string(),
+            "CONTAINER_LOGGER_LOGROTATE_STDOUT_OPTIONS=rotate 2".to_string(),
+            "CONTAINER_LOGGER_MAX_STDERR_SIZE=1".to_string(),
+        ];
+        assert_eq!(rotation_from_env(&env, "STDOUT"), (Rotation { max_size: 8192, keep: 3 }, vec![]));
+        let (r, warnings) = rotation_from_env(&env, "STDERR");
+        assert_eq!(r, Rotation::default());
+        assert_eq!(warnings.len(), 1);
+    }
+
+    #[test]
+    fn rotates_and_keeps_n_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdout");
+        let mut f = RotatingFile::open(&path, Rotation { max_size: 10, keep: 3 }).unwrap();
+        f.write(b"0123456789abcdefghij").unwrap(); // two full files
+        f.write(b"KLMNO").unwrap();
+        let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
+        assert_eq!(read("stdout"), "KLMNO");
+        assert_eq!(read("stdout.1"), "abcdefghij");
+        assert_eq!(read("stdout.2"), "0123456789");
+        f.write(b"pqrstuvwxyz").unwrap();
+        assert_eq!(read("stdout"), "uvwxyz");
+        assert_eq!(read("stdout.1"), "KLMNOpqrst");
+        assert_eq!(read("stdout.2"), "abcdefghij");
+        assert!(!dir.path().join("stdout.3").exists(), "only `keep` files are kept");
+        // Reopening continues where the file is.
+        drop(f);
+        let mut f = RotatingFile::open(&path, Rotation { max_size: 10, keep: 3 }).unwrap();
+        f.write(b"1234").unwrap();
+        assert_eq!(read("stdout"), "uvwxyz1234");
+    }
+}

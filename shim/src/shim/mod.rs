@@ -1,0 +1,387 @@
+//! husk-shim: one small process per container. It creates the container, is the subreaper of
+//! its init, writes its output to the sandbox, records its exit in `exit.json` before anyone
+//! hears of it, serves `husk.shim.v1` on a unix socket, and outlives whoever started it.
+mod backend;
+mod reaper;
+mod service;
+
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use backend::Backend;
+use husk_proto::shim::v1::shim_client::ShimClient;
+use husk_proto::shim::v1::shim_server::ShimServer;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
+
+use crate::cgroups::{Cgroup, Layout};
+use crate::exit::ExitRecord;
+use crate::logs::{rotation_from_env, RotatingFile};
+use crate::runtime::state::process_start_time;
+use crate::sys::{exit_child, fork, Fork};
+
+pub const SOCKET: &str = "shim.sock";
+pub const SHIM_FILE: &str = "shim.json";
+pub const INIT_FILE: &str = "init.json";
+pub const LOG_FILE: &str = "shim.log";
+/// How long the starter waits for the shim to serve.
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// Longest unix socket path (sun_path holds 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub sandbox: PathBuf,
+    /// The shim's own directory (`<runtime dir>/shims/<id>`): socket, pids, exit.json.
+    pub state_dir: PathBuf,
+    pub backend: Backend,
+}
+
+/// A process identified beyond its pid: pid plus start time, as checkpointed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessId {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl ProcessId {
+    pub fn of(pid: i32) -> Option<ProcessId> {
+        process_start_time(pid).map(|(start_time, _)| ProcessId { pid, start_time })
+    }
+
+    /// Whether the process is still the one recorded (not a reused pid, not a zombie).
+    pub fn alive(&self) -> bool {
+        matches!(process_start_time(self.pid), Some((t, false)) if t == self.start_time)
+    }
+
+    pub fn load(path: &Path) -> Option<ProcessId> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    fn save(&self, path: &Path) -> std::io::Result<()> {
+        husk_oci::checkpoint::write_atomic(path, &serde_json::to_vec(self)?, 0o644)
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// Starts a shim for a new container and returns its socket once it serves. The shim runs on
+/// in the background, detached from the caller (its own session, reparented away), so killing
+/// the caller or closing its stdio never touches the container.
+pub fn start(opts: &Options) -> Result<PathBuf, String> {
+    let socket = opts.state_dir.join(SOCKET);
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(format!("socket path {} is longer than {MAX_SOCKET_PATH} bytes", socket.display()));
+    }
+    for p in [&opts.bundle, &opts.sandbox] {
+        if !p.is_dir() {
+            return Err(format!("{} is not a directory", p.display()));
+        }
+    }
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        match std::fs::DirBuilder::new().recursive(false).mode(0o700).create(&opts.state_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if opts.state_dir.join(SHIM_FILE).exists() || socket.exists() {
+                    return Err(format!("a shim for `{}` already exists in {}", opts.id, opts.state_dir.display()));
+                }
+            }
+            Err(e) => return Err(format!("{}: {e}", opts.state_dir.display())),
+        }
+    }
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    match fork().map_err(|e| format!("fork: {e}"))? {
+        Fork::Child => {
+            drop(ready_r);
+            let _ = nix::unistd::setsid();
+            match fork() {
+                Ok(Fork::Child) => daemon(opts.clone(), ready_w),
+                _ => exit_child(0),
+            }
+        }
+        Fork::Parent(pid) => {
+            drop(ready_w);
+            let _ = nix::sys::wait::waitpid(pid, None);
+            let answer = read_with_deadline(ready_r, READY_DEADLINE)?;
+            match answer.strip_prefix("ok") {
+                Some(_) => Ok(socket),
+                None => Err(answer.strip_prefix("error: ").unwrap_or(&answer).trim().to_string()),
+            }
+        }
+    }
+}
+
+fn read_with_deadline(fd: OwnedFd, timeout: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("the shim did not report within {timeout:?}"));
+        }
+        let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(format!("poll: {e}")),
+        }
+        let mut buf = [0u8; 4096];
+        // One line answers; the write end may stay open elsewhere (the container's init holds a
+        // copy until it execs), so EOF is not awaited.
+        match nix::unistd::read(&fd, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.contains(&b'\n') {
+                    break;
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("reading from the shim: {e}")),
+        }
+    }
+    if out.is_empty() {
+        return Err("the shim exited before it served".into());
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn tell(ready: &mut Option<std::fs::File>, msg: &str) {
+    if let Some(mut f) = ready.take() {
+        let _ = f.write_all(format!("{}\n", msg.replace('\n', " ")).as_bytes());
+    }
+}
+
+/// The daemonized shim. Never returns.
+fn daemon(opts: Options, ready_w: OwnedFd) -> ! {
+    let mut ready = Some(std::fs::File::from(ready_w));
+    let code = match prepare(&opts) {
+        Err(e) => {
+            tell(&mut ready, &format!("error: {e}"));
+            let _ = std::fs::remove_dir_all(&opts.state_dir);
+            1
+        }
+        Ok(prepared) => match serve(opts.clone(), prepared, &mut ready) {
+            Ok(()) => 0,
+            Err(e) => {
+                tell(&mut ready, &format!("error: {e}"));
+                eprintln!("husk-shim: {e}");
+                1
+            }
+        },
+    };
+    exit_child(code)
+}
+
+struct Prepared {
+    init: ProcessId,
+    created_ns: i64,
+    cgroup: Option<Cgroup>,
+    oom_baseline: u64,
+    stdout_r: OwnedFd,
+    stderr_r: OwnedFd,
+    env: Vec<String>,
+}
+
+/// Everything that must happen before the shim has threads: detach, become the subreaper,
+/// create the container (which forks).
+fn prepare(opts: &Options) -> Result<Prepared, String> {
+    let _ = nix::unistd::chdir("/");
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").map_err(|e| e.to_string())?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(opts.state_dir.join(LOG_FILE))
+        .map_err(|e| format!("shim log: {e}"))?;
+    {
+        use std::os::fd::AsRawFd;
+        crate::sys::set_stdio([null.as_raw_fd(), null.as_raw_fd(), log.as_raw_fd()]).map_err(|e| e.to_string())?;
+    }
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
+    let me = ProcessId::of(std::process::id() as i32).ok_or("reading the shim's own start time")?;
+    me.save(&opts.state_dir.join(SHIM_FILE)).map_err(|e| format!("{SHIM_FILE}: {e}"))?;
+
+    let spec = husk_oci::bundle::read_spec(&opts.bundle).map_err(|e| e.to_string())?;
+    let env = spec.process().as_ref().and_then(|p| p.env().clone()).unwrap_or_default();
+    let (stdout_r, stdout_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
+    let (stderr_r, stderr_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
+    let stdin: OwnedFd = null.into();
+    let created_ns = now_ns();
+    let (pid, warnings) =
+        opts.backend.create(&opts.id, &opts.bundle, [&stdin, &stdout_w, &stderr_w], &opts.state_dir)?;
+    for w in warnings {
+        eprintln!("husk-shim: warning: {w}");
+    }
+    let init = ProcessId::of(pid).ok_or_else(|| format!("the container's init {pid} is gone"))?;
+    init.save(&opts.state_dir.join(INIT_FILE)).map_err(|e| format!("{INIT_FILE}: {e}"))?;
+    let cgroup = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().clone())
+        .and_then(|p| Cgroup::new(Layout::detect().ok()?, &p).ok());
+    let oom_baseline = cgroup.as_ref().and_then(|c| c.stats().ok()).and_then(|s| s.oom_kills).unwrap_or(0);
+    Ok(Prepared { init, created_ns, cgroup, oom_baseline, stdout_r, stderr_r, env })
+}
+
+async fn pump(fd: OwnedFd, path: PathBuf, env: Vec<String>, stream: &'static str) {
+    use tokio::io::AsyncReadExt;
+    let (rotation, warnings) = rotation_from_env(&env, stream);
+    for w in warnings {
+        eprintln!("husk-shim: warning: {w}");
+    }
+    let mut file = match RotatingFile::open(&path, rotation) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("husk-shim: {}: {e}", path.display());
+            return;
+        }
+    };
+    let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else { return };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match rx.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if let Err(e) = file.write(&buf[..n]) {
+                    eprintln!("husk-shim: {}: {e}", path.display());
+                }
+            }
+        }
+    }
+}
+
+fn serve(opts: Options, p: Prepared, ready: &mut Option<std::fs::File>) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let socket = opts.state_dir.join(SOCKET);
+        let _ = std::fs::remove_file(&socket);
+        let listener = tokio::net::UnixListener::bind(&socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+        }
+        let out = tokio::spawn(pump(p.stdout_r, opts.sandbox.join("stdout"), p.env.clone(), "STDOUT"));
+        let err = tokio::spawn(pump(p.stderr_r, opts.sandbox.join("stderr"), p.env.clone(), "STDERR"));
+
+        let (exit_tx, exit_rx) = watch::channel(ExitRecord::load(&opts.state_dir).ok().flatten());
+        let reaper = reaper::Reaper::default();
+        let shared = Arc::new(service::Shared {
+            id: opts.id.clone(),
+            bundle: opts.bundle.clone(),
+            backend: opts.backend.clone(),
+            reaper: reaper.clone(),
+            init_pid: p.init.pid,
+            init_start_time: p.init.start_time,
+            cgroup: p.cgroup.clone(),
+            exit: exit_rx,
+            started: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
+            shutdown: Notify::new(),
+        });
+
+        let mut sigchld =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).map_err(|e| e.to_string())?;
+        // Neither SIGTERM, SIGHUP nor SIGINT ends the shim: only Shutdown does.
+        for kind in [
+            tokio::signal::unix::SignalKind::terminate(),
+            tokio::signal::unix::SignalKind::hangup(),
+            tokio::signal::unix::SignalKind::interrupt(),
+        ] {
+            let mut s = tokio::signal::unix::signal(kind).map_err(|e| e.to_string())?;
+            tokio::spawn(async move { while s.recv().await.is_some() {} });
+        }
+        let state_dir = opts.state_dir.clone();
+        let cgroup = p.cgroup.clone();
+        let (started_at, init_pid, oom_baseline) = (p.created_ns, p.init.pid, p.oom_baseline);
+        tokio::spawn(async move {
+            let mut pumps = Some((out, err));
+            loop {
+                let mut status = None;
+                reaper.reap(init_pid, |s| status = Some(s));
+                if let Some(status) = status {
+                    // Let the output drain (bounded: an orphan may hold the pipes open).
+                    if let Some((out, err)) = pumps.take() {
+                        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                            let _ = out.await;
+                            let _ = err.await;
+                        })
+                        .await;
+                    }
+                    let oom_now = cgroup.as_ref().and_then(|c| c.stats().ok()).and_then(|s| s.oom_kills).unwrap_or(0);
+                    let record = ExitRecord::from_wait_status(status, oom_now > oom_baseline, started_at, now_ns());
+                    if let Err(e) = record.save(&state_dir) {
+                        eprintln!("husk-shim: writing exit.json: {e}");
+                    }
+                    let _ = exit_tx.send(Some(record));
+                }
+                if sigchld.recv().await.is_none() {
+                    return;
+                }
+            }
+        });
+
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        let shared2 = shared.clone();
+        tell(ready, "ok");
+        tonic::transport::Server::builder()
+            .add_service(ShimServer::new(service::Service(shared)))
+            .serve_with_incoming_shutdown(incoming, async move { shared2.shutdown.notified().await })
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_file(opts.state_dir.join(SHIM_FILE));
+        Ok::<(), String>(())
+    })
+}
+
+/// Connects to a shim's socket.
+pub async fn connect(socket: &Path) -> Result<ShimClient<tonic::transport::Channel>, tonic::transport::Error> {
+    let path = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::from_static("http://shim")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
+        }))
+        .await?;
+    Ok(ShimClient::new(channel))
+}
+
+/// The shim's destroy path without the shim (it died): kill what is left of the container,
+/// delete it from the runtime, remove its cgroup. Idempotent. The exit status, if the shim
+/// recorded one, stays in `exit.json`.
+pub fn cleanup(opts: &Options) -> Result<(), String> {
+    let spec = husk_oci::bundle::read_spec(&opts.bundle).ok();
+    let cgroup = spec
+        .as_ref()
+        .and_then(|s| s.linux().as_ref().and_then(|l| l.cgroups_path().clone()))
+        .and_then(|p| Cgroup::new(Layout::detect().ok()?, &p).ok());
+    if let Some(cg) = &cgroup {
+        cg.kill_all(Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    } else if let Some(init) = ProcessId::load(&opts.state_dir.join(INIT_FILE)) {
+        if init.alive() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(init.pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    opts.backend.delete_blocking(&opts.id)?;
+    if let Some(cg) = &cgroup {
+        cg.remove(Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    }
+    if let Some(shim) = ProcessId::load(&opts.state_dir.join(SHIM_FILE)) {
+        if shim.alive() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim.pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let _ = std::fs::remove_file(opts.state_dir.join(SOCKET));
+    let _ = std::fs::remove_file(opts.state_dir.join(SHIM_FILE));
+    Ok(())
+}
