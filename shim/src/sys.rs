@@ -86,3 +86,11 @@ pub fn set_stdio(fds: [std::os::fd::RawFd; 3]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Takes ownership of a descriptor this process was handed by number (the init's status pipe).
+pub fn adopt_fd(fd: std::os::fd::RawFd) -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the caller passes a descriptor that is open and owned by nobody else in this
+    // process (it was inherited across fork for exactly this use).
+    unsafe { std::fs::File::from_raw_fd(fd) }
+}

@@ -325,3 +325,73 @@ fn features_and_state_match_the_oci_schemas() {
     let out = f.runtime(&["--systemd-cgroup", "list"]);
     assert!(out.stderr.contains("--systemd-cgroup is not supported"), "{}", out.stderr);
 }
+
+#[test]
+fn a_fork_bomb_is_stopped_by_pids_max() {
+    require!(false);
+    let f = Fixture::new("bomb");
+    // The bomb runs in a subshell that dies at its first failed fork; the parent reads the
+    // counters with builtins only (no fork left to spare).
+    let script = "(i=0; while [ $i -lt 60 ]; do sleep 30 & i=$((i+1)); done) 2>/dev/null; \
+                  read p < /sys/fs/cgroup/pids/pids.current; read m < /sys/fs/cgroup/pids/pids.max; \
+                  echo pids=$p max=$m";
+    let bundle = f.bundle("bomb", script, |s| s["linux"]["resources"]["pids"] = serde_json::json!({"limit": 16}));
+    let out = f.runtime(&["run", "--bundle", bundle.to_str().unwrap(), "bomb"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let seen = common::observations(&out.stdout.replace(' ', "\n"));
+    assert_eq!(seen["max"], "16");
+    let pids: u32 = seen["pids"].parse().unwrap();
+    assert!(pids <= 16, "pids.max holds: {pids}");
+    f.assert_gone("bomb");
+}
+
+#[test]
+fn hooks_run_with_the_state_and_their_failures_fail_create() {
+    require!(false);
+    let f = Fixture::new("hooks");
+    let record = |name: &str| {
+        let file = f.path(&format!("hook-{name}"));
+        serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", file.display())]})
+    };
+    let in_container = |name: &str| serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > /mnt/mesos/sandbox/hook-{name}")]});
+    let hooks = serde_json::json!({
+        "prestart": [record("prestart")],
+        "createRuntime": [record("createRuntime")],
+        "createContainer": [in_container("createContainer")],
+        "startContainer": [in_container("startContainer")],
+        "poststart": [record("poststart")],
+        "poststop": [record("poststop")],
+    });
+    let bundle = f.bundle("hooks", "true", |s| s["hooks"] = hooks);
+    let out = f.runtime(&["run", "--bundle", bundle.to_str().unwrap(), "hooks"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    for (name, dir) in [
+        ("prestart", ""),
+        ("createRuntime", ""),
+        ("createContainer", "sandbox/"),
+        ("startContainer", "sandbox/"),
+        ("poststart", ""),
+        ("poststop", ""),
+    ] {
+        let text =
+            std::fs::read_to_string(f.path(&format!("{dir}hook-{name}"))).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let state: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}: {text}"));
+        assert_eq!(state["id"], "hooks", "{name}");
+        assert!(state["bundle"].as_str().unwrap().ends_with("bundle-hooks"), "{name}");
+    }
+    f.assert_gone("hooks");
+
+    let failing = f.bundle("badhook", "true", |s| {
+        s["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no >&2; exit 3"]}]})
+    });
+    let out = f.runtime(&["create", "--bundle", failing.to_str().unwrap(), "badhook"]);
+    assert!(out.stderr.contains("prestart hook 0 (/bin/sh): exit status: 3: no"), "{}", out.stderr);
+    f.assert_gone("badhook");
+    let slow = f.bundle("slowhook", "true", |s| {
+        s["hooks"] =
+            serde_json::json!({"createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "10"], "timeout": 1}]})
+    });
+    let out = f.runtime(&["create", "--bundle", slow.to_str().unwrap(), "slowhook"]);
+    assert!(out.stderr.contains("createRuntime hook 0 (/bin/sleep): timed out after 1s"), "{}", out.stderr);
+    f.assert_gone("slowhook");
+}

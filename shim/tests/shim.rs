@@ -19,6 +19,7 @@ struct Shim {
     cgroups: CgroupRoot,
     id: String,
     runtime: String,
+    init: bool,
 }
 
 impl Shim {
@@ -27,11 +28,14 @@ impl Shim {
         let work = tempfile::tempdir().unwrap();
         busybox_rootfs(&work.path().join("rootfs"));
         std::fs::create_dir(work.path().join("sandbox")).unwrap();
+        let init = runtime.ends_with("+init");
+        let runtime = runtime.trim_end_matches("+init");
         let shim = Shim {
             cgroups: CgroupRoot::new(tag),
             id: format!("{tag}-{}", std::process::id()),
             work,
             runtime: runtime.into(),
+            init,
         };
         let variables = env
             .iter()
@@ -76,6 +80,9 @@ impl Shim {
             .arg("--state-dir")
             .arg(self.path("state"))
             .args(["--runtime", &self.runtime]);
+        if self.init && verb == "start" {
+            cmd.arg("--init");
+        }
         cmd
     }
 
@@ -280,4 +287,77 @@ async fn a_failed_create_reports_the_reason_and_leaves_nothing() {
     assert!(out.stderr.contains("husk-shim: "), "{}", out.stderr);
     assert!(!state.exists(), "a failed start leaves no state");
     let _ = Path::new("");
+}
+
+#[tokio::test]
+async fn the_init_reaps_orphans_and_forwards_signals() {
+    require!(false);
+    let script = r#"
+        (sleep 0.1 &)
+        sleep 0.5
+        echo pid1=$(cat /proc/1/comm) me=$$
+        echo zombies=$(for s in /proc/[0-9]*/stat; do cut -d' ' -f3 $s; done | grep -c Z)
+        trap 'echo got TERM; exit 7' TERM
+        touch /mnt/mesos/sandbox/ready
+        while true; do sleep 0.05; done
+    "#;
+    let (shim, socket) = Shim::start("init", "husk+init", script, &[], None);
+    let mut c = connect(&socket).await.unwrap();
+    c.start(pb::StartRequest {}).await.unwrap();
+    wait_until("the command to be ready", || shim.path("sandbox/ready").exists()).await;
+    // SIGTERM goes to pid 1, husk's init, which passes it on to the command.
+    c.kill(pb::KillRequest { signal: 15, all: false }).await.unwrap();
+    let exit = c.wait(pb::WaitRequest {}).await.unwrap().into_inner();
+    assert_eq!(exit.exit_code, Some(7), "the command's own exit status: {exit:?}");
+    let out = shim.read("sandbox/stdout");
+    assert!(out.contains("pid1=husk-shim me=2"), "husk's init is pid 1: {out}");
+    assert!(out.contains("zombies=0"), "the orphan was reaped: {out}");
+    assert!(out.contains("got TERM"), "{out}");
+    c.delete(pb::DeleteRequest {}).await.unwrap();
+    c.shutdown(pb::ShutdownRequest {}).await.unwrap();
+
+    // Without an init, the command itself is pid 1.
+    let (shim, socket) = Shim::start("noinit", "husk", script, &[], None);
+    let mut c = connect(&socket).await.unwrap();
+    c.start(pb::StartRequest {}).await.unwrap();
+    wait_until("the command to be ready", || shim.path("sandbox/ready").exists()).await;
+    assert!(shim.read("sandbox/stdout").contains("pid1=sh me=1"), "{}", shim.read("sandbox/stdout"));
+    c.kill(pb::KillRequest { signal: 9, all: true }).await.unwrap();
+    c.wait(pb::WaitRequest {}).await.unwrap();
+    c.delete(pb::DeleteRequest {}).await.unwrap();
+    c.shutdown(pb::ShutdownRequest {}).await.unwrap();
+}
+
+#[tokio::test]
+async fn init_needs_the_builtin_runtime() {
+    require!(true);
+    let work = tempfile::tempdir().unwrap();
+    busybox_rootfs(&work.path().join("rootfs"));
+    std::fs::create_dir(work.path().join("sandbox")).unwrap();
+    let req = LaunchRequest {
+        container_id: ContainerId { value: "initrunc".into(), parent: None },
+        command: Some(CommandInfo { value: Some("true".into()), ..Default::default() }),
+        ..Default::default()
+    };
+    let cgroups = CgroupRoot::new("initrunc");
+    let cfg = Config { cgroup_root: cgroups.name.clone(), ..Default::default() };
+    let place = Placement {
+        sandbox_dir: work.path().join("sandbox"),
+        rootfs: Some(work.path().join("rootfs")),
+        ..Default::default()
+    };
+    translate(&req, &cfg, &place).unwrap().write_bundle(&work.path().join("bundle")).unwrap();
+    let out = common::run_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_husk-shim"))
+            .args(["start", "--id", "initrunc", "--runtime", "runc", "--init", "--bundle"])
+            .arg(work.path().join("bundle"))
+            .arg("--sandbox")
+            .arg(work.path().join("sandbox"))
+            .arg("--state-dir")
+            .arg(work.path().join("state")),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stderr.contains("--init needs husk's runtime"), "{}", out.stderr);
+    assert!(!work.path().join("state").exists());
 }

@@ -127,6 +127,7 @@ fn create_opts(cli: &Cli, a: &CreateArgs) -> Result<CreateOptions, Error> {
         root: cli.root.clone(),
         pid_file: a.pid_file.clone(),
         stdio: None,
+        init_status: None,
     })
 }
 

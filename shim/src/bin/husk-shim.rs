@@ -48,6 +48,10 @@ struct Common {
     /// The runtime's state root (default: `<state dir>/runtime`).
     #[arg(long, value_name = "DIR")]
     runtime_root: Option<PathBuf>,
+    /// Run husk's init as the container's pid 1: it forwards signals to the command and reaps
+    /// orphaned processes (built-in runtime only).
+    #[arg(long)]
+    init: bool,
 }
 
 fn options(c: &Common) -> Options {
@@ -62,6 +66,7 @@ fn options(c: &Common) -> Options {
         sandbox: c.sandbox.clone(),
         state_dir: c.state_dir.clone(),
         backend,
+        init: c.init,
     }
 }
 

@@ -28,6 +28,9 @@ pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
     /// Standard input, output and error of the container (default: the caller's).
     pub stdio: Option<[std::os::fd::RawFd; 3]>,
+    /// Run husk's init as the container's pid 1 (it forwards signals to the command and reaps
+    /// orphans), writing the command's wait status to this descriptor when it exits.
+    pub init_status: Option<std::os::fd::RawFd>,
 }
 
 /// Container ids, as runc accepts them: letters, digits and `_+-.`, not `.` or `..`.
@@ -208,6 +211,7 @@ pub fn create(opts: &CreateOptions) -> Result<(State, Vec<String>), Error> {
                 to_parent: msg_w,
                 from_parent: go_r,
                 stdio: opts.stdio,
+                init_status: opts.init_status,
             })
         }
         Fork::Parent(pid) => pid,

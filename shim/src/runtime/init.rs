@@ -39,6 +39,8 @@ pub(super) struct Child {
     pub from_parent: OwnedFd,
     /// Descriptors to become the container's stdin, stdout and stderr.
     pub stdio: Option<[std::os::fd::RawFd; 3]>,
+    /// With an init: where it writes the command's raw wait status (4 bytes, native endian).
+    pub init_status: Option<std::os::fd::RawFd>,
 }
 
 impl Child {
@@ -220,6 +222,23 @@ fn init(child: &Child) -> Result<Never, Error> {
     .map(std::fs::File::from)
     .map_err(|e| fail("opening the exec fifo", e))?;
     drop(fifo);
+    if let Some(status_fd) = child.init_status {
+        // The container's pid 1 stays ours: it forwards signals to the command and reaps every
+        // orphan. Signals are blocked before the fork so none is lost in between.
+        let all = nix::sys::signal::SigSet::all();
+        let mut old = nix::sys::signal::SigSet::empty();
+        nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&all), Some(&mut old))
+            .map_err(|e| fail("blocking signals", e))?;
+        match fork().map_err(|e| Error::Process(format!("fork: {e}")))? {
+            Fork::Parent(command) => {
+                drop(fifo_w);
+                super::reaper_init::run(command, status_fd)
+            }
+            Fork::Child => {
+                let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&old), None);
+            }
+        }
+    }
     let e = nix::unistd::execve(&executable, &argv, &env).unwrap_err();
     let text = format!("exec {}: {}", program, errno_text(e));
     let _ = fifo_w.write_all(text.as_bytes());

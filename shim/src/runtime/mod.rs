@@ -9,6 +9,7 @@ mod container;
 mod hooks;
 mod init;
 pub mod mounts;
+mod reaper_init;
 pub mod seccomp;
 pub mod state;
 

@@ -49,8 +49,12 @@ impl Backend {
         id: &str,
         bundle: &Path,
         stdio: [&OwnedFd; 3],
+        init_status: Option<&OwnedFd>,
         state_dir: &Path,
     ) -> Result<(i32, Vec<String>), String> {
+        if init_status.is_some() && matches!(self, Backend::External { .. }) {
+            return Err(format!("--init needs husk's runtime; {} has no init", self.name()));
+        }
         match self {
             Backend::BuiltIn { root } => {
                 let opts = CreateOptions {
@@ -59,6 +63,7 @@ impl Backend {
                     root: root.clone(),
                     pid_file: None,
                     stdio: Some([stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd()]),
+                    init_status: init_status.map(|fd| fd.as_raw_fd()),
                 };
                 runtime::create(&opts).map(|(st, warnings)| (st.pid, warnings)).map_err(|e| e.to_string())
             }

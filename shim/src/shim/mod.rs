@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 pub use backend::Backend;
 use husk_proto::shim::v1::shim_client::ShimClient;
 use husk_proto::shim::v1::shim_server::ShimServer;
+pub use reaper::raw_status;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
@@ -41,6 +42,8 @@ pub struct Options {
     /// The shim's own directory (`<runtime dir>/shims/<id>`): socket, pids, exit.json.
     pub state_dir: PathBuf,
     pub backend: Backend,
+    /// Run husk's init as the container's pid 1 (built-in runtime only).
+    pub init: bool,
 }
 
 /// A process identified beyond its pid: pid plus start time, as checkpointed.
@@ -191,6 +194,8 @@ struct Prepared {
     stdout_r: OwnedFd,
     stderr_r: OwnedFd,
     env: Vec<String>,
+    /// With an init: where it reports the command's wait status.
+    init_status: Option<OwnedFd>,
 }
 
 /// Everything that must happen before the shim has threads: detach, become the subreaper,
@@ -217,8 +222,22 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
     let (stderr_r, stderr_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
     let stdin: OwnedFd = null.into();
     let created_ns = now_ns();
-    let (pid, warnings) =
-        opts.backend.create(&opts.id, &opts.bundle, [&stdin, &stdout_w, &stderr_w], &opts.state_dir)?;
+    let (status_r, status_w) = match opts.init {
+        true => {
+            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(|e| e.to_string())?;
+            (Some(r), Some(w))
+        }
+        false => (None, None),
+    };
+    let (pid, warnings) = opts.backend.create(
+        &opts.id,
+        &opts.bundle,
+        [&stdin, &stdout_w, &stderr_w],
+        status_w.as_ref(),
+        &opts.state_dir,
+    )?;
+    drop(status_w);
     for w in warnings {
         eprintln!("husk-shim: warning: {w}");
     }
@@ -230,7 +249,7 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         .and_then(|l| l.cgroups_path().clone())
         .and_then(|p| Cgroup::new(Layout::detect().ok()?, &p).ok());
     let oom_baseline = cgroup.as_ref().and_then(|c| c.stats().ok()).and_then(|s| s.oom_kills).unwrap_or(0);
-    Ok(Prepared { init, created_ns, cgroup, oom_baseline, stdout_r, stderr_r, env })
+    Ok(Prepared { init, created_ns, cgroup, oom_baseline, stdout_r, stderr_r, env, init_status: status_r })
 }
 
 async fn pump(fd: OwnedFd, path: PathBuf, env: Vec<String>, stream: &'static str) {
@@ -303,12 +322,20 @@ fn serve(opts: Options, p: Prepared, ready: &mut Option<std::fs::File>) -> Resul
         let state_dir = opts.state_dir.clone();
         let cgroup = p.cgroup.clone();
         let (started_at, init_pid, oom_baseline) = (p.created_ns, p.init.pid, p.oom_baseline);
+        let init_status = p.init_status;
         tokio::spawn(async move {
             let mut pumps = Some((out, err));
             loop {
                 let mut status = None;
                 reaper.reap(init_pid, |s| status = Some(s));
-                if let Some(status) = status {
+                if let Some(mut status) = status {
+                    // With husk's init, the command's own status is the container's.
+                    if let Some(fd) = &init_status {
+                        let mut buf = [0u8; 4];
+                        if nix::unistd::read(fd, &mut buf) == Ok(4) {
+                            status = i32::from_ne_bytes(buf);
+                        }
+                    }
                     // Let the output drain (bounded: an orphan may hold the pipes open).
                     if let Some((out, err)) = pumps.take() {
                         let _ = tokio::time::timeout(Duration::from_millis(500), async {
