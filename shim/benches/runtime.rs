@@ -1,7 +1,7 @@
 //! Benchmark (not a test): `husk-runtime run` against `runc run` on the same bundle, in one
 //! run, and the memory of husk-shim. Run as root: `cargo bench -p husk-shim --bench runtime`.
 #[path = "../../tests/common/mod.rs"]
-#[allow(dead_code, unused_macros)]
+#[allow(unused_macros)]
 mod common;
 
 use std::path::{Path, PathBuf};
