@@ -94,3 +94,43 @@ pub fn adopt_fd(fd: std::os::fd::RawFd) -> std::fs::File {
     // process (it was inherited across fork for exactly this use).
     unsafe { std::fs::File::from_raw_fd(fd) }
 }
+
+/// Makes `fd` (a terminal) the controlling terminal of the calling session leader.
+pub fn set_controlling_terminal(fd: std::os::fd::RawFd) -> io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an int argument and only affects this process' session.
+    if unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets a terminal's window size.
+pub fn set_window_size(fd: std::os::fd::RawFd, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: `ws` is a valid winsize the kernel only reads.
+    if unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Borrows a descriptor known by number for the duration of a call.
+pub fn borrow_fd(fd: std::os::fd::RawFd) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: callers pass descriptors that stay open for as long as the borrow is used (the
+    // console socket the caller holds across create).
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+/// Takes ownership of a descriptor just received (SCM_RIGHTS).
+pub fn own_fd(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the kernel just installed `fd` in this process for us; nothing else owns it.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// Registers a descriptor the caller owns with the tokio reactor.
+pub fn async_fd(fd: std::os::fd::OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: the OwnedFd is moved in, so nothing else can close it or register it while the
+    // AsyncFd lives; it is deregistered before it is closed when the AsyncFd drops.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into())
+}

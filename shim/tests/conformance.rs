@@ -41,6 +41,7 @@ echo volume=$(cat /data/hello)
 (echo x > /data/new) 2>/dev/null && echo volume_write=yes || echo volume_write=no
 (echo x > /data/sub/new) 2>/dev/null && echo submount_write=yes || echo submount_write=no
 echo greeting=$GREETING
+[ -c /proc/keys ] && echo keys=masked || echo keys=visible
 echo proc_sys_ro=$( (echo 1 > /proc/sys/kernel/ns_last_pid) 2>/dev/null && echo no || echo yes)
 "#;
 
@@ -200,6 +201,7 @@ fn assert_common(seen: &HashMap<String, String>, stderr: &str) {
     assert_eq!(get("greeting"), "hello husk");
     assert_eq!(get("NoNewPrivs"), "1");
     assert_eq!(get("proc_sys_ro"), "yes", "/proc/sys is read-only");
+    assert_eq!(get("keys"), "masked", "/proc/keys is masked (/dev/null over it)");
 }
 
 /// Runs `req` under every runtime, checks each with `check`, and checks that husk-runtime and

@@ -395,3 +395,49 @@ fn hooks_run_with_the_state_and_their_failures_fail_create() {
     assert!(out.stderr.contains("createRuntime hook 0 (/bin/sleep): timed out after 1s"), "{}", out.stderr);
     f.assert_gone("slowhook");
 }
+
+#[test]
+fn a_terminal_goes_to_the_console_socket() {
+    require!(false);
+    let f = Fixture::new("tty");
+    let bundle = f.bundle("tty", "tty; stty size; echo done", |s| {
+        s["process"]["terminal"] = serde_json::json!(true);
+        s["process"]["consoleSize"] = serde_json::json!({"height": 40, "width": 120});
+    });
+    let out = f.runtime(&["create", "--bundle", bundle.to_str().unwrap(), "tty"]);
+    assert!(out.stderr.contains("process.terminal needs a console socket"), "{}", out.stderr);
+    f.assert_gone("tty");
+
+    let socket = f.path("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        husk_shim::runtime::console::receive(&stream).unwrap()
+    });
+    let out = f.runtime(&[
+        "create",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--console-socket",
+        socket.to_str().unwrap(),
+        "tty",
+    ]);
+    assert!(out.status.success(), "create: {}", out.stderr);
+    let master = std::fs::File::from(receiver.join().unwrap());
+    assert!(f.runtime(&["start", "tty"]).status.success());
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut master = master;
+    while !text.contains("done") && Instant::now() < deadline {
+        let mut buf = [0u8; 1024];
+        match std::io::Read::read(&mut master, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    assert!(text.contains("/dev/pts/0"), "the command's stdin is the pty: {text:?}");
+    assert!(text.contains("40 120"), "the console size is set: {text:?}");
+    wait_for_status(&f, "tty", "stopped");
+    assert!(f.runtime(&["delete", "tty"]).status.success());
+    f.assert_gone("tty");
+}

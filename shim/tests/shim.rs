@@ -29,7 +29,8 @@ impl Shim {
         busybox_rootfs(&work.path().join("rootfs"));
         std::fs::create_dir(work.path().join("sandbox")).unwrap();
         let init = runtime.ends_with("+init");
-        let runtime = runtime.trim_end_matches("+init");
+        let tty = runtime.ends_with("+tty");
+        let runtime = runtime.trim_end_matches("+init").trim_end_matches("+tty");
         let shim = Shim {
             cgroups: CgroupRoot::new(tag),
             id: format!("{tag}-{}", std::process::id()),
@@ -53,6 +54,13 @@ impl Shim {
                 ..Default::default()
             }),
             resources: mem.map(|m| vec![scalar("mem", m)]).unwrap_or_default(),
+            container: tty.then(|| husk_proto::mesos::v1::ContainerInfo {
+                r#type: husk_proto::mesos::v1::container_info::Type::Mesos as i32,
+                tty_info: Some(husk_proto::mesos::v1::TtyInfo {
+                    window_size: Some(husk_proto::mesos::v1::tty_info::WindowSize { rows: 30, columns: 100 }),
+                }),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let cfg = Config { cgroup_root: shim.cgroups.name.clone(), ..Default::default() };
@@ -360,4 +368,22 @@ async fn init_needs_the_builtin_runtime() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stderr.contains("--init needs husk's runtime"), "{}", out.stderr);
     assert!(!work.path().join("state").exists());
+}
+
+#[tokio::test]
+async fn a_terminal_container_writes_through_its_pty() {
+    require!(true);
+    for runtime in ["husk", "runc"] {
+        let script = "tty; stty size; echo to-stderr >&2";
+        let (shim, socket) = Shim::start(&format!("tty-{runtime}"), &format!("{runtime}+tty"), script, &[], None);
+        let mut c = connect(&socket).await.unwrap();
+        c.start(pb::StartRequest {}).await.unwrap();
+        assert_eq!(c.wait(pb::WaitRequest {}).await.unwrap().into_inner().exit_code, Some(0));
+        let out = shim.read("sandbox/stdout");
+        assert!(out.contains("/dev/pts/0"), "{runtime}: the command's terminal is a pty: {out:?}");
+        assert!(out.contains("30 100"), "{runtime}: with the launch's window size: {out:?}");
+        assert!(out.contains("to-stderr"), "{runtime}: stderr goes to the terminal too: {out:?}");
+        c.delete(pb::DeleteRequest {}).await.unwrap();
+        c.shutdown(pb::ShutdownRequest {}).await.unwrap();
+    }
 }

@@ -90,7 +90,7 @@ struct CreateArgs {
     /// Write the init's pid to this file.
     #[arg(long, value_name = "FILE")]
     pid_file: Option<PathBuf>,
-    /// Unix socket to send a terminal's master to (not supported yet).
+    /// Unix socket to send the master of the container's terminal to (with process.terminal).
     #[arg(long, value_name = "PATH")]
     console_socket: Option<PathBuf>,
     /// Accepted for runc compatibility (husk always pivots).
@@ -118,9 +118,6 @@ fn create_opts(cli: &Cli, a: &CreateArgs) -> Result<CreateOptions, Error> {
     if a.preserve_fds != 0 {
         return Err(Error::Bundle("--preserve-fds is not supported".into()));
     }
-    if a.console_socket.is_some() {
-        return Err(Error::Bundle("--console-socket is not supported yet".into()));
-    }
     Ok(CreateOptions {
         id: a.id.clone(),
         bundle: a.bundle.clone(),
@@ -128,6 +125,7 @@ fn create_opts(cli: &Cli, a: &CreateArgs) -> Result<CreateOptions, Error> {
         pid_file: a.pid_file.clone(),
         stdio: None,
         init_status: None,
+        console: a.console_socket.clone().map(husk_shim::runtime::console::ConsoleSocket::Path),
     })
 }
 

@@ -31,6 +31,8 @@ pub struct CreateOptions {
     /// Run husk's init as the container's pid 1 (it forwards signals to the command and reaps
     /// orphans), writing the command's wait status to this descriptor when it exits.
     pub init_status: Option<std::os::fd::RawFd>,
+    /// Where the master of the container's terminal goes (needed with `process.terminal`).
+    pub console: Option<super::console::ConsoleSocket>,
 }
 
 /// Container ids, as runc accepts them: letters, digits and `_+-.`, not `.` or `..`.
@@ -75,9 +77,6 @@ fn load_spec(bundle: &Path) -> Result<(Spec, PathBuf), Error> {
                 )));
             }
         }
-    }
-    if spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false) {
-        return Err(Error::Bundle("process.terminal: terminals (--console-socket) are not supported yet".into()));
     }
     Ok((spec, rootfs))
 }
@@ -157,6 +156,10 @@ pub fn create(opts: &CreateOptions) -> Result<(State, Vec<String>), Error> {
     let bundle =
         opts.bundle.canonicalize().map_err(|e| Error::Bundle(format!("bundle {}: {e}", opts.bundle.display())))?;
     let (spec, rootfs) = load_spec(&bundle)?;
+    let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+    if terminal && opts.console.is_none() {
+        return Err(Error::Bundle("process.terminal needs a console socket (--console-socket)".into()));
+    }
     let programs = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         Some(profile) => seccomp::compile(profile)?,
         None => Vec::new(),
@@ -212,6 +215,7 @@ pub fn create(opts: &CreateOptions) -> Result<(State, Vec<String>), Error> {
                 from_parent: go_r,
                 stdio: opts.stdio,
                 init_status: opts.init_status,
+                console: if terminal { opts.console.clone() } else { None },
             })
         }
         Fork::Parent(pid) => pid,

@@ -41,6 +41,8 @@ pub(super) struct Child {
     pub stdio: Option<[std::os::fd::RawFd; 3]>,
     /// With an init: where it writes the command's raw wait status (4 bytes, native endian).
     pub init_status: Option<std::os::fd::RawFd>,
+    /// With `process.terminal`: where the terminal's master goes.
+    pub console: Option<super::console::ConsoleSocket>,
 }
 
 impl Child {
@@ -145,6 +147,8 @@ fn init(child: &Child) -> Result<Never, Error> {
     )
     .map_err(|e| fail(format!("opening {}", child.exec_fifo.display()), e))?;
 
+    // The console socket's path is only reachable before pivot_root.
+    let console = child.console.as_ref().map(super::console::connect).transpose()?;
     mounts::setup_rootfs(spec, &child.rootfs, child.cgroup.as_ref())?;
     let hooks = spec.hooks().as_ref();
     super::hooks::run("createContainer", hooks.and_then(|h| h.create_container().as_ref()), &state_json)?;
@@ -161,6 +165,10 @@ fn init(child: &Child) -> Result<Never, Error> {
         }
     }
     let process = spec.process().as_ref().ok_or_else(|| Error::Bundle("process is required".into()))?;
+    if let Some(socket) = console {
+        let size = process.console_size().map(|b| (b.height() as u16, b.width() as u16));
+        super::console::setup(socket, size, process.user().uid(), process.user().gid())?;
+    }
     if let Some(adj) = process.oom_score_adj() {
         oom_score_adj(child, adj)?;
     }

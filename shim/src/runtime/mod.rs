@@ -5,6 +5,7 @@
 //! in its cgroup, builds its root filesystem, drops privileges and blocks on `exec.fifo` until
 //! `start` opens it, then execs the command. Every error of the init before exec comes back to
 //! `create` or `start` as text.
+pub mod console;
 mod container;
 mod hooks;
 mod init;

@@ -4,8 +4,40 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use std::os::unix::net::{UnixListener, UnixStream};
+
 use super::reaper::Reaper;
+use crate::runtime::console::{self, ConsoleSocket};
 use crate::runtime::{self, CreateOptions};
+
+/// What creating a container gives the shim.
+pub struct Created {
+    pub pid: i32,
+    pub warnings: Vec<String>,
+    /// The master of the container's terminal, with `process.terminal`.
+    pub master: Option<OwnedFd>,
+}
+
+/// Accepts the runtime's connection on the console socket and receives the terminal master,
+/// giving up when the runtime exits first or after a minute.
+fn accept_terminal(listener: &UnixListener, runtime: &mut std::process::Child) -> Result<OwnedFd, String> {
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+                return console::receive(&stream).map_err(|e| e.to_string());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(format!("console socket: {e}")),
+        }
+        if matches!(runtime.try_wait(), Ok(Some(_))) || std::time::Instant::now() > deadline {
+            return Err("the runtime sent no terminal".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
 
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -42,21 +74,24 @@ impl Backend {
             .unwrap_or_else(|| "the runtime failed without logging why".into())
     }
 
-    /// Creates the container with `stdio` as its stdin/stdout/stderr; returns the init's pid and
-    /// the runtime's warnings. Runs before the shim has threads (the built-in runtime forks).
+    /// Creates the container with `stdio` as its stdin/stdout/stderr (or, with `terminal`, a
+    /// pty whose master is returned). Runs before the shim has threads (the built-in runtime
+    /// forks).
     pub fn create(
         &self,
         id: &str,
         bundle: &Path,
         stdio: [&OwnedFd; 3],
         init_status: Option<&OwnedFd>,
+        terminal: bool,
         state_dir: &Path,
-    ) -> Result<(i32, Vec<String>), String> {
+    ) -> Result<Created, String> {
         if init_status.is_some() && matches!(self, Backend::External { .. }) {
             return Err(format!("--init needs husk's runtime; {} has no init", self.name()));
         }
         match self {
             Backend::BuiltIn { root } => {
+                let pair = terminal.then(UnixStream::pair).transpose().map_err(|e| format!("socketpair: {e}"))?;
                 let opts = CreateOptions {
                     id: id.to_string(),
                     bundle: bundle.to_path_buf(),
@@ -64,25 +99,53 @@ impl Backend {
                     pid_file: None,
                     stdio: Some([stdio[0].as_raw_fd(), stdio[1].as_raw_fd(), stdio[2].as_raw_fd()]),
                     init_status: init_status.map(|fd| fd.as_raw_fd()),
+                    console: pair.as_ref().map(|(_, theirs)| ConsoleSocket::Fd(theirs.as_raw_fd())),
                 };
-                runtime::create(&opts).map(|(st, warnings)| (st.pid, warnings)).map_err(|e| e.to_string())
+                let (st, warnings) = runtime::create(&opts).map_err(|e| e.to_string())?;
+                let master = match &pair {
+                    Some((ours, _)) => Some(console::receive(ours).map_err(|e| e.to_string())?),
+                    None => None,
+                };
+                Ok(Created { pid: st.pid, warnings, master })
             }
             Backend::External { .. } => {
                 let pid_file = state_dir.join("runtime.pid");
-                let mut cmd = self.command(&[
-                    "create",
-                    "--bundle",
-                    &bundle.to_string_lossy(),
-                    "--pid-file",
-                    &pid_file.to_string_lossy(),
-                    id,
-                ]);
+                let console_path = state_dir.join("console.sock");
+                let mut args = vec![
+                    "create".to_string(),
+                    "--bundle".into(),
+                    bundle.display().to_string(),
+                    "--pid-file".into(),
+                    pid_file.display().to_string(),
+                ];
+                let listener = match terminal {
+                    true => {
+                        let _ = std::fs::remove_file(&console_path);
+                        let l = UnixListener::bind(&console_path)
+                            .map_err(|e| format!("{}: {e}", console_path.display()))?;
+                        args.extend(["--console-socket".into(), console_path.display().to_string()]);
+                        Some(l)
+                    }
+                    false => None,
+                };
+                args.push(id.to_string());
+                let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                let mut cmd = self.command(&arg_refs);
                 let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
                 let (Ok(i), Ok(o), Ok(e)) = (dup(stdio[0]), dup(stdio[1]), dup(stdio[2])) else {
                     return Err("duplicating the container's stdio".into());
                 };
                 cmd.stdin(i).stdout(o).stderr(e);
-                let status = cmd.status().map_err(|e| format!("running {}: {e}", self.name()))?;
+                let mut child = cmd.spawn().map_err(|e| format!("running {}: {e}", self.name()))?;
+                let master = match &listener {
+                    Some(l) => {
+                        let received = accept_terminal(l, &mut child);
+                        let _ = std::fs::remove_file(&console_path);
+                        Some(received.map_err(|e| format!("{e}: {}", self.last_error()))?)
+                    }
+                    None => None,
+                };
+                let status = child.wait().map_err(|e| format!("running {}: {e}", self.name()))?;
                 if !status.success() {
                     return Err(self.last_error());
                 }
@@ -91,7 +154,7 @@ impl Backend {
                     .and_then(|s| s.trim().parse().ok())
                     .ok_or_else(|| format!("{} wrote no pid file", self.name()))?;
                 let _ = std::fs::remove_file(pid_file);
-                Ok((pid, Vec::new()))
+                Ok(Created { pid, warnings: Vec::new(), master })
             }
         }
     }

@@ -196,6 +196,8 @@ struct Prepared {
     env: Vec<String>,
     /// With an init: where it reports the command's wait status.
     init_status: Option<OwnedFd>,
+    /// The container's terminal, kept open for as long as the shim runs.
+    terminal_master: Option<OwnedFd>,
 }
 
 /// Everything that must happen before the shim has threads: detach, become the subreaper,
@@ -230,14 +232,22 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         }
         false => (None, None),
     };
-    let (pid, warnings) = opts.backend.create(
+    let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+    let created = opts.backend.create(
         &opts.id,
         &opts.bundle,
         [&stdin, &stdout_w, &stderr_w],
         status_w.as_ref(),
+        terminal,
         &opts.state_dir,
     )?;
     drop(status_w);
+    let (pid, warnings) = (created.pid, created.warnings);
+    // With a terminal, the container's output is the pty master's (stderr included).
+    let (stdout_r, terminal_master) = match created.master {
+        Some(master) => (master.try_clone().map_err(|e| e.to_string())?, Some(master)),
+        None => (stdout_r, None),
+    };
     for w in warnings {
         eprintln!("husk-shim: warning: {w}");
     }
@@ -249,11 +259,20 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         .and_then(|l| l.cgroups_path().clone())
         .and_then(|p| Cgroup::new(Layout::detect().ok()?, &p).ok());
     let oom_baseline = cgroup.as_ref().and_then(|c| c.stats().ok()).and_then(|s| s.oom_kills).unwrap_or(0);
-    Ok(Prepared { init, created_ns, cgroup, oom_baseline, stdout_r, stderr_r, env, init_status: status_r })
+    Ok(Prepared {
+        init,
+        created_ns,
+        cgroup,
+        oom_baseline,
+        stdout_r,
+        stderr_r,
+        env,
+        init_status: status_r,
+        terminal_master,
+    })
 }
 
 async fn pump(fd: OwnedFd, path: PathBuf, env: Vec<String>, stream: &'static str) {
-    use tokio::io::AsyncReadExt;
     let (rotation, warnings) = rotation_from_env(&env, stream);
     for w in warnings {
         eprintln!("husk-shim: warning: {w}");
@@ -265,16 +284,25 @@ async fn pump(fd: OwnedFd, path: PathBuf, env: Vec<String>, stream: &'static str
             return;
         }
     };
-    let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else { return };
+    // A pipe or a pty master: both read the same way, non-blocking under the reactor. A pty
+    // master reads EIO once the container's last process closed the slave.
+    if nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).is_err() {
+        return;
+    }
+    let Ok(afd) = crate::sys::async_fd(fd) else { return };
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        match rx.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+        let Ok(mut guard) = afd.readable().await else { return };
+        match nix::unistd::read(afd.get_ref(), &mut buf) {
+            Ok(0) => return,
             Ok(n) => {
                 if let Err(e) = file.write(&buf[..n]) {
                     eprintln!("husk-shim: {}: {e}", path.display());
                 }
             }
+            Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
         }
     }
 }
@@ -323,6 +351,7 @@ fn serve(opts: Options, p: Prepared, ready: &mut Option<std::fs::File>) -> Resul
         let cgroup = p.cgroup.clone();
         let (started_at, init_pid, oom_baseline) = (p.created_ns, p.init.pid, p.oom_baseline);
         let init_status = p.init_status;
+        let _terminal = p.terminal_master;
         tokio::spawn(async move {
             let mut pumps = Some((out, err));
             loop {
