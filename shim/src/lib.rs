@@ -10,3 +10,5 @@ pub mod logs;
 pub mod runtime;
 pub mod shim;
 mod sys;
+
+pub use sys::forward_signals_to;

@@ -77,9 +77,38 @@ pub struct RotatingFile {
     size: u64,
 }
 
+/// Opens a log file for appending without ever following a link or blocking on a FIFO: the
+/// sandbox is the container's to write, and the shim writing as root must not be redirected to
+/// a host file by a symlink the container planted. Anything but a regular file is replaced.
+fn open_log(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = || {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .mode(0o644)
+            .open(path)
+    };
+    match open() {
+        Ok(f) if f.metadata()?.is_file() => return Ok(f),
+        Ok(_) => {}
+        // ELOOP: a symlink; ENXIO: a FIFO without reader.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENXIO)) => {}
+        Err(e) => return Err(e),
+    }
+    // Not a regular file: take the name back (a directory there is an error).
+    std::fs::remove_file(path)?;
+    let f = open()?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other(format!("{} is not a regular file", path.display())));
+    }
+    Ok(f)
+}
+
 impl RotatingFile {
     pub fn open(path: &Path, rotation: Rotation) -> io::Result<RotatingFile> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = open_log(path)?;
         let size = file.metadata()?.len();
         Ok(RotatingFile { path: path.to_path_buf(), rotation, file, size })
     }
@@ -99,8 +128,9 @@ impl RotatingFile {
             for n in (1..keep - 1).rev() {
                 let _ = std::fs::rename(self.numbered(n), self.numbered(n + 1));
             }
+            // rename(2) moves names, never follows links.
             std::fs::rename(&self.path, self.numbered(1))?;
-            self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            self.file = open_log(&self.path)?;
         }
         self.size = 0;
         Ok(())
@@ -148,6 +178,25 @@ mod tests {
         let (r, warnings) = rotation_from_env(&env, "STDERR");
         assert_eq!(r, Rotation::default());
         assert_eq!(warnings.len(), 1);
+    }
+
+    #[test]
+    fn a_planted_symlink_or_fifo_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("victim");
+        std::fs::write(&target, "host file\n").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("stdout")).unwrap();
+        let mut f = RotatingFile::open(&dir.path().join("stdout"), Rotation { max_size: 8, keep: 3 }).unwrap();
+        f.write(b"from the container").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "host file\n", "the link was not followed");
+        assert!(dir.path().join("stdout").symlink_metadata().unwrap().is_file());
+        // A link planted where a rotation will open the next file is replaced too.
+        std::fs::remove_file(dir.path().join("stdout")).unwrap();
+        nix::unistd::mkfifo(&dir.path().join("stdout"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let mut f = RotatingFile::open(&dir.path().join("stdout"), Rotation::default()).unwrap();
+        f.write(b"x").unwrap();
+        assert!(dir.path().join("stdout").symlink_metadata().unwrap().is_file(), "a FIFO is replaced, not blocked on");
     }
 
     #[test]

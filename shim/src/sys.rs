@@ -64,13 +64,87 @@ pub fn make_tree_readonly(path: &Path) -> io::Result<()> {
 }
 
 /// Marks every descriptor from `first` up close-on-exec, so nothing the runtime or its caller
-/// had open leaks into the container's command.
-pub fn cloexec_from(first: u32) {
+/// had open leaks into the container's command. Falls back to walking /proc/self/fd where
+/// close_range is missing (before Linux 5.11).
+pub fn cloexec_from(first: i32) -> io::Result<()> {
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
     // SAFETY: close_range only changes descriptor flags of this process.
-    unsafe {
-        libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC);
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if rc == 0 {
+        return Ok(());
     }
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= first)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD only changes the flags of a descriptor of this process (one that
+        // closed meanwhile, like the directory stream's, just fails).
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}
+
+/// Closes every descriptor from `first` up.
+pub fn close_from(first: i32) {
+    // SAFETY: closing descriptors of this process; the caller owns none of them any more.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0u32) };
+    if rc != 0 {
+        for fd in first..1024 {
+            // SAFETY: as above.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Gives the command clean signal state: default dispositions (Rust's runtime ignores SIGPIPE,
+/// which exec would pass on) and nothing blocked.
+pub fn reset_signals() {
+    // The kernel's struct sigaction: glibc refuses its own real-time signals (32, 33) through
+    // its wrapper, and an ignored one must not reach the command either.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installs SIG_DFL (no handler code) with a valid struct of the kernel's size.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null::<KernelSigaction>(),
+                8usize,
+            );
+        }
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+}
+
+/// Loads a seccomp program with seccomp(2) directly: unlike seccompiler's loader it does not
+/// set no_new_privs, which the spec may leave off (the caller then holds CAP_SYS_ADMIN).
+pub fn load_seccomp(program: &[seccompiler::sock_filter]) -> io::Result<()> {
+    // seccompiler's sock_filter is the kernel's struct (repr(C), same fields as libc's).
+    let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
+    // SAFETY: `prog` points at `program`, which outlives the call; the kernel copies it.
+    let rc =
+        unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog as *const libc::sock_fprog) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Makes `fds` the calling process' stdin, stdout and stderr (a descriptor already in its
@@ -133,4 +207,41 @@ pub fn async_fd(fd: std::os::fd::OwnedFd) -> io::Result<tokio::io::unix::AsyncFd
     // SAFETY: the OwnedFd is moved in, so nothing else can close it or register it while the
     // AsyncFd lives; it is deregistered before it is closed when the AsyncFd drops.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into())
+}
+
+/// Moves descriptor `fd` to number `to` (closing what was there), returning `to`.
+pub fn move_fd(fd: std::os::fd::RawFd, to: std::os::fd::RawFd) -> io::Result<std::os::fd::RawFd> {
+    if fd == to {
+        return Ok(to);
+    }
+    // SAFETY: dup2 and close only change this process' descriptor table.
+    unsafe {
+        if libc::dup2(fd, to) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::close(fd);
+    }
+    Ok(to)
+}
+
+static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = FORWARD_TO.load(std::sync::atomic::Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Passes SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 on to `pid` (the foreground
+/// container of `husk-runtime run`), as runc does.
+pub fn forward_signals_to(pid: i32) {
+    FORWARD_TO.store(pid, std::sync::atomic::Ordering::Relaxed);
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(SigHandler::Handler(forward), SaFlags::SA_RESTART, SigSet::empty());
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2] {
+        // SAFETY: the handler only reads an atomic and calls kill, both async-signal-safe.
+        let _ = unsafe { sigaction(sig, &action) };
+    }
 }

@@ -42,6 +42,8 @@ echo volume=$(cat /data/hello)
 (echo x > /data/sub/new) 2>/dev/null && echo submount_write=yes || echo submount_write=no
 echo greeting=$GREETING
 [ -c /proc/keys ] && echo keys=masked || echo keys=visible
+echo fds=$(ls /proc/self/fd | tr '\n' ' ')
+grep -E '^(SigIgn|SigBlk):' /proc/self/status | tr -d ' \t' | sed 's/:/=/'
 echo proc_sys_ro=$( (echo 1 > /proc/sys/kernel/ns_last_pid) 2>/dev/null && echo no || echo yes)
 "#;
 
@@ -202,6 +204,10 @@ fn assert_common(seen: &HashMap<String, String>, stderr: &str) {
     assert_eq!(get("NoNewPrivs"), "1");
     assert_eq!(get("proc_sys_ro"), "yes", "/proc/sys is read-only");
     assert_eq!(get("keys"), "masked", "/proc/keys is masked (/dev/null over it)");
+    assert_eq!(get("fds"), "0 1 2 3", "only stdio (and ls's own directory) reach the command");
+    let ignored = u64::from_str_radix(get("SigIgn"), 16).unwrap();
+    assert_eq!(ignored & (1 << (libc::SIGPIPE - 1)), 0, "SIGPIPE is not ignored (Rust's runtime ignores it)");
+    assert_eq!(get("SigBlk"), "0000000000000000", "no blocked signals either");
 }
 
 /// Runs `req` under every runtime, checks each with `check`, and checks that husk-runtime and
@@ -228,7 +234,8 @@ fn under_every_runtime(
     }
     let (runc, husk) = (&seen_by[0].1, &seen_by[1].1);
     for (k, v) in runc {
-        if k != "nprocs" {
+        // runc (Go) leaves signal 32 ignored; husk resets every disposition.
+        if k != "nprocs" && k != "SigIgn" {
             assert_eq!(husk.get(k), Some(v), "husk-runtime and runc disagree on `{k}`");
         }
     }

@@ -357,7 +357,8 @@ fn hooks_run_with_the_state_and_their_failures_fail_create() {
     let hooks = serde_json::json!({
         "prestart": [record("prestart")],
         "createRuntime": [record("createRuntime")],
-        "createContainer": [in_container("createContainer")],
+        // createContainer runs before pivot_root: its paths are the runtime's.
+        "createContainer": [record("createContainer")],
         "startContainer": [in_container("startContainer")],
         "poststart": [record("poststart")],
         "poststop": [record("poststop")],
@@ -368,7 +369,7 @@ fn hooks_run_with_the_state_and_their_failures_fail_create() {
     for (name, dir) in [
         ("prestart", ""),
         ("createRuntime", ""),
-        ("createContainer", "sandbox/"),
+        ("createContainer", ""),
         ("startContainer", "sandbox/"),
         ("poststart", ""),
         ("poststop", ""),
@@ -440,4 +441,22 @@ fn a_terminal_goes_to_the_console_socket() {
     wait_for_status(&f, "tty", "stopped");
     assert!(f.runtime(&["delete", "tty"]).status.success());
     f.assert_gone("tty");
+}
+
+#[test]
+fn only_namespaced_sysctls_are_set() {
+    require!(false);
+    let f = Fixture::new("sysctl");
+    let bundle = f.bundle("sysctl", "cat /proc/sys/kernel/shmmni", |s| {
+        s["linux"]["sysctl"] = serde_json::json!({"kernel.shmmni": "1234"});
+    });
+    let out = f.runtime(&["run", "--bundle", bundle.to_str().unwrap(), "sysctl"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "1234", "set in the container's IPC namespace");
+    assert_ne!(std::fs::read_to_string("/proc/sys/kernel/shmmni").unwrap().trim(), "1234", "not on the host");
+    f.assert_gone("sysctl");
+    let bundle = f.bundle("hostwide", "true", |s| s["linux"]["sysctl"] = serde_json::json!({"kernel.panic": "1"}));
+    let out = f.runtime(&["create", "--bundle", bundle.to_str().unwrap(), "hostwide"]);
+    assert!(out.stderr.contains("linux.sysctl: kernel.panic is not scoped by a namespace"), "{}", out.stderr);
+    f.assert_gone("hostwide");
 }

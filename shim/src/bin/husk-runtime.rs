@@ -171,6 +171,7 @@ fn run(cli: &Cli) -> Result<u8, Error> {
             if *detach {
                 return Ok(0);
             }
+            husk_shim::forward_signals_to(st.pid);
             let code = wait_for(st.pid);
             runtime::delete(&cli.root, &opts.id, true)?;
             return Ok(code);

@@ -121,6 +121,30 @@ pub struct DeviceRule {
     pub access: String,
 }
 
+/// The device rules every container gets: deny everything, then allow null, zero, full, random,
+/// urandom, tty, console, ptmx and the pty slaves.
+pub fn default_device_rules() -> Vec<DeviceRule> {
+    let allow = |major: i64, minor: Option<i64>| DeviceRule {
+        allow: true,
+        kind: 'c',
+        major: Some(major),
+        minor,
+        access: "rwm".into(),
+    };
+    vec![
+        DeviceRule { allow: false, kind: 'a', major: None, minor: None, access: "rwm".into() },
+        allow(1, Some(3)),
+        allow(1, Some(5)),
+        allow(1, Some(7)),
+        allow(1, Some(8)),
+        allow(1, Some(9)),
+        allow(5, Some(0)),
+        allow(5, Some(1)),
+        allow(5, Some(2)),
+        allow(136, None),
+    ]
+}
+
 impl DeviceRule {
     fn line(&self) -> String {
         let n = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "*".into());

@@ -42,8 +42,12 @@ pub fn setup(socket: OwnedFd, size: Option<(u16, u16)>, uid: u32, gid: u32) -> R
     nix::pty::grantpt(&master).map_err(|e| fail("grantpt", e))?;
     nix::pty::unlockpt(&master).map_err(|e| fail("unlockpt", e))?;
     let name = nix::pty::ptsname_r(&master).map_err(|e| fail("ptsname", e))?;
-    let slave = nix::fcntl::open(name.as_str(), OFlag::O_RDWR | OFlag::O_NOCTTY, nix::sys::stat::Mode::empty())
-        .map_err(|e| fail(&format!("opening {name}"), e))?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| fail(&format!("opening {name}"), e))?;
     nix::unistd::fchown(&slave, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)))
         .map_err(|e| fail(&format!("chown {name}"), e))?;
     if let Some((rows, cols)) = size {

@@ -180,13 +180,25 @@ pub fn create(opts: &CreateOptions) -> Result<(State, Vec<String>), Error> {
         .unwrap_or_else(|| PathBuf::from(format!("/husk-runtime/{}", opts.id)));
     let layout = Layout::detect().map_err(|e| Error::io("finding the cgroup hierarchies", e))?;
     let cgroup = Cgroup::new(layout, &cgroups_path).map_err(|e| Error::Bundle(format!("linux.cgroupsPath: {e}")))?;
-    cgroup.create().map_err(|e| Error::io(format!("creating cgroup {}", cgroups_path.display()), e))?;
-    cleanup.cgroup = Some(cgroup.clone());
-    if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
-        cgroup
-            .apply(&Resources::from_oci(res))
-            .map_err(|e| Error::io(format!("applying linux.resources to {}", cgroups_path.display()), e))?;
+    if cgroups_path.parent().is_none() {
+        return Err(Error::Bundle("linux.cgroupsPath: `/` is the root cgroup, not a container's".into()));
     }
+    // Never adopt a cgroup that already holds processes: destroying this container would kill
+    // them.
+    if cgroup.procs().is_ok_and(|p| !p.is_empty()) {
+        return Err(Error::Bundle(format!("linux.cgroupsPath: {} already has processes", cgroups_path.display())));
+    }
+    cleanup.cgroup = Some(cgroup.clone());
+    cgroup.create().map_err(|e| Error::io(format!("creating cgroup {}", cgroups_path.display()), e))?;
+    let mut resources =
+        spec.linux().as_ref().and_then(|l| l.resources().as_ref()).map(Resources::from_oci).unwrap_or_default();
+    if resources.devices.is_empty() {
+        // As runc: a container gets the default devices and nothing else, whatever the spec says.
+        resources.devices = crate::cgroups::default_device_rules();
+    }
+    cgroup
+        .apply(&resources)
+        .map_err(|e| Error::io(format!("applying linux.resources to {}", cgroups_path.display()), e))?;
 
     let fifo = dir.join(EXEC_FIFO);
     // The init opens the fifo through an O_PATH descriptor (no path walk through the 0700 state
@@ -230,7 +242,7 @@ pub fn create(opts: &CreateOptions) -> Result<(State, Vec<String>), Error> {
             Some(Msg::Pid(pid)) => break pid,
             Some(Msg::Error(e)) => return Err(Error::Process(e)),
             Some(Msg::Warning(w)) => warnings.push(w),
-            Some(Msg::Created) | None => {
+            Some(Msg::Created) | Some(Msg::Mounted) | None => {
                 return Err(Error::Process("the container's init exited before it started".into()))
             }
         }
@@ -252,26 +264,25 @@ pub fn create(opts: &CreateOptions) -> Result<(State, Vec<String>), Error> {
     let mut oci = state.oci(&opts.root);
     oci.status = Status::Creating;
     let state_json = serde_json::to_vec(&oci).map_err(|e| Error::io("state", e))?;
-    {
-        use std::io::Write;
-        let mut go = std::fs::File::from(go_w);
-        go.write_all(&state_json).map_err(|e| Error::io("releasing the init", e))?;
-    }
+    use std::io::Write;
+    let mut go = std::fs::File::from(go_w);
+    go.write_all(&state_json).and_then(|_| go.write_all(b"\n")).map_err(|e| Error::io("releasing the init", e))?;
+    state.save(&opts.root)?;
+    let spec_hooks = spec.hooks().as_ref();
     loop {
         match messages.next()? {
+            Some(Msg::Mounted) => {
+                hooks::run("prestart", spec_hooks.and_then(|h| h.prestart().as_ref()), &state_json)?;
+                hooks::run("createRuntime", spec_hooks.and_then(|h| h.create_runtime().as_ref()), &state_json)?;
+                go.write_all(b"go\n").map_err(|e| Error::io("releasing the init", e))?;
+            }
             Some(Msg::Created) => break,
             Some(Msg::Warning(w)) => warnings.push(w),
             Some(Msg::Error(e)) => return Err(Error::Process(e)),
             Some(Msg::Pid(_)) | None => return Err(Error::Process("the container's init exited during create".into())),
         }
     }
-    state.save(&opts.root)?;
-    let mut oci = state.oci(&opts.root);
-    oci.status = Status::Created;
-    let state_json = serde_json::to_vec(&oci).map_err(|e| Error::io("state", e))?;
-    let spec_hooks = spec.hooks().as_ref();
-    hooks::run("prestart", spec_hooks.and_then(|h| h.prestart().as_ref()), &state_json)?;
-    hooks::run("createRuntime", spec_hooks.and_then(|h| h.create_runtime().as_ref()), &state_json)?;
+    drop(go);
     if let Some(pid_file) = &opts.pid_file {
         husk_oci::checkpoint::write_atomic(pid_file, pid.to_string().as_bytes(), 0o644)
             .map_err(|e| Error::io(pid_file.display(), e))?;
@@ -306,7 +317,8 @@ pub fn start(root: &Path, id: &str) -> Result<(), Error> {
             return Err(Error::Process(format!("the container's init did not exec within {INIT_DEADLINE:?}")));
         }
         let mut fds = [nix::poll::PollFd::new(fifo.as_fd(), nix::poll::PollFlags::POLLIN)];
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        // Short slices: an init that died never opens the fifo, which only its liveness shows.
+        let ms = u16::try_from(left.as_millis().min(100)).unwrap_or(100);
         match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => {
                 if !st.init_alive() {
@@ -391,7 +403,8 @@ pub fn kill(root: &Path, id: &str, signal: Signal, all: bool) -> Result<(), Erro
 pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), Error> {
     let st = State::load(root, id)?;
     let status = st.status(root);
-    if status != Status::Stopped && !force {
+    // As runc: a created (never started) container may go; a running one only with --force.
+    if status == Status::Running && !force {
         return Err(Error::Status {
             id: id.into(),
             status: status.to_string(),

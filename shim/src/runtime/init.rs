@@ -22,6 +22,8 @@ pub(super) enum Msg {
     Pid(i32),
     /// A request husk adjusted (e.g. a clamped rlimit).
     Warning(String),
+    /// The mounts are in place: `create` runs its hooks and answers `go`.
+    Mounted,
     /// The container is created and waits for `start`.
     Created,
     Error(String),
@@ -123,10 +125,9 @@ enum Never {}
 fn init(child: &Child) -> Result<Never, Error> {
     let spec = &child.spec;
     // Wait for `create` to place us in the cgroup; it then sends the state for the hooks.
-    let mut state_json = Vec::new();
-    std::fs::File::from(child.from_parent.try_clone().map_err(|e| Error::Process(format!("dup: {e}")))?)
-        .read_to_end(&mut state_json)
-        .map_err(|e| Error::Process(format!("waiting for create: {e}")))?;
+    let mut from_parent =
+        std::fs::File::from(child.from_parent.try_clone().map_err(|e| Error::Process(format!("dup: {e}")))?);
+    let state_json = read_line(&mut from_parent)?;
     if state_json.is_empty() {
         return Err(Error::Process("create went away before the container was in its cgroup".into()));
     }
@@ -149,21 +150,32 @@ fn init(child: &Child) -> Result<Never, Error> {
 
     // The console socket's path is only reachable before pivot_root.
     let console = child.console.as_ref().map(super::console::connect).transpose()?;
-    mounts::setup_rootfs(spec, &child.rootfs, child.cgroup.as_ref())?;
+    mounts::mount_all(spec, &child.rootfs, child.cgroup.as_ref())?;
+    // The runtime's hooks (prestart, createRuntime) run now, in create, with the namespaces
+    // and mounts in place; then ours, createContainer, before pivot_root so its path resolves
+    // in the runtime's view of the filesystem, as runc runs it.
+    child.send(&Msg::Mounted);
+    if read_line(&mut from_parent)? != b"go" {
+        return Err(Error::Process("create went away during the hooks".into()));
+    }
     let hooks = spec.hooks().as_ref();
     super::hooks::run("createContainer", hooks.and_then(|h| h.create_container().as_ref()), &state_json)?;
-    mounts::finish_rootfs(spec)?;
+    mounts::pivot(&child.rootfs)?;
     if let Some(h) = spec.hostname() {
         if new_ns(LinuxNamespaceType::Uts) {
             nix::unistd::sethostname(h).map_err(|e| fail("sethostname", e))?;
         }
     }
+    // Sysctls before /proc/sys turns read-only, and only those the container's own namespaces
+    // scope.
     if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
         for (key, value) in sysctl {
+            check_sysctl(key, &new_ns)?;
             let path = Path::new("/proc/sys").join(key.replace('.', "/"));
             std::fs::write(&path, value).map_err(|e| Error::Process(format!("sysctl {key}: {e}")))?;
         }
     }
+    mounts::finish_rootfs(spec)?;
     let process = spec.process().as_ref().ok_or_else(|| Error::Bundle("process is required".into()))?;
     if let Some(socket) = console {
         let size = process.console_size().map(|b| (b.height() as u16, b.width() as u16));
@@ -204,6 +216,9 @@ fn init(child: &Child) -> Result<Never, Error> {
         argv[0] = CString::new(argv0.as_bytes()).map_err(|_| Error::Bundle("argv0 annotation: NUL byte".into()))?;
     }
 
+    // Nothing the runtime or its caller opened reaches the command (checked before seccomp,
+    // which might refuse close_range).
+    crate::sys::cloexec_from(3).map_err(|e| Error::Process(format!("closing inherited descriptors: {e}")))?;
     let nnp = process.no_new_privileges().unwrap_or(false);
     if !nnp {
         // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we have it.
@@ -213,11 +228,9 @@ fn init(child: &Child) -> Result<Never, Error> {
     if nnp {
         nix::sys::prctl::set_no_new_privs().map_err(|e| fail("no_new_privileges", e))?;
     }
-    super::hooks::run("startContainer", hooks.and_then(|h| h.start_container().as_ref()), &state_json)?;
     if nnp {
         super::seccomp::load(&child.seccomp)?;
     }
-    crate::sys::cloexec_from(3);
     child.send(&Msg::Created);
 
     // Blocks until `start` opens the fifo for reading; exec closes it (O_CLOEXEC), which tells
@@ -230,6 +243,11 @@ fn init(child: &Child) -> Result<Never, Error> {
     .map(std::fs::File::from)
     .map_err(|e| fail("opening the exec fifo", e))?;
     drop(fifo);
+    // startContainer hooks belong to `start`: its errors go back through the fifo.
+    if let Err(e) = super::hooks::run("startContainer", hooks.and_then(|h| h.start_container().as_ref()), &state_json) {
+        let _ = fifo_w.write_all(e.to_string().as_bytes());
+        exit_child(1)
+    }
     if let Some(status_fd) = child.init_status {
         // The container's pid 1 stays ours: it forwards signals to the command and reaps every
         // orphan. Signals are blocked before the fork so none is lost in between.
@@ -243,14 +261,60 @@ fn init(child: &Child) -> Result<Never, Error> {
                 super::reaper_init::run(command, status_fd)
             }
             Fork::Child => {
-                let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&old), None);
+                let _ = old;
             }
         }
     }
+    crate::sys::reset_signals();
     let e = nix::unistd::execve(&executable, &argv, &env).unwrap_err();
     let text = format!("exec {}: {}", program, errno_text(e));
     let _ = fifo_w.write_all(text.as_bytes());
     exit_child(127)
+}
+
+/// Reads one line (without its newline) from `create`; empty at EOF.
+fn read_line(f: &mut std::fs::File) -> Result<Vec<u8>, Error> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match f.read(&mut byte) {
+            Ok(0) => return Ok(line),
+            Ok(_) if byte[0] == b'\n' => return Ok(line),
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::Process(format!("reading from create: {e}"))),
+        }
+    }
+}
+
+/// A sysctl the container may set: one its own IPC, network or UTS namespace scopes (runc's
+/// rule), never a host-wide one.
+fn check_sysctl(key: &str, new_ns: &dyn Fn(LinuxNamespaceType) -> bool) -> Result<(), Error> {
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let ok = if IPC.contains(&key) || key.starts_with("fs.mqueue.") {
+        new_ns(LinuxNamespaceType::Ipc)
+    } else if key.starts_with("net.") {
+        new_ns(LinuxNamespaceType::Network)
+    } else if key == "kernel.hostname" || key == "kernel.domainname" {
+        new_ns(LinuxNamespaceType::Uts)
+    } else {
+        false
+    };
+    if !ok {
+        return Err(Error::Bundle(format!(
+            "linux.sysctl: {key} is not scoped by a namespace of the container's own; it would change the host"
+        )));
+    }
+    Ok(())
 }
 
 fn find_executable(program: &str, path_var: &str) -> Result<CString, Error> {

@@ -182,7 +182,16 @@ fn mount_cgroup(rootfs: &Path, dest: &Path, opts: &Options, cgroup: Option<&Cgro
     match cg.layout() {
         Layout::V2 { .. } => {
             let f = if ro { flags | MsFlags::MS_RDONLY } else { flags };
-            mount(Some("cgroup2"), dest, Some("cgroup2"), f, None::<&str>).map_err(|e| err("cgroup2", e))?;
+            if std::fs::read_link("/proc/self/ns/cgroup").ok() != std::fs::read_link("/proc/1/ns/cgroup").ok() {
+                // Our own cgroup namespace: cgroup2 shows our cgroup as its root.
+                mount(Some("cgroup2"), dest, Some("cgroup2"), f, None::<&str>).map_err(|e| err("cgroup2", e))?;
+            } else {
+                // The host's namespace would show the whole host tree: bind our cgroup only.
+                let own = cg.dir("").ok_or_else(|| err("cgroup2", "no cgroup"))?;
+                mount(Some(&own), dest, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| err("cgroup2", e))?;
+                mount(None::<&str>, dest, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | f, None::<&str>)
+                    .map_err(|e| err("cgroup2", e))?;
+            }
         }
         Layout::V1 { controllers, .. } => {
             mount(Some("tmpfs"), dest, Some("tmpfs"), flags, Some("mode=755")).map_err(|e| err("cgroup tmpfs", e))?;
@@ -273,9 +282,9 @@ fn create_devices(rootfs: &Path, spec: &Spec) -> Result<(), Error> {
     Ok(())
 }
 
-/// Makes `rootfs` the container's root: every spec mount, the default devices when `/dev` is a
-/// fresh tmpfs, then pivot_root. Runs in the init, in its own mount namespace.
-pub fn setup_rootfs(spec: &Spec, rootfs: &Path, cgroup: Option<&Cgroup>) -> Result<(), Error> {
+/// Builds the container's root under `rootfs`: every spec mount, and the default devices when
+/// `/dev` is a fresh tmpfs. Runs in the init, in its own mount namespace; [`pivot`] follows.
+pub fn mount_all(spec: &Spec, rootfs: &Path, cgroup: Option<&Cgroup>) -> Result<(), Error> {
     let propagation = spec
         .linux()
         .as_ref()
@@ -297,10 +306,11 @@ pub fn setup_rootfs(spec: &Spec, rootfs: &Path, cgroup: Option<&Cgroup>) -> Resu
     if fresh_dev {
         create_devices(rootfs, spec)?;
     }
-    pivot(rootfs)
+    Ok(())
 }
 
-fn pivot(rootfs: &Path) -> Result<(), Error> {
+/// Makes `rootfs` the root and detaches the old one.
+pub fn pivot(rootfs: &Path) -> Result<(), Error> {
     nix::unistd::chdir(rootfs).map_err(|e| err(format!("chdir {}", rootfs.display()), e))?;
     nix::unistd::pivot_root(".", ".").map_err(|e| err("pivot_root", e))?;
     // The old root is stacked under the new one: detach it without letting the unmount
@@ -335,6 +345,15 @@ pub fn finish_rootfs(spec: &Spec) -> Result<(), Error> {
 }
 
 fn mask(p: &Path) -> Result<(), Error> {
+    // Only the real null device may be bound over a masked file (a /dev/null replaced by
+    // something else would unmask, or expose, whatever it is).
+    let null = std::fs::metadata("/dev/null").map_err(|e| err("/dev/null", e))?;
+    {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        if !null.file_type().is_char_device() || null.rdev() != makedev(1, 3) {
+            return Err(Error::Process("masking: /dev/null is not the null device".into()));
+        }
+    }
     match std::fs::metadata(p) {
         Err(_) => Ok(()),
         Ok(m) if m.is_dir() => mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0k"))

@@ -12,6 +12,14 @@ use nix::unistd::Pid;
 use crate::sys::exit_child;
 
 pub(super) fn run(command: Pid, status_fd: RawFd) -> ! {
+    // pid 1 never execs, so close-on-exec never cleans it: keep only the status pipe (as fd 3),
+    // and make it undumpable so the container cannot reach its descriptors via /proc/1/fd.
+    let _ = nix::sys::prctl::set_dumpable(false);
+    let status_fd = crate::sys::move_fd(status_fd, 3).unwrap_or(status_fd);
+    crate::sys::close_from(if status_fd == 3 { 4 } else { 3 });
+    for fd in 0..3 {
+        let _ = nix::unistd::close(fd);
+    }
     let mut status_out = crate::sys::adopt_fd(status_fd);
     let signals = SigSet::all();
     loop {

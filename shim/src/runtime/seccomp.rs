@@ -111,7 +111,7 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>, Error> {
             .map_err(|e| Error::Bundle(format!("linux.seccomp: {e}")))?;
         BpfProgram::try_from(filter).map_err(|e| Error::Bundle(format!("linux.seccomp: {e}")))
     };
-    let mut programs = Vec::new();
+    let mut programs: Vec<BpfProgram> = Vec::new();
     if default != SeccompAction::Allow {
         programs.push(build(finish(all), default.clone(), SeccompAction::Allow)?);
     }
@@ -120,15 +120,41 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>, Error> {
             programs.push(build(finish(rules), SeccompAction::Allow, act)?);
         }
     }
+    programs.iter_mut().for_each(guard_x32);
     Ok(programs)
 }
 
 /// Loads the programs into the calling thread (and its future children).
 pub fn load(programs: &[BpfProgram]) -> Result<(), Error> {
     for p in programs {
-        seccompiler::apply_filter(p).map_err(|e| Error::Process(format!("loading the seccomp filter: {e}")))?;
+        crate::sys::load_seccomp(p).map_err(|e| Error::Process(format!("loading the seccomp filter: {e}")))?;
     }
     Ok(())
+}
+
+/// x32 syscalls carry the x86_64 architecture with bit 30 set in their number: without this
+/// guard a deny rule for a syscall is bypassed through its x32 number. Refuse them all
+/// (ENOSYS) ahead of every program. Jumps inside a BPF program are relative, so prepending is
+/// safe.
+fn guard_x32(program: &mut BpfProgram) {
+    if std::env::consts::ARCH != "x86_64" {
+        return;
+    }
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    let stmt = |code: u32, k: u32| seccompiler::sock_filter { code: code as u16, jt: 0, jf: 0, k };
+    let guard = [
+        // A = seccomp_data.nr
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+        // if (A & X32_SYSCALL_BIT) fall through to the return, else skip it
+        seccompiler::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: X32_SYSCALL_BIT,
+        },
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+    ];
+    program.splice(0..0, guard);
 }
 
 #[cfg(test)]
@@ -140,6 +166,18 @@ mod tests {
         let caps = husk_oci::caps::DEFAULT_ALLOWED.iter().map(|s| s.to_string()).collect();
         let programs = compile(&husk_oci::seccomp::default_profile(&caps)).unwrap();
         assert_eq!(programs.len(), 2, "EPERM and ENOSYS programs; the default is allow");
+    }
+
+    #[test]
+    fn every_program_refuses_x32_syscalls_first() {
+        let caps = husk_oci::caps::DEFAULT_ALLOWED.iter().map(|s| s.to_string()).collect();
+        for p in compile(&husk_oci::seccomp::default_profile(&caps)).unwrap() {
+            if std::env::consts::ARCH == "x86_64" {
+                assert_eq!(p[0].k, 0, "loads the syscall number");
+                assert_eq!(p[1].k, 0x4000_0000, "tests the x32 bit");
+                assert_eq!(p[2].k, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
+            }
+        }
     }
 
     #[test]

@@ -10,6 +10,14 @@ use super::reaper::Reaper;
 use crate::runtime::console::{self, ConsoleSocket};
 use crate::runtime::{self, CreateOptions};
 
+/// The husk-runtime binary installed beside husk-shim.
+fn builtin_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("husk-runtime")))
+        .unwrap_or_else(|| PathBuf::from("husk-runtime"))
+}
+
 /// What creating a container gives the shim.
 pub struct Created {
     pub pid: i32,
@@ -54,16 +62,25 @@ impl Backend {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let Backend::External { binary, root, log } = self else { unreachable!("external runtimes only") };
+        let (binary, root, log) = match self {
+            Backend::External { binary, root, log } => (binary.clone(), root, log.clone()),
+            // After create, the shim drives its own runtime through the husk-runtime binary
+            // beside it, like any other: hooks and waits then happen in that process, not in
+            // the shim whose reaper collects every child.
+            Backend::BuiltIn { root } => (builtin_binary(), root, root.join("husk-runtime.log")),
+        };
         let mut cmd = Command::new(binary);
         cmd.arg("--root").arg(root).arg("--log").arg(log).args(["--log-format", "json"]).args(args);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         cmd
     }
 
-    /// The last error an external runtime logged (runc writes `{"level":"error","msg":...}`).
+    /// The last error the runtime logged (runc writes `{"level":"error","msg":...}`).
     pub fn last_error(&self) -> String {
-        let Backend::External { log, .. } = self else { return String::new() };
+        let log = match self {
+            Backend::External { log, .. } => log.clone(),
+            Backend::BuiltIn { root } => root.join("husk-runtime.log"),
+        };
         let text = std::fs::read_to_string(log).unwrap_or_default();
         text.lines()
             .rev()
@@ -145,7 +162,18 @@ impl Backend {
                     }
                     None => None,
                 };
-                let status = child.wait().map_err(|e| format!("running {}: {e}", self.name()))?;
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                let status = loop {
+                    if let Some(status) = child.try_wait().map_err(|e| format!("running {}: {e}", self.name()))? {
+                        break status;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(format!("{} create did not finish within a minute", self.name()));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                };
                 if !status.success() {
                     return Err(self.last_error());
                 }
@@ -162,10 +190,8 @@ impl Backend {
     /// Runs an external runtime command and waits for it through the shim's reaper (which
     /// reaps every child of the shim).
     async fn run(&self, reaper: &Reaper, args: &[&str]) -> Result<(), String> {
-        let child = self.command(args).spawn().map_err(|e| format!("running {}: {e}", self.name()))?;
-        let status = reaper.wait_for(child.id() as i32).await;
-        // The reaper has the status; the Child must not wait for it again.
-        std::mem::forget(child);
+        let rx = reaper.spawn(&mut self.command(args)).map_err(|e| format!("running {}: {e}", self.name()))?;
+        let status = rx.await.unwrap_or(-1);
         if status == 0 {
             Ok(())
         } else {
@@ -174,37 +200,16 @@ impl Backend {
     }
 
     pub async fn start(&self, reaper: &Reaper, id: &str) -> Result<(), String> {
-        match self {
-            Backend::BuiltIn { root } => {
-                let (root, id) = (root.clone(), id.to_string());
-                tokio::task::spawn_blocking(move || runtime::start(&root, &id))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())
-            }
-            Backend::External { .. } => self.run(reaper, &["start", id]).await,
-        }
+        self.run(reaper, &["start", id]).await
     }
 
     /// Removes the runtime's record of the container (after its processes are gone).
     pub async fn delete(&self, reaper: &Reaper, id: &str) -> Result<(), String> {
-        match self {
-            Backend::BuiltIn { root } => {
-                let (root, id) = (root.clone(), id.to_string());
-                tokio::task::spawn_blocking(move || match runtime::delete(&root, &id, true) {
-                    Ok(()) | Err(runtime::Error::NotFound(_)) => Ok(()),
-                    Err(e) => Err(e.to_string()),
-                })
-                .await
-                .map_err(|e| e.to_string())?
-            }
-            Backend::External { root, .. } => {
-                if !root.join(id).exists() {
-                    return Ok(());
-                }
-                self.run(reaper, &["delete", "--force", id]).await
-            }
+        let (Backend::BuiltIn { root } | Backend::External { root, .. }) = self;
+        if !root.join(id).exists() {
+            return Ok(());
         }
+        self.run(reaper, &["delete", "--force", id]).await
     }
 
     /// The same, for `husk-shim cleanup` (no shim, so no reaper and no async runtime).

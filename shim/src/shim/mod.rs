@@ -170,6 +170,8 @@ fn daemon(opts: Options, ready_w: OwnedFd) -> ! {
     let mut ready = Some(std::fs::File::from(ready_w));
     let code = match prepare(&opts) {
         Err(e) => {
+            // Whatever was created (a container blocked on its fifo, its cgroup) goes.
+            let _ = cleanup(&opts);
             tell(&mut ready, &format!("error: {e}"));
             let _ = std::fs::remove_dir_all(&opts.state_dir);
             1
@@ -433,7 +435,8 @@ pub fn cleanup(opts: &Options) -> Result<(), String> {
         cg.remove(Duration::from_secs(10)).map_err(|e| e.to_string())?;
     }
     if let Some(shim) = ProcessId::load(&opts.state_dir.join(SHIM_FILE)) {
-        if shim.alive() {
+        // (A shim cleaning up after its own failed start is not to be killed.)
+        if shim.alive() && shim.pid != std::process::id() as i32 {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim.pid), nix::sys::signal::Signal::SIGKILL);
         }
     }

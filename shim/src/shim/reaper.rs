@@ -17,11 +17,10 @@ pub fn raw_status(ws: &WaitStatus) -> Option<(i32, i32)> {
     }
 }
 
+/// Children whose status someone waits for.
 #[derive(Default)]
 struct Table {
     waiting: HashMap<i32, oneshot::Sender<i32>>,
-    /// Statuses of processes reaped before anyone asked for them.
-    unclaimed: HashMap<i32, i32>,
 }
 
 #[derive(Clone, Default)]
@@ -30,22 +29,23 @@ pub struct Reaper {
 }
 
 impl Reaper {
-    /// Waits for the status of `pid`, a child the caller started.
-    pub async fn wait_for(&self, pid: i32) -> i32 {
-        let rx = {
-            let mut t = self.table.lock().unwrap();
-            if let Some(status) = t.unclaimed.remove(&pid) {
-                return status;
-            }
-            let (tx, rx) = oneshot::channel();
-            t.waiting.insert(pid, tx);
-            rx
-        };
-        rx.await.unwrap_or(-1)
+    /// Spawns `cmd` and returns a receiver for its wait status. The table stays locked from the
+    /// spawn to the registration, so the reaper cannot take the status in between.
+    pub fn spawn(&self, cmd: &mut std::process::Command) -> std::io::Result<oneshot::Receiver<i32>> {
+        let mut t = self.table.lock().unwrap();
+        let child = cmd.spawn()?;
+        let pid = child.id() as i32;
+        // The reaper collects the status; the Child must never wait for it.
+        std::mem::forget(child);
+        let (tx, rx) = oneshot::channel();
+        t.waiting.insert(pid, tx);
+        Ok(rx)
     }
 
-    /// Reaps every exited child. `on_init` gets the status of `init` if it is among them.
+    /// Reaps every exited child. `on_init` gets the status of `init` if it is among them; a
+    /// spawned command's goes to its receiver; the container's orphans are just reaped.
     pub fn reap(&self, init: i32, mut on_init: impl FnMut(i32)) {
+        let mut t = self.table.lock().unwrap();
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
@@ -53,19 +53,8 @@ impl Reaper {
                     let Some((pid, status)) = raw_status(&ws) else { continue };
                     if pid == init {
                         on_init(status);
-                        continue;
-                    }
-                    let mut t = self.table.lock().unwrap();
-                    match t.waiting.remove(&pid) {
-                        Some(tx) => {
-                            let _ = tx.send(status);
-                        }
-                        // A runtime command not yet waited for, or an orphan of the container:
-                        // keep a bounded record for the former.
-                        None if t.unclaimed.len() < 1024 => {
-                            t.unclaimed.insert(pid, status);
-                        }
-                        None => {}
+                    } else if let Some(tx) = t.waiting.remove(&pid) {
+                        let _ = tx.send(status);
                     }
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
