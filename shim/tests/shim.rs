@@ -91,6 +91,9 @@ impl Shim {
         if self.init && verb == "start" {
             cmd.arg("--init");
         }
+        if verb == "start" {
+            cmd.arg("--shim-cgroup").arg(format!("/{}/shims", self.cgroups.name));
+        }
         cmd
     }
 
@@ -154,6 +157,11 @@ async fn lifecycle(runtime: &str) {
 
     // Neither SIGTERM nor SIGHUP ends the shim.
     let me = shim.shim_pid();
+    let own_cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", me.pid)).unwrap();
+    assert!(
+        own_cgroup.contains(&format!("/{}/shims", shim.cgroups.name)),
+        "the shim moved to its cgroup: {own_cgroup}"
+    );
     for sig in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGHUP] {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(me.pid), sig).unwrap();
     }

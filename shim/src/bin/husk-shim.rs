@@ -52,6 +52,9 @@ struct Common {
     /// orphaned processes (built-in runtime only).
     #[arg(long)]
     init: bool,
+    /// Move the shim itself into this cgroup (a path like `/husk/shims`, created if missing).
+    #[arg(long, value_name = "PATH")]
+    shim_cgroup: Option<PathBuf>,
 }
 
 fn options(c: &Common) -> Options {
@@ -67,6 +70,7 @@ fn options(c: &Common) -> Options {
         state_dir: c.state_dir.clone(),
         backend,
         init: c.init,
+        shim_cgroup: c.shim_cgroup.clone(),
     }
 }
 

@@ -44,6 +44,9 @@ pub struct Options {
     pub backend: Backend,
     /// Run husk's init as the container's pid 1 (built-in runtime only).
     pub init: bool,
+    /// A cgroup for the shim itself (e.g. the agent's `/husk/shims`), so shims are accounted
+    /// apart from the containers and from the process that started them.
+    pub shim_cgroup: Option<PathBuf>,
 }
 
 /// A process identified beyond its pid: pid plus start time, as checkpointed.
@@ -217,6 +220,14 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         crate::sys::set_stdio([null.as_raw_fd(), null.as_raw_fd(), log.as_raw_fd()]).map_err(|e| e.to_string())?;
     }
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
+    if let Some(path) = &opts.shim_cgroup {
+        let cg = Layout::detect()
+            .and_then(|l| Cgroup::new(l, path))
+            .map_err(|e| format!("shim cgroup {}: {e}", path.display()))?;
+        cg.create()
+            .and_then(|_| cg.add(std::process::id() as i32))
+            .map_err(|e| format!("shim cgroup {}: {e}", path.display()))?;
+    }
     let me = ProcessId::of(std::process::id() as i32).ok_or("reading the shim's own start time")?;
     me.save(&opts.state_dir.join(SHIM_FILE)).map_err(|e| format!("{SHIM_FILE}: {e}"))?;
 
