@@ -1,4 +1,5 @@
 //! husk: the agent and the operator's command line. Shared pieces of the two binaries live here.
 #![deny(unsafe_code)]
 
+pub mod agent;
 pub mod launch_file;

@@ -1,0 +1,170 @@
+//! The agent's settings: built-in defaults, overridden by the config file (TOML), overridden by
+//! flags.
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+/// Flags; every one may also be set in the config file under the same name with `_` for `-`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Flags {
+    /// Config file (TOML). Missing is fine when it is the default path.
+    #[arg(long, value_name = "FILE", default_value = "/etc/husk/agent.toml")]
+    pub config: PathBuf,
+    /// Work directory: checkpoints, bundles and sandboxes (survives reboots).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Runtime directory: shims and their sockets (a tmpfs, cleared by a reboot).
+    #[arg(long, value_name = "DIR")]
+    pub runtime_dir: Option<PathBuf>,
+    /// Where the API listens: `unix:///path/to/socket`.
+    #[arg(long, value_name = "ADDRESS")]
+    pub listen: Option<String>,
+    /// Mode of the API socket (octal).
+    #[arg(long, value_name = "MODE")]
+    pub socket_mode: Option<String>,
+    /// Group owning the API socket (name or gid); its members may call the API.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+    /// Cgroup path prefix of every container.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<String>,
+    /// Default OCI runtime: `husk` (built in) or an OCI runtime command line (`runc`).
+    #[arg(long, value_name = "RUNTIME")]
+    pub runtime: Option<String>,
+    /// Capabilities a container may have (comma-separated, e.g. `CHOWN,NET_RAW`).
+    #[arg(long, value_name = "CAPS", value_delimiter = ',')]
+    pub allowed_capabilities: Option<Vec<String>>,
+    /// pids.max of every container (0: unlimited).
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<i64>,
+    /// Where the sandbox appears inside containers with their own rootfs.
+    #[arg(long, value_name = "PATH")]
+    pub sandbox_directory: Option<PathBuf>,
+    /// Let containers share the host's pid namespace (`LinuxInfo.share_pid_namespace`).
+    #[arg(long)]
+    pub allow_host_pid_namespace: bool,
+    /// Let containers share the host's IPC namespace (`ipc_mode: SHARE_PARENT`).
+    #[arg(long)]
+    pub allow_host_ipc_namespace: bool,
+    /// Let containers turn seccomp off (`SeccompInfo.unconfined`).
+    #[arg(long)]
+    pub allow_unconfined_seccomp: bool,
+    /// Run husk's init as pid 1 of every container (signal forwarding, orphan reaping).
+    #[arg(long)]
+    pub init: Option<bool>,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// The husk-shim binary (default: beside husk-agent).
+    #[arg(long, value_name = "FILE")]
+    pub shim_binary: Option<PathBuf>,
+}
+
+/// The config file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    work_dir: Option<PathBuf>,
+    runtime_dir: Option<PathBuf>,
+    listen: Option<String>,
+    socket_mode: Option<String>,
+    socket_group: Option<String>,
+    cgroup_root: Option<String>,
+    runtime: Option<String>,
+    allowed_capabilities: Option<Vec<String>>,
+    pids_limit: Option<i64>,
+    sandbox_directory: Option<PathBuf>,
+    allow_host_pid_namespace: Option<bool>,
+    allow_host_ipc_namespace: Option<bool>,
+    allow_unconfined_seccomp: Option<bool>,
+    init: Option<bool>,
+    log_level: Option<String>,
+    log_format: Option<String>,
+    shim_binary: Option<PathBuf>,
+}
+
+/// The settings in force.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub work_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub socket: PathBuf,
+    pub socket_mode: u32,
+    pub socket_group: Option<String>,
+    pub runtime: String,
+    pub init: bool,
+    pub log_level: String,
+    pub log_format: String,
+    pub shim_binary: PathBuf,
+    pub translation: husk_oci::Config,
+}
+
+impl Settings {
+    pub fn load(flags: &Flags) -> anyhow::Result<Settings> {
+        let file = match std::fs::read_to_string(&flags.config) {
+            Ok(text) => {
+                toml::from_str::<FileConfig>(&text).map_err(|e| anyhow::anyhow!("{}: {e}", flags.config.display()))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && flags.config == Path::new("/etc/husk/agent.toml") => {
+                FileConfig::default()
+            }
+            Err(e) => anyhow::bail!("{}: {e}", flags.config.display()),
+        };
+        let pick =
+            |flag: Option<String>, file: Option<String>, default: &str| flag.or(file).unwrap_or_else(|| default.into());
+        let listen = pick(flags.listen.clone(), file.listen, "unix:///run/husk/husk.sock");
+        let socket = PathBuf::from(
+            listen
+                .strip_prefix("unix://")
+                .ok_or_else(|| anyhow::anyhow!("--listen `{listen}`: only unix:// addresses are supported"))?,
+        );
+        let mode_text = pick(flags.socket_mode.clone(), file.socket_mode, "0660");
+        let socket_mode = u32::from_str_radix(mode_text.trim_start_matches("0o"), 8)
+            .map_err(|_| anyhow::anyhow!("--socket-mode `{mode_text}` is not an octal mode"))?;
+        let mut translation = husk_oci::Config::default();
+        if let Some(root) = flags.cgroup_root.clone().or(file.cgroup_root) {
+            translation.cgroup_root = root;
+        }
+        if let Some(caps) = flags.allowed_capabilities.clone().or(file.allowed_capabilities) {
+            translation.allowed_capabilities = caps
+                .iter()
+                .map(|c| husk_oci::caps::parse_name(c, "--allowed-capabilities"))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(limit) = flags.pids_limit.or(file.pids_limit) {
+            translation.default_pids_limit = (limit > 0).then_some(limit);
+        }
+        if let Some(dir) = flags.sandbox_directory.clone().or(file.sandbox_directory) {
+            translation.sandbox_directory = dir;
+        }
+        translation.allow_host_pid_namespace =
+            flags.allow_host_pid_namespace || file.allow_host_pid_namespace.unwrap_or(false);
+        translation.allow_host_ipc_namespace =
+            flags.allow_host_ipc_namespace || file.allow_host_ipc_namespace.unwrap_or(false);
+        translation.allow_unconfined_seccomp =
+            flags.allow_unconfined_seccomp || file.allow_unconfined_seccomp.unwrap_or(false);
+        let shim_binary = flags.shim_binary.clone().or(file.shim_binary).unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("husk-shim")))
+                .unwrap_or_else(|| PathBuf::from("husk-shim"))
+        });
+        Ok(Settings {
+            work_dir: flags.work_dir.clone().or(file.work_dir).unwrap_or_else(|| "/var/lib/husk".into()),
+            runtime_dir: flags.runtime_dir.clone().or(file.runtime_dir).unwrap_or_else(|| "/run/husk".into()),
+            socket,
+            socket_mode,
+            socket_group: flags.socket_group.clone().or(file.socket_group),
+            runtime: pick(flags.runtime.clone(), file.runtime, "husk"),
+            init: flags.init.or(file.init).unwrap_or(true),
+            log_level: pick(flags.log_level.clone(), file.log_level, "info"),
+            log_format: pick(flags.log_format.clone(), file.log_format, "text"),
+            shim_binary,
+            translation,
+        })
+    }
+}

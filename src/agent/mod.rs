@@ -1,0 +1,424 @@
+//! husk-agent: the node's containerizer. It turns launches into bundles, starts one husk-shim
+//! per container, follows each to its termination, checkpoints everything under the work dir
+//! and recovers it all after a restart.
+pub mod config;
+mod container;
+pub mod service;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use husk_proto::agent::v1::{ContainerEvent, ContainerState, ContainerTermination, LaunchRequest};
+use husk_proto::mesos::v1::{task_status::Reason, TaskState};
+use husk_proto::shim::v1 as shim_pb;
+use husk_shim::exit::ExitRecord;
+use husk_shim::shim::{ProcessId, SHIM_FILE};
+use tokio::sync::broadcast;
+use tonic::Status;
+
+pub use config::{Flags, Settings};
+use container::{termination_of, termination_with, Checkpoint, Container, LAUNCH_FILE, STATE_FILE};
+
+/// How long the agent waits for a shim to start, and for any one shim call.
+const SHIM_DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct Agent {
+    pub settings: Settings,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    pub events: broadcast::Sender<ContainerEvent>,
+    pub boot_id: String,
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// The gRPC status of a translation error: the field and the rule, unchanged.
+pub fn status_of(e: husk_oci::Error) -> Status {
+    match e {
+        husk_oci::Error::Invalid { .. } | husk_oci::Error::Unsupported { .. } => {
+            Status::invalid_argument(e.to_string())
+        }
+        husk_oci::Error::Missing { .. } => Status::failed_precondition(e.to_string()),
+        husk_oci::Error::Io { .. } => Status::internal(e.to_string()),
+    }
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("{what}: {e}"))
+}
+
+impl Agent {
+    /// Prepares the directories, records the boot, and recovers every checkpointed container.
+    pub async fn start(settings: Settings) -> anyhow::Result<Arc<Agent>> {
+        for dir in [settings.work_dir.join("containers"), settings.runtime_dir.join("shims")] {
+            std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        }
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_string();
+        let agent = Arc::new(Agent {
+            settings,
+            containers: Mutex::new(HashMap::new()),
+            events: broadcast::channel(1024).0,
+            boot_id,
+        });
+        agent.clone().recover().await;
+        husk_oci::checkpoint::write_atomic(&agent.settings.work_dir.join("boot_id"), agent.boot_id.as_bytes(), 0o644)?;
+        Ok(agent)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Arc<Container>, Status> {
+        self.containers
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("container_id: no container `{id}`")))
+    }
+
+    pub fn all(&self) -> Vec<Arc<Container>> {
+        let mut v: Vec<_> = self.containers.lock().unwrap().values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    fn event(&self, c: &Container, previous: ContainerState) {
+        let _ = self.events.send(ContainerEvent {
+            container_id: c.launch.container_id.clone(),
+            state: Some(c.state() as i32),
+            previous_state: Some(previous as i32),
+            timestamp_ns: Some(now_ns()),
+            termination: c.terminated(),
+        });
+    }
+
+    fn transition(&self, c: &Container, to: ContainerState) -> Result<(), Status> {
+        let from = c.state();
+        c.set_state(to).map_err(|e| internal("checkpointing the state", e))?;
+        tracing::info!(container = %c.id, from = from.as_str_name(), to = to.as_str_name(), "state");
+        self.event(c, from);
+        Ok(())
+    }
+
+    fn finish(&self, c: &Container, t: ContainerTermination) {
+        let from = c.state();
+        tracing::info!(container = %c.id, state = ?t.state(), message = t.message(), "terminated");
+        if let Err(e) = c.terminate(t) {
+            tracing::error!(container = %c.id, "checkpointing the termination: {e}");
+        }
+        self.event(c, from);
+    }
+
+    /// Launches a container and returns once it runs. A launch that fails after validation is
+    /// destroyed and its termination (REASON_CONTAINER_LAUNCH_FAILED) stays readable by Wait.
+    pub async fn launch(self: &Arc<Self>, req: LaunchRequest) -> Result<Arc<Container>, Status> {
+        husk_oci::validate::container_id(&req.container_id, "container_id").map_err(status_of)?;
+        if req.container_id.parent.is_some() {
+            return Err(Status::invalid_argument("container_id.parent: nested containers are not supported yet"));
+        }
+        if req.command.as_ref().is_some_and(|c| !c.uris.is_empty()) {
+            return Err(Status::invalid_argument("command.uris: fetching URIs is not supported yet"));
+        }
+        let id = req.container_id.value.clone();
+        let dir = self.settings.work_dir.join("containers").join(&id);
+        let shim_dir = self.settings.runtime_dir.join("shims").join(&id);
+        let c = {
+            let mut map = self.containers.lock().unwrap();
+            if map.contains_key(&id) || dir.exists() {
+                return Err(Status::already_exists(format!("container_id: `{id}` is already in use")));
+            }
+            // Validate before anything is created: translate against a scratch sandbox.
+            let scratch = tempdir_in(&self.settings.work_dir).map_err(|e| internal("scratch directory", e))?;
+            let place = husk_oci::Placement { sandbox_dir: scratch.clone(), ..Default::default() };
+            let checked = husk_oci::translate(&req, &self.settings.translation, &place);
+            let _ = std::fs::remove_dir_all(&scratch);
+            let t = checked.map_err(status_of)?;
+            std::fs::create_dir_all(dir.join("sandbox")).map_err(|e| internal("creating the sandbox", e))?;
+            let checkpoint = Checkpoint {
+                state: ContainerState::Provisioning as i32,
+                killed: false,
+                created_ns: now_ns(),
+                mem_limit_mb: t.limits.mem_mb.filter(|m| m.is_finite()).or(t.requests.mem_mb).map(|m| m.max(32.0)),
+                termination: None,
+            };
+            let json = serde_json::to_vec(&req).map_err(|e| internal("encoding the launch", e))?;
+            let saved = husk_oci::checkpoint::write_atomic(&dir.join(LAUNCH_FILE), &json, 0o600)
+                .and_then(|_| container::save(&dir, &checkpoint));
+            if let Err(e) = saved {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(internal("checkpointing the launch", e));
+            }
+            let c = Arc::new(Container::new(&id, dir, shim_dir, req, checkpoint));
+            map.insert(id.clone(), c.clone());
+            c
+        };
+        let _op = c.op.lock().await;
+        self.event(&c, ContainerState::Unknown);
+        match self.bring_up(&c).await {
+            Ok(()) => Ok(c.clone()),
+            Err(message) => {
+                tracing::warn!(container = %id, "launch failed: {message}");
+                self.cleanup_shim(&c).await;
+                self.finish(
+                    &c,
+                    termination_with(TaskState::TaskFailed, Reason::ContainerLaunchFailed, message.clone()),
+                );
+                Err(Status::failed_precondition(format!("launch failed: {message}")))
+            }
+        }
+    }
+
+    async fn bring_up(self: &Arc<Self>, c: &Arc<Container>) -> Result<(), String> {
+        self.transition(c, ContainerState::Preparing).map_err(|e| e.message().to_string())?;
+        let place = husk_oci::Placement { sandbox_dir: c.sandbox(), ..Default::default() };
+        let t = husk_oci::translate(&c.launch, &self.settings.translation, &place).map_err(|e| e.to_string())?;
+        for w in &t.warnings {
+            tracing::warn!(container = %c.id, "{w}");
+        }
+        t.write_bundle(&c.bundle()).map_err(|e| e.to_string())?;
+
+        self.transition(c, ContainerState::Isolating).map_err(|e| e.message().to_string())?;
+        let runtime =
+            c.launch.runtime.clone().filter(|r| !r.is_empty()).unwrap_or_else(|| self.settings.runtime.clone());
+        if runtime != "husk" && (runtime.contains('/') || !["runc", "crun", "youki"].contains(&runtime.as_str())) {
+            return Err(format!("runtime: `{runtime}` is not one of husk, runc, crun, youki"));
+        }
+        let mut cmd = tokio::process::Command::new(&self.settings.shim_binary);
+        cmd.arg("start")
+            .args(["--id", &c.id, "--runtime", &runtime, "--bundle"])
+            .arg(c.bundle())
+            .arg("--sandbox")
+            .arg(c.sandbox())
+            .arg("--state-dir")
+            .arg(&c.shim_dir)
+            .arg("--shim-cgroup")
+            .arg(format!("/{}/shims", self.settings.translation.cgroup_root.trim_matches('/')))
+            .stdin(std::process::Stdio::null());
+        if self.settings.init && runtime == "husk" {
+            cmd.arg("--init");
+        }
+        let out = tokio::time::timeout(SHIM_DEADLINE, cmd.output())
+            .await
+            .map_err(|_| "the shim did not start within a minute".to_string())?
+            .map_err(|e| format!("running {}: {e}", self.settings.shim_binary.display()))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(err.trim().trim_start_matches("husk-shim: ").to_string());
+        }
+        self.transition(c, ContainerState::Fetching).map_err(|e| e.message().to_string())?;
+        let mut client =
+            husk_shim::shim::connect(&c.socket()).await.map_err(|e| format!("connecting to the shim: {e}"))?;
+        tokio::time::timeout(SHIM_DEADLINE, client.start(shim_pb::StartRequest {}))
+            .await
+            .map_err(|_| "the container did not start within a minute".to_string())?
+            .map_err(|e| e.message().to_string())?;
+        self.transition(c, ContainerState::Running).map_err(|e| e.message().to_string())?;
+        tokio::spawn(self.clone().follow(c.clone()));
+        Ok(())
+    }
+
+    /// Follows a running container to its end: the shim's Wait, then its Delete and Shutdown.
+    async fn follow(self: Arc<Self>, c: Arc<Container>) {
+        let exit = match husk_shim::shim::connect(&c.socket()).await {
+            Ok(mut client) => match client.wait(shim_pb::WaitRequest {}).await {
+                Ok(exit) => {
+                    let exit = exit.into_inner();
+                    let _ = tokio::time::timeout(SHIM_DEADLINE, client.delete(shim_pb::DeleteRequest {})).await;
+                    let _ = tokio::time::timeout(SHIM_DEADLINE, client.shutdown(shim_pb::ShutdownRequest {})).await;
+                    Some(ExitRecord {
+                        wait_status: exit.wait_status,
+                        exit_code: exit.exit_code,
+                        signal: exit.signal,
+                        oom_killed: exit.oom_killed,
+                        started_at_ns: exit.started_at_ns,
+                        finished_at_ns: exit.finished_at_ns,
+                    })
+                }
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        let _op = c.op.lock().await;
+        if c.terminated().is_some() {
+            return;
+        }
+        self.transition(&c, ContainerState::Destroying).ok();
+        // The shim went away without answering: what it recorded on disk, if anything.
+        let exit = exit.or_else(|| ExitRecord::load(&c.shim_dir).ok().flatten());
+        self.cleanup_shim(&c).await;
+        let (killed, mem) = {
+            let cp = c.checkpoint.lock().unwrap();
+            (cp.killed, cp.mem_limit_mb)
+        };
+        let t = match exit {
+            Some(exit) => termination_of(&exit, killed, mem),
+            None => termination_with(
+                TaskState::TaskFailed,
+                Reason::ExecutorTerminated,
+                "the container's shim exited without recording an exit status; the container was destroyed".into(),
+            ),
+        };
+        self.finish(&c, t);
+    }
+
+    /// The shim's destroy path, whatever state the shim is in (`husk-shim cleanup`).
+    async fn cleanup_shim(&self, c: &Container) {
+        if !c.shim_dir.exists() {
+            return;
+        }
+        let runtime =
+            c.launch.runtime.clone().filter(|r| !r.is_empty()).unwrap_or_else(|| self.settings.runtime.clone());
+        let out = tokio::time::timeout(
+            SHIM_DEADLINE,
+            tokio::process::Command::new(&self.settings.shim_binary)
+                .arg("cleanup")
+                .args(["--id", &c.id, "--runtime", &runtime, "--bundle"])
+                .arg(c.bundle())
+                .arg("--sandbox")
+                .arg(c.sandbox())
+                .arg("--state-dir")
+                .arg(&c.shim_dir)
+                .stdin(std::process::Stdio::null())
+                .output(),
+        )
+        .await;
+        match out {
+            Ok(Ok(o)) if o.status.success() => {}
+            Ok(Ok(o)) => {
+                tracing::error!(container = %c.id, "shim cleanup: {}", String::from_utf8_lossy(&o.stderr).trim())
+            }
+            Ok(Err(e)) => tracing::error!(container = %c.id, "shim cleanup: {e}"),
+            Err(_) => tracing::error!(container = %c.id, "shim cleanup did not finish within a minute"),
+        }
+    }
+
+    /// Signals the container (default SIGKILL); with a grace period, SIGTERM first (or the given
+    /// signal), then SIGKILL to every process once it has passed.
+    pub async fn kill(self: &Arc<Self>, id: &str, signal: Option<i32>, grace: Option<Duration>) -> Result<(), Status> {
+        let c = self.get(id)?;
+        let _op = c.op.lock().await;
+        if c.terminated().is_some() {
+            return Err(Status::failed_precondition(format!("container_id: `{id}` has already terminated")));
+        }
+        if c.state() != ContainerState::Running {
+            return Err(Status::failed_precondition(format!(
+                "container_id: `{id}` is {}, not running",
+                c.state().as_str_name()
+            )));
+        }
+        let first = signal.unwrap_or(if grace.is_some() { libc::SIGTERM } else { libc::SIGKILL });
+        if nix::sys::signal::Signal::try_from(first).is_err() {
+            return Err(Status::invalid_argument(format!("signal: {first} is not a signal")));
+        }
+        c.set_killed().map_err(|e| internal("checkpointing the kill", e))?;
+        let mut client =
+            husk_shim::shim::connect(&c.socket()).await.map_err(|e| Status::unavailable(format!("the shim: {e}")))?;
+        client
+            .kill(shim_pb::KillRequest { signal: first as u32, all: false })
+            .await
+            .map_err(|e| Status::failed_precondition(e.message().to_string()))?;
+        if let Some(grace) = grace {
+            let mut rx = c.termination.subscribe();
+            tokio::spawn(async move {
+                if tokio::time::timeout(grace, rx.wait_for(|t| t.is_some())).await.is_err() {
+                    let _ = client.kill(shim_pb::KillRequest { signal: libc::SIGKILL as u32, all: true }).await;
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes a terminated container: its sandbox, bundle and checkpoints.
+    pub async fn remove(&self, id: &str) -> Result<(), Status> {
+        let c = self.get(id)?;
+        let _op = c.op.lock().await;
+        if c.terminated().is_none() {
+            return Err(Status::failed_precondition(format!(
+                "container_id: `{id}` is {}; only a terminated container can be removed",
+                c.state().as_str_name()
+            )));
+        }
+        for dir in [&c.shim_dir, &c.dir] {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(internal(&format!("removing {}", dir.display()), e)),
+            }
+        }
+        self.containers.lock().unwrap().remove(id);
+        Ok(())
+    }
+
+    /// Finds every checkpointed container again: a live shim is followed anew, a dead one's
+    /// recorded exit is reported, a container whose shim left nothing is destroyed and
+    /// reported as such, and after a reboot everything is reported as lost to it. One bad
+    /// checkpoint never stops the others.
+    async fn recover(self: Arc<Self>) {
+        let previous_boot = std::fs::read_to_string(self.settings.work_dir.join("boot_id")).ok();
+        let rebooted = previous_boot.is_some_and(|b| b.trim() != self.boot_id);
+        let root = self.settings.work_dir.join("containers");
+        let Ok(entries) = std::fs::read_dir(&root) else { return };
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().map(str::to_string) else { continue };
+            let dir = entry.path();
+            match load(&dir) {
+                Err(e) => tracing::error!(container = %id, "skipping a checkpoint I cannot read: {e}"),
+                Ok((launch, checkpoint)) => {
+                    let shim_dir = self.settings.runtime_dir.join("shims").join(&id);
+                    let c = Arc::new(Container::new(&id, dir, shim_dir, launch, checkpoint));
+                    self.containers.lock().unwrap().insert(id.clone(), c.clone());
+                    if c.terminated().is_some() {
+                        continue;
+                    }
+                    if rebooted {
+                        self.cleanup_shim(&c).await;
+                        self.finish(
+                            &c,
+                            termination_with(
+                                TaskState::TaskGone,
+                                Reason::AgentRestarted,
+                                "the node rebooted; the container was lost".into(),
+                            ),
+                        );
+                        continue;
+                    }
+                    let shim_alive = ProcessId::load(&c.shim_dir.join(SHIM_FILE)).is_some_and(|p| p.alive());
+                    let connected = shim_alive && husk_shim::shim::connect(&c.socket()).await.is_ok();
+                    if connected && c.state() == ContainerState::Running {
+                        tracing::info!(container = %id, "re-attached to its shim");
+                        tokio::spawn(self.clone().follow(c));
+                    } else if ExitRecord::load(&c.shim_dir).ok().flatten().is_some() {
+                        // Exited while we were away: follow() reads exit.json and cleans up.
+                        tokio::spawn(self.clone().follow(c));
+                    } else {
+                        self.cleanup_shim(&c).await;
+                        let message = if c.state() == ContainerState::Running {
+                            "the container's shim exited without recording an exit status; the container was destroyed"
+                        } else {
+                            "the agent stopped during the launch; the container was destroyed"
+                        };
+                        let reason = if c.state() == ContainerState::Running {
+                            Reason::ExecutorTerminated
+                        } else {
+                            Reason::ContainerLaunchFailed
+                        };
+                        self.finish(&c, termination_with(TaskState::TaskFailed, reason, message.into()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn load(dir: &Path) -> anyhow::Result<(LaunchRequest, Checkpoint)> {
+    let launch: LaunchRequest = serde_json::from_slice(&std::fs::read(dir.join(LAUNCH_FILE))?)?;
+    let checkpoint: Checkpoint = serde_json::from_slice(&std::fs::read(dir.join(STATE_FILE))?)?;
+    Ok((launch, checkpoint))
+}
+
+fn tempdir_in(dir: &Path) -> std::io::Result<PathBuf> {
+    let path = dir.join(format!(".validate-{}-{}", std::process::id(), now_ns()));
+    std::fs::create_dir_all(&path)?;
+    Ok(path)
+}

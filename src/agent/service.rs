@@ -1,0 +1,338 @@
+//! The agent's gRPC service, `husk.agent.v1.Containerizer`.
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use husk_proto::agent::v1 as pb;
+use husk_proto::agent::v1::containerizer_server::Containerizer;
+use husk_proto::mesos::v1::{ContainerId, ContainerStatus};
+use husk_proto::shim::v1 as shim_pb;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::container::Container;
+use super::Agent;
+
+type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+pub struct Service(pub Arc<Agent>);
+
+fn id_of(id: &ContainerId) -> Result<String, Status> {
+    husk_oci::validate::container_id(id, "container_id").map_err(super::status_of)?;
+    Ok(id.value.clone())
+}
+
+async fn shim(
+    c: &Container,
+) -> Result<husk_proto::shim::v1::shim_client::ShimClient<tonic::transport::Channel>, Status> {
+    if c.terminated().is_some() {
+        return Err(Status::failed_precondition(format!("container_id: `{}` has terminated", c.id)));
+    }
+    husk_shim::shim::connect(&c.socket()).await.map_err(|e| Status::unavailable(format!("the container's shim: {e}")))
+}
+
+fn info_of(
+    c: &Container,
+    pid: Option<u32>,
+    stats: Option<husk_proto::mesos::v1::ResourceStatistics>,
+) -> pb::ContainerInfo {
+    let created = c.checkpoint.lock().unwrap().created_ns;
+    pb::ContainerInfo {
+        container_id: c.launch.container_id.clone(),
+        state: Some(c.state() as i32),
+        container_status: Some(ContainerStatus {
+            container_id: Some(c.launch.container_id.clone()),
+            executor_pid: pid,
+            ..Default::default()
+        }),
+        resource_statistics: stats,
+        termination: c.terminated(),
+        sandbox_directory: Some(c.sandbox().display().to_string()),
+        bundle_directory: Some(c.bundle().display().to_string()),
+        runtime: c.launch.runtime.clone(),
+        resources: c.launch.resources.clone(),
+        limits: c.launch.limits.clone(),
+        labels: c.launch.labels.clone(),
+        created_at_ns: Some(created),
+        standalone: Some(true),
+    }
+}
+
+async fn init_pid(c: &Container) -> Option<u32> {
+    if c.terminated().is_some() {
+        return None;
+    }
+    let mut client = husk_shim::shim::connect(&c.socket()).await.ok()?;
+    let st = tokio::time::timeout(Duration::from_secs(10), client.state(shim_pb::StateRequest {})).await.ok()?.ok()?;
+    Some(st.into_inner().pid)
+}
+
+#[tonic::async_trait]
+impl Containerizer for Service {
+    async fn launch(&self, req: Request<pb::LaunchRequest>) -> Result<Response<pb::LaunchResponse>, Status> {
+        let c = self.0.launch(req.into_inner()).await?;
+        Ok(Response::new(pb::LaunchResponse {
+            state: Some(c.state() as i32),
+            sandbox_directory: Some(c.sandbox().display().to_string()),
+            executor_pid: init_pid(&c).await.map(|p| p as i32),
+        }))
+    }
+
+    async fn wait(&self, req: Request<pb::WaitRequest>) -> Result<Response<pb::ContainerTermination>, Status> {
+        let c = self.0.get(&id_of(&req.into_inner().container_id)?)?;
+        let mut rx = c.termination.subscribe();
+        let t = rx.wait_for(|t| t.is_some()).await.map_err(|_| Status::unavailable("the agent is stopping"))?.clone();
+        Ok(Response::new(t.unwrap()))
+    }
+
+    async fn kill(&self, req: Request<pb::KillRequest>) -> Result<Response<pb::KillResponse>, Status> {
+        let r = req.into_inner();
+        let id = id_of(&r.container_id)?;
+        let grace = match r.grace_period {
+            Some(g) if g.nanoseconds < 0 => {
+                return Err(Status::invalid_argument("grace_period.nanoseconds: must not be negative"));
+            }
+            Some(g) => Some(Duration::from_nanos(g.nanoseconds as u64)),
+            None => None,
+        };
+        self.0.kill(&id, r.signal, grace).await?;
+        Ok(Response::new(pb::KillResponse {}))
+    }
+
+    async fn remove(&self, req: Request<pb::RemoveRequest>) -> Result<Response<pb::RemoveResponse>, Status> {
+        self.0.remove(&id_of(&req.into_inner().container_id)?).await?;
+        Ok(Response::new(pb::RemoveResponse {}))
+    }
+
+    async fn update(&self, req: Request<pb::UpdateRequest>) -> Result<Response<pb::UpdateResponse>, Status> {
+        let r = req.into_inner();
+        let c = self.0.get(&id_of(&r.container_id)?)?;
+        let _op = c.op.lock().await;
+        husk_oci::resources::validate(&r.resources, "resources").map_err(super::status_of)?;
+        let requests = husk_oci::resources::Amounts::of(&r.resources);
+        let limits = husk_oci::resources::limits(&r.limits, &requests, "limits").map_err(super::status_of)?;
+        let mut u = shim_pb::UpdateRequest::default();
+        if let Some(cpus) = requests.cpus {
+            u.cpu_shares = ((1024.0 * cpus) as u64).max(2);
+        }
+        match limits.cpus {
+            Some(l) if l.is_infinite() => u.cpu_quota_us = -1,
+            Some(l) => {
+                u.cpu_quota_us = ((100_000.0 * l) as i64).max(1000);
+                u.cpu_period_us = 100_000;
+            }
+            None => {}
+        }
+        let mem = limits.mem_mb.or(requests.mem_mb);
+        if let Some(mb) = mem {
+            let new = if mb.is_infinite() { -1 } else { (mb.max(32.0) * 1024.0 * 1024.0) as i64 };
+            let current = c.checkpoint.lock().unwrap().mem_limit_mb;
+            let lowering = match (new, current) {
+                (-1, _) | (_, None) => false,
+                (n, Some(cur)) => (n as f64) < cur * 1024.0 * 1024.0,
+            };
+            if lowering && !r.allow_memory_limit_decrease() {
+                return Err(Status::failed_precondition(
+                    "limits: the memory limit is only raised on a live container (set allow_memory_limit_decrease)",
+                ));
+            }
+            u.memory_limit_bytes = new;
+        }
+        let mut client = shim(&c).await?;
+        client.update(u).await.map_err(|e| Status::failed_precondition(e.message().to_string()))?;
+        if let Some(mb) = mem {
+            let mut cp = c.checkpoint.lock().unwrap();
+            cp.mem_limit_mb = mb.is_finite().then_some(mb.max(32.0));
+            super::container::save(&c.dir, &cp).map_err(|e| Status::internal(e.to_string()))?;
+        }
+        Ok(Response::new(pb::UpdateResponse {}))
+    }
+
+    async fn usage(&self, req: Request<pb::UsageRequest>) -> Result<Response<pb::UsageResponse>, Status> {
+        let c = self.0.get(&id_of(&req.into_inner().container_id)?)?;
+        let mut client = shim(&c).await?;
+        let stats = client.stats(shim_pb::StatsRequest {}).await?.into_inner();
+        Ok(Response::new(pb::UsageResponse { statistics: stats.statistics }))
+    }
+
+    async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let c = self.0.get(&id_of(&req.into_inner().container_id)?)?;
+        let pid = init_pid(&c).await;
+        let info = info_of(&c, pid, None);
+        Ok(Response::new(pb::StatusResponse { status: info.container_status.clone(), info: Some(info) }))
+    }
+
+    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let with_stats = req.into_inner().include_statistics();
+        let mut containers = Vec::new();
+        for c in self.0.all() {
+            let stats = match with_stats && c.terminated().is_none() {
+                true => match shim(&c).await {
+                    Ok(mut client) => {
+                        client.stats(shim_pb::StatsRequest {}).await.ok().and_then(|s| s.into_inner().statistics)
+                    }
+                    Err(_) => None,
+                },
+                false => None,
+            };
+            containers.push(info_of(&c, None, stats));
+        }
+        Ok(Response::new(pb::ListResponse { containers }))
+    }
+
+    type WatchStream = Streamed<pb::ContainerEvent>;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let only: Vec<String> = req.into_inner().container_ids.into_iter().map(|i| i.value).collect();
+        let mut events = self.0.events.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(e) if only.is_empty() || only.contains(&e.container_id.value) => {
+                        if tx.send(Ok(e)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let _ = tx
+                            .send(Err(Status::data_loss(format!("{n} events were dropped: the watcher was too slow"))))
+                            .await;
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    type LogsStream = Streamed<pb::LogChunk>;
+
+    async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let r = req.into_inner();
+        let c = self.0.get(&id_of(&r.container_id)?)?;
+        let streams: Vec<(pb::logs_request::Stream, std::path::PathBuf)> = match r.stream() {
+            pb::logs_request::Stream::Stdout => vec![(pb::logs_request::Stream::Stdout, c.sandbox().join("stdout"))],
+            pb::logs_request::Stream::Stderr => vec![(pb::logs_request::Stream::Stderr, c.sandbox().join("stderr"))],
+            pb::logs_request::Stream::Both => vec![
+                (pb::logs_request::Stream::Stdout, c.sandbox().join("stdout")),
+                (pb::logs_request::Stream::Stderr, c.sandbox().join("stderr")),
+            ],
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let (tail, follow) = (r.tail, r.follow());
+        let mut done = c.termination.subscribe();
+        tokio::spawn(async move {
+            let mut offsets = Vec::new();
+            for (stream, path) in &streams {
+                let data = std::fs::read(path).unwrap_or_default();
+                let start = match tail {
+                    Some(n) => tail_start(&data, n as usize),
+                    None => 0,
+                };
+                if start < data.len()
+                    && tx
+                        .send(Ok(pb::LogChunk { stream: Some(*stream as i32), data: Some(data[start..].to_vec()) }))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                offsets.push(data.len());
+            }
+            if !follow {
+                return;
+            }
+            loop {
+                let finished = done.borrow().is_some();
+                for (i, (stream, path)) in streams.iter().enumerate() {
+                    let data = std::fs::read(path).unwrap_or_default();
+                    // A rotation starts the file anew.
+                    let from = if data.len() < offsets[i] { 0 } else { offsets[i] };
+                    if from < data.len() {
+                        let chunk = pb::LogChunk { stream: Some(*stream as i32), data: Some(data[from..].to_vec()) };
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                    offsets[i] = data.len();
+                }
+                if finished {
+                    return;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(100), done.changed()).await;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn version(&self, _: Request<pb::VersionRequest>) -> Result<Response<pb::VersionResponse>, Status> {
+        Ok(Response::new(pb::VersionResponse {
+            version: Some(env!("CARGO_PKG_VERSION").into()),
+            git_commit: None,
+            api_version: Some("husk.agent.v1".into()),
+            runtime_name: Some(self.0.settings.runtime.clone()),
+            runtime_version: Some(env!("CARGO_PKG_VERSION").into()),
+        }))
+    }
+
+    async fn info(&self, _: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
+        let s = &self.0.settings;
+        let mode = husk_shim::cgroups::Layout::detect().map(|l| l.mode().to_string()).unwrap_or_else(|_| "none".into());
+        Ok(Response::new(pb::InfoResponse {
+            hostname: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()),
+            kernel_version: std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|v| v.trim().to_string()),
+            cgroup_mode: Some(mode),
+            default_runtime: Some(s.runtime.clone()),
+            work_dir: Some(s.work_dir.display().to_string()),
+            runtime_dir: Some(s.runtime_dir.display().to_string()),
+            containers: Some(self.0.all().len() as u32),
+            boot_id: Some(self.0.boot_id.clone()),
+            isolators: vec![
+                "filesystem/linux".into(),
+                "cgroups/cpu".into(),
+                "cgroups/mem".into(),
+                "cgroups/pids".into(),
+                "namespaces/pid".into(),
+                "namespaces/ipc".into(),
+                "linux/capabilities".into(),
+                "linux/seccomp".into(),
+                "linux/nnp".into(),
+                "posix/rlimits".into(),
+            ],
+            ..Default::default()
+        }))
+    }
+}
+
+/// Where the last `n` lines of `data` start.
+fn tail_start(data: &[u8], n: usize) -> usize {
+    if n == 0 {
+        return data.len();
+    }
+    let body = data.strip_suffix(b"\n").unwrap_or(data);
+    let mut seen = 0;
+    for (i, b) in body.iter().enumerate().rev() {
+        if *b == b'\n' {
+            seen += 1;
+            if seen == n {
+                return i + 1;
+            }
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tail() {
+        let d = b"a\nb\nc\n";
+        assert_eq!(&d[super::tail_start(d, 2)..], b"b\nc\n");
+        assert_eq!(&d[super::tail_start(d, 5)..], b"a\nb\nc\n");
+        assert_eq!(&d[super::tail_start(d, 0)..], b"");
+        assert_eq!(&b"x"[super::tail_start(b"x", 1)..], b"x");
+    }
+}

@@ -1,0 +1,336 @@
+//! husk-agent end to end: a real agent process over its unix socket, real shims, real
+//! containers, and restarts of the agent.
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use husk_proto::agent::v1 as pb;
+use husk_proto::agent::v1::containerizer_client::ContainerizerClient;
+use husk_proto::mesos::v1::{
+    container_info, task_status::Reason, value, CommandInfo, ContainerId, ContainerInfo, DurationInfo, TaskState,
+};
+use tonic::transport::Channel;
+
+struct Agent {
+    dir: tempfile::TempDir,
+    cgroups: common::CgroupRoot,
+    process: Option<Child>,
+}
+
+impl Agent {
+    fn start(tag: &str) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        // Settings come from the config file too (flags win over it).
+        std::fs::write(dir.path().join("agent.toml"), "pids_limit = 512\nlog_format = \"json\"\nruntime = \"husk\"\n")
+            .unwrap();
+        let mut a = Agent { dir, cgroups: common::CgroupRoot::new(tag), process: None };
+        a.restart();
+        a
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.path("husk.sock")
+    }
+
+    /// (Re)starts the agent process and waits until its socket answers.
+    fn restart(&mut self) {
+        let agent = PathBuf::from(env!("CARGO_BIN_EXE_husk-agent"));
+        let shim = agent.with_file_name("husk-shim");
+        assert!(shim.exists(), "{} is missing: build the workspace (cargo test --workspace)", shim.display());
+        let _ = std::fs::remove_file(self.socket());
+        let child = Command::new(&agent)
+            .arg("--config")
+            .arg(self.path("agent.toml"))
+            .arg("--work-dir")
+            .arg(self.path("work"))
+            .arg("--runtime-dir")
+            .arg(self.path("run"))
+            .arg("--listen")
+            .arg(format!("unix://{}", self.socket().display()))
+            .args(["--cgroup-root", &self.cgroups.name, "--log-level", "debug"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.path("agent.log")).unwrap())
+            .spawn()
+            .unwrap();
+        self.process = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.socket().exists() {
+            let exited = self.process.as_mut().unwrap().try_wait().unwrap().is_some();
+            assert!(
+                !exited && Instant::now() < deadline,
+                "the agent never served: {}",
+                std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+
+    async fn client(&self) -> ContainerizerClient<Channel> {
+        let path = self.socket();
+        let channel = tonic::transport::Endpoint::from_static("http://agent")
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
+            }))
+            .await
+            .unwrap();
+        ContainerizerClient::new(channel)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        // Whatever the test left: every shim and container goes (husk-shim cleanup per shim).
+        let shim = PathBuf::from(env!("CARGO_BIN_EXE_husk-agent")).with_file_name("husk-shim");
+        if let Ok(entries) = std::fs::read_dir(self.path("run/shims")) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let c = self.path("work/containers").join(&id);
+                let _ = Command::new(&shim)
+                    .args(["cleanup", "--id", &id, "--bundle"])
+                    .arg(c.join("bundle"))
+                    .arg("--sandbox")
+                    .arg(c.join("sandbox"))
+                    .arg("--state-dir")
+                    .arg(e.path())
+                    .output();
+            }
+        }
+        let leaves: Vec<_> = self
+            .cgroups
+            .leftovers()
+            .into_iter()
+            .filter(|p| !p.ends_with(&self.cgroups.name) && !p.ends_with("shims"))
+            .collect();
+        if !std::thread::panicking() {
+            assert!(leaves.is_empty(), "container cgroups left: {leaves:?}");
+        }
+    }
+}
+
+fn launch(id: &str, script: &str) -> pb::LaunchRequest {
+    pb::LaunchRequest {
+        container_id: ContainerId { value: id.into(), parent: None },
+        command: Some(CommandInfo { value: Some(script.into()), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn cid(id: &str) -> ContainerId {
+    ContainerId { value: id.into(), parent: None }
+}
+
+async fn wait(c: &mut ContainerizerClient<Channel>, id: &str) -> pb::ContainerTermination {
+    tokio::time::timeout(Duration::from_secs(60), c.wait(pb::WaitRequest { container_id: cid(id) }))
+        .await
+        .expect("Wait answered in time")
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn launch_wait_kill_remove() {
+    require!(false);
+    let agent = Agent::start("agent-life");
+    let mut c = agent.client().await;
+
+    let r = c.launch(launch("ok", "echo hello; echo oops >&2")).await.unwrap().into_inner();
+    assert_eq!(r.state(), pb::ContainerState::Running);
+    let t = wait(&mut c, "ok").await;
+    assert_eq!(t.state(), TaskState::TaskFinished);
+    assert_eq!((t.exit_code, t.status), (Some(0), Some(0)));
+    let logs: Vec<u8> = {
+        let mut s =
+            c.logs(pb::LogsRequest { container_id: cid("ok"), ..Default::default() }).await.unwrap().into_inner();
+        let mut all = Vec::new();
+        while let Some(chunk) = s.message().await.unwrap() {
+            all.extend(chunk.data.unwrap_or_default());
+        }
+        all
+    };
+    assert_eq!(String::from_utf8_lossy(&logs), "hello\noops\n");
+
+    c.launch(launch("fails", "exit 3")).await.unwrap();
+    let t = wait(&mut c, "fails").await;
+    assert_eq!(t.state(), TaskState::TaskFailed);
+    assert_eq!(t.exit_code, Some(3));
+    assert_eq!(t.status, Some(3 << 8));
+
+    c.launch(launch("sleeper", "trap 'exit 0' TERM; while true; do sleep 0.1; done")).await.unwrap();
+    let st = c.status(pb::StatusRequest { container_id: cid("sleeper") }).await.unwrap().into_inner();
+    assert!(st.status.unwrap().executor_pid.unwrap() > 0);
+    let usage = c.usage(pb::UsageRequest { container_id: cid("sleeper") }).await.unwrap().into_inner();
+    assert!(usage.statistics.unwrap().processes.unwrap() >= 1);
+    let err = c.remove(pb::RemoveRequest { container_id: cid("sleeper") }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    c.kill(pb::KillRequest {
+        container_id: cid("sleeper"),
+        signal: None,
+        grace_period: Some(DurationInfo { nanoseconds: 5_000_000_000 }),
+    })
+    .await
+    .unwrap();
+    let t = wait(&mut c, "sleeper").await;
+    assert_eq!(t.state(), TaskState::TaskKilled, "{t:?}");
+    assert_eq!(t.exit_code, Some(0), "SIGTERM was trapped: a graceful stop");
+
+    let list = c.list(pb::ListRequest::default()).await.unwrap().into_inner();
+    assert_eq!(list.containers.len(), 3);
+    for id in ["ok", "fails", "sleeper"] {
+        c.remove(pb::RemoveRequest { container_id: cid(id) }).await.unwrap();
+        assert_eq!(
+            c.status(pb::StatusRequest { container_id: cid(id) }).await.unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+    }
+    assert!(!agent.path("work/containers/ok").exists(), "remove deletes the sandbox and checkpoints");
+    let info = c.info(pb::InfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.cgroup_mode(), "hybrid");
+}
+
+#[tokio::test]
+async fn bad_requests_get_precise_statuses_and_change_nothing() {
+    require!(false);
+    let agent = Agent::start("agent-bad");
+    let mut c = agent.client().await;
+    let mesos = |f: &dyn Fn(&mut ContainerInfo)| {
+        let mut info = ContainerInfo { r#type: container_info::Type::Mesos as i32, ..Default::default() };
+        f(&mut info);
+        Some(info)
+    };
+    let mut cases: Vec<(pb::LaunchRequest, tonic::Code, &str)> = vec![
+        (launch("a/b", "true"), tonic::Code::InvalidArgument, "container_id.value: `a/b` contains `/`"),
+        (launch("..", "true"), tonic::Code::InvalidArgument, "container_id.value"),
+        (launch("", "true"), tonic::Code::InvalidArgument, "container_id.value: must not be empty"),
+        (launch(&"x".repeat(300), "true"), tonic::Code::InvalidArgument, "at most 242"),
+        (launch("nul", "a\0b"), tonic::Code::InvalidArgument, "command.value: must not contain a NUL byte"),
+    ];
+    let mut r = launch("res", "true");
+    r.resources = vec![husk_oci::resources::scalar("cpus", -1.0)];
+    cases.push((r, tonic::Code::InvalidArgument, "resources[0] (cpus): must not be negative"));
+    let mut r = launch("lim", "true");
+    r.limits = HashMap::from([("mem".into(), value::Scalar { value: f64::NAN })]);
+    cases.push((r, tonic::Code::InvalidArgument, "limits[\"mem\"]: must be a number, not NaN"));
+    let mut r = launch("docker", "true");
+    r.container = Some(ContainerInfo { r#type: container_info::Type::Docker as i32, ..Default::default() });
+    cases.push((r, tonic::Code::InvalidArgument, "container.type: DOCKER"));
+    let mut r = launch("host", "true");
+    r.container = mesos(&|i| i.hostname = Some("bad_name".into()));
+    cases.push((r, tonic::Code::InvalidArgument, "container.hostname"));
+    let mut r = launch("user", "true");
+    r.command.as_mut().unwrap().user = Some("nosuchuser-husk".into());
+    cases.push((r, tonic::Code::FailedPrecondition, "command.user: no user `nosuchuser-husk`"));
+    let mut r = launch("nested", "true");
+    r.container_id.parent = Some(Box::new(cid("p")));
+    cases.push((r, tonic::Code::InvalidArgument, "container_id.parent"));
+    let mut r = launch("runtime", "true");
+    r.runtime = Some("/bin/evil".into());
+    cases.push((r, tonic::Code::FailedPrecondition, "runtime: `/bin/evil` is not one of"));
+    for (req, code, text) in cases {
+        let id = req.container_id.value.clone();
+        let e = c.launch(req).await.unwrap_err();
+        assert_eq!(e.code(), code, "{id}: {e:?}");
+        assert!(e.message().contains(text), "{id}: {:?} lacks {text:?}", e.message());
+    }
+    // Only the refused runtime got as far as a launch: everything else left nothing.
+    let left: Vec<_> =
+        std::fs::read_dir(agent.path("work/containers")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("runtime")], "rejected requests create nothing");
+
+    assert_eq!(c.wait(pb::WaitRequest { container_id: cid("nope") }).await.unwrap_err().code(), tonic::Code::NotFound);
+    assert_eq!(
+        c.kill(pb::KillRequest { container_id: cid("nope"), ..Default::default() }).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    c.launch(launch("dup", "sleep 30")).await.unwrap();
+    let e = c.launch(launch("dup", "true")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists);
+    c.kill(pb::KillRequest { container_id: cid("dup"), ..Default::default() }).await.unwrap();
+    assert_eq!(wait(&mut c, "dup").await.state(), TaskState::TaskKilled);
+}
+
+#[tokio::test]
+async fn failed_launches_and_oom_have_mesos_reasons() {
+    require!(false);
+    let agent = Agent::start("agent-reasons");
+    let mut c = agent.client().await;
+    let mut r = launch("nope", "/bin/nope-husk");
+    r.command.as_mut().unwrap().shell = Some(false);
+    let e = c.launch(r).await.unwrap_err();
+    assert!(e.message().contains("exec /bin/nope-husk: no such file or directory"), "{e:?}");
+    let t = wait(&mut c, "nope").await;
+    assert_eq!(t.reason(), Reason::ContainerLaunchFailed);
+    assert!(t.message().contains("exec /bin/nope-husk: no such file or directory"), "{t:?}");
+
+    let mut r = launch("oom", "tail /dev/zero");
+    r.resources = vec![husk_oci::resources::scalar("mem", 32.0)];
+    c.launch(r).await.unwrap();
+    let t = wait(&mut c, "oom").await;
+    assert_eq!(t.state(), TaskState::TaskFailed);
+    assert_eq!(t.reason(), Reason::ContainerLimitationMemory, "{t:?}");
+    assert!(t.message().contains("32 MB"), "{t:?}");
+    assert_eq!(t.limited_resources[0].name, "mem");
+}
+
+#[tokio::test]
+async fn containers_and_exit_statuses_survive_agent_restarts() {
+    require!(false);
+    let mut agent = Agent::start("agent-restart");
+    let mut c = agent.client().await;
+    c.launch(launch("long", "sleep 60")).await.unwrap();
+    let flag = agent.path("work/containers/short/sandbox/go");
+    c.launch(launch("short", "while [ ! -e $MESOS_SANDBOX/go ]; do sleep 0.05; done; exit 5")).await.unwrap();
+    c.launch(launch("done", "exit 7")).await.unwrap();
+    assert_eq!(wait(&mut c, "done").await.exit_code, Some(7));
+    let long_pid = c
+        .status(pb::StatusRequest { container_id: cid("long") })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .executor_pid;
+
+    agent.kill9();
+    // While the agent is gone, one container exits.
+    std::fs::write(&flag, "").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    agent.restart();
+    let mut c = agent.client().await;
+
+    let st = c.status(pb::StatusRequest { container_id: cid("long") }).await.unwrap().into_inner();
+    assert_eq!(st.info.unwrap().state(), pb::ContainerState::Running, "re-attached");
+    assert_eq!(st.status.unwrap().executor_pid, long_pid);
+    assert_eq!(wait(&mut c, "short").await.exit_code, Some(5), "the exit while the agent was down is kept");
+    assert_eq!(wait(&mut c, "done").await.exit_code, Some(7), "an exit recorded before the crash is kept");
+    c.kill(pb::KillRequest { container_id: cid("long"), ..Default::default() }).await.unwrap();
+    assert_eq!(wait(&mut c, "long").await.state(), TaskState::TaskKilled);
+
+    // A reboot: the boot id changes, and every live container is reported lost.
+    c.launch(launch("rebooted", "sleep 60")).await.unwrap();
+    agent.kill9();
+    std::fs::write(agent.path("work/boot_id"), "a-previous-boot").unwrap();
+    agent.restart();
+    let mut c = agent.client().await;
+    let t = wait(&mut c, "rebooted").await;
+    assert_eq!(t.state(), TaskState::TaskGone, "{t:?}");
+    assert!(t.message().contains("rebooted"));
+    assert_eq!(wait(&mut c, "done").await.exit_code, Some(7), "terminated containers are untouched by a reboot");
+    let _ = Path::new("");
+}
