@@ -2,4 +2,5 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod client;
 pub mod launch_file;

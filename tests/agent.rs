@@ -334,3 +334,50 @@ async fn containers_and_exit_statuses_survive_agent_restarts() {
     assert_eq!(wait(&mut c, "done").await.exit_code, Some(7), "terminated containers are untouched by a reboot");
     let _ = Path::new("");
 }
+
+#[tokio::test]
+async fn huskctl_run_streams_output_and_exits_with_the_status() {
+    require!(false);
+    let agent = Agent::start("agent-ctl");
+    let endpoint = format!("unix://{}", agent.socket().display());
+    let out = common::run_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_huskctl"))
+            .args(["--endpoint", &endpoint, "run", "--id", "ctl", "--hostname", "demo", "--"])
+            .arg("echo hello from $(hostname); echo to-stderr >&2; exit 4"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", out.stderr);
+    assert_eq!(out.stdout, "hello from demo\n");
+    assert_eq!(out.stderr, "to-stderr\n");
+    let out = common::run_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_huskctl")).args(["--endpoint", &endpoint, "wait", "ctl"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(4));
+    let t: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(t["state"], "TASK_FAILED");
+    assert_eq!(t["exit_code"], 4);
+    let out = common::run_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_huskctl")).args([
+            "--endpoint",
+            &endpoint,
+            "run",
+            "-d",
+            "--id",
+            "bg",
+            "--",
+            "sleep 30",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.stdout.trim(), "bg", "{}", out.stderr);
+    let mut c = agent.client().await;
+    c.kill(pb::KillRequest { container_id: cid("bg"), ..Default::default() }).await.unwrap();
+    assert_eq!(wait(&mut c, "bg").await.state(), TaskState::TaskKilled);
+    let out = common::run_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_huskctl")).args(["--endpoint", "unix:///nonexistent/husk.sock", "wait", "x"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stderr.contains("connecting to the agent at /nonexistent/husk.sock"), "{}", out.stderr);
+}

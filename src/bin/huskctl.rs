@@ -11,6 +11,9 @@ use husk_proto::mesos::v1::{container_info, environment, value, CommandInfo, Con
 #[derive(Parser)]
 #[command(name = "huskctl", version, about = "The operator's command line for husk, a node-level container runtime")]
 struct Cli {
+    /// The agent's API endpoint.
+    #[arg(long, global = true, env = "HUSK_ENDPOINT", default_value = husk::client::DEFAULT_ENDPOINT)]
+    endpoint: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,8 +30,52 @@ enum Command {
         runc run --bundle /tmp/b demo\n\n  \
         huskctl bundle --bundle /tmp/b --rootfs /srv/busybox -f launch.json")]
     Bundle(Box<BundleArgs>),
+    /// Launch a container on the agent; unless -d, stream its output and exit with its status.
+    #[command(after_help = "Examples:\n  \
+        huskctl run -- echo hello\n  \
+        huskctl run --id web -d --resources 'cpus:0.5;mem:128' -- 'python3 -m http.server'")]
+    Run(Box<RunArgs>),
+    /// Wait for a container to terminate and print its termination; exits with its status.
+    Wait { id: String },
     /// Print huskctl's version.
     Version,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Return once the container runs (print its id) instead of following it.
+    #[arg(short, long)]
+    detach: bool,
+    /// Launch document (JSON), as for `bundle -f`.
+    #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "command")]
+    file: Option<String>,
+    /// Container id (generated when absent).
+    #[arg(long)]
+    id: Option<String>,
+    /// Resources in Mesos' text form, e.g. `cpus:1;mem:128`.
+    #[arg(long, value_name = "RESOURCES")]
+    resources: Option<String>,
+    /// A limit above the request, e.g. `cpus=2` or `mem=inf` (repeatable).
+    #[arg(long = "limit", value_name = "NAME=VALUE")]
+    limits: Vec<String>,
+    /// Hostname of the container.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// User to run as.
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Environment variable NAME=VALUE (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Run COMMAND... as an argv instead of through `/bin/sh -c`.
+    #[arg(long)]
+    no_shell: bool,
+    /// OCI runtime: husk (default), runc, crun or youki.
+    #[arg(long)]
+    runtime: Option<String>,
+    /// The command to run.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
 }
 
 #[derive(Args)]
@@ -89,8 +136,11 @@ struct BundleArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let endpoint = cli.endpoint.clone();
     let result = match cli.command {
         Command::Bundle(args) => bundle(*args),
+        Command::Run(args) => return finish(block_on(run(&endpoint, *args))),
+        Command::Wait { id } => return finish(block_on(wait(&endpoint, &id))),
         Command::Version => {
             println!("huskctl {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -206,4 +256,98 @@ fn absolute(p: &Path) -> Result<PathBuf> {
         return Ok(p.to_path_buf());
     }
     Ok(std::env::current_dir().context("reading the current directory")?.join(p))
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
+}
+
+/// Exits with the container's status, or 1 with the error.
+fn finish(result: Result<u8>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("huskctl: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn status_error(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", e.code(), e.message())
+}
+
+/// The shell's exit status for a termination.
+fn exit_status(t: &husk_proto::agent::v1::ContainerTermination) -> u8 {
+    match (t.exit_code, t.signal) {
+        (Some(code), _) => code as u8,
+        (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
+        _ => 1,
+    }
+}
+
+async fn run(endpoint: &str, a: RunArgs) -> Result<u8> {
+    use husk_proto::agent::v1 as pb;
+    let id = a.id.clone().unwrap_or_else(|| {
+        format!(
+            "husk-{:x}",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+        )
+    });
+    let mut req = match &a.file {
+        Some(file) => husk::launch_file::read(file, Some(&id))?,
+        None => {
+            let flags = BundleArgs {
+                bundle: PathBuf::new(),
+                file: None,
+                id: Some(id.clone()),
+                rootfs: None,
+                sandbox: None,
+                resources: a.resources.clone(),
+                limits: a.limits.clone(),
+                hostname: a.hostname.clone(),
+                user: a.user.clone(),
+                env: a.env.clone(),
+                no_shell: a.no_shell,
+                cgroup_root: String::new(),
+                pids_limit: 0,
+                sandbox_directory: PathBuf::new(),
+                command: a.command.clone(),
+            };
+            launch_from_flags(&flags)?
+        }
+    };
+    req.runtime = a.runtime.clone();
+    let mut client = husk::client::connect(endpoint).await?;
+    client.launch(req).await.map_err(status_error)?;
+    if a.detach {
+        println!("{id}");
+        return Ok(0);
+    }
+    let container_id = husk_proto::mesos::v1::ContainerId { value: id.clone(), parent: None };
+    let mut logs = client
+        .logs(pb::LogsRequest { container_id: container_id.clone(), follow: Some(true), ..Default::default() })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    use std::io::Write;
+    while let Some(chunk) = logs.message().await.map_err(status_error)? {
+        let data = chunk.data.unwrap_or_default();
+        if chunk.stream == Some(pb::logs_request::Stream::Stderr as i32) {
+            let _ = std::io::stderr().write_all(&data);
+        } else {
+            let _ = std::io::stdout().write_all(&data);
+        }
+    }
+    let t = client.wait(pb::WaitRequest { container_id }).await.map_err(status_error)?.into_inner();
+    Ok(exit_status(&t))
+}
+
+async fn wait(endpoint: &str, id: &str) -> Result<u8> {
+    use husk_proto::agent::v1 as pb;
+    let mut client = husk::client::connect(endpoint).await?;
+    let container_id = husk_proto::mesos::v1::ContainerId { value: id.to_string(), parent: None };
+    let t = client.wait(pb::WaitRequest { container_id }).await.map_err(status_error)?.into_inner();
+    println!("{}", serde_json::to_string_pretty(&t)?);
+    Ok(exit_status(&t))
 }
