@@ -22,10 +22,14 @@ struct Agent {
 
 impl Agent {
     fn start(tag: &str) -> Agent {
+        Agent::start_with(tag, "")
+    }
+
+    fn start_with(tag: &str, config: &str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         // Settings come from the config file too (flags win over it).
-        std::fs::write(dir.path().join("agent.toml"), "pids_limit = 512\nlog_format = \"json\"\nruntime = \"husk\"\n")
-            .unwrap();
+        let config = format!("pids_limit = 512\nlog_format = \"json\"\nruntime = \"husk\"\n{config}");
+        std::fs::write(dir.path().join("agent.toml"), config).unwrap();
         let mut a = Agent { dir, cgroups: common::CgroupRoot::new(tag), process: None };
         a.restart();
         a
@@ -380,4 +384,110 @@ async fn huskctl_run_streams_output_and_exits_with_the_status() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stderr.contains("connecting to the agent at /nonexistent/husk.sock"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn watch_update_and_logs() {
+    require!(false);
+    let agent = Agent::start("agent-watch");
+    let mut c = agent.client().await;
+    let mut events = c.watch(pb::WatchRequest { container_ids: vec![cid("w")] }).await.unwrap().into_inner();
+    let mut r =
+        launch("w", "i=0; while [ $i -lt 5 ]; do echo line-$i; i=$((i+1)); done; while true; do sleep 0.1; done");
+    r.resources = vec![husk_oci::resources::scalar("mem", 64.0), husk_oci::resources::scalar("cpus", 0.5)];
+    c.launch(r).await.unwrap();
+    let mut states = Vec::new();
+    while states.last() != Some(&pb::ContainerState::Running) {
+        let e = tokio::time::timeout(Duration::from_secs(30), events.message()).await.unwrap().unwrap().unwrap();
+        assert_eq!(e.container_id.value, "w");
+        states.push(e.state());
+    }
+    assert_eq!(
+        states,
+        [
+            pb::ContainerState::Provisioning,
+            pb::ContainerState::Preparing,
+            pb::ContainerState::Isolating,
+            pb::ContainerState::Fetching,
+            pb::ContainerState::Running
+        ],
+        "every state, in order"
+    );
+
+    let memory_file = common::cgroup_mounts()
+        .into_iter()
+        .find(|m| m.ends_with("memory"))
+        .unwrap()
+        .join(&agent.cgroups.name)
+        .join("w/memory.limit_in_bytes");
+    assert_eq!(std::fs::read_to_string(&memory_file).unwrap().trim(), (64u64 << 20).to_string());
+    let update = |mem: f64| pb::UpdateRequest {
+        container_id: cid("w"),
+        resources: vec![husk_oci::resources::scalar("mem", mem), husk_oci::resources::scalar("cpus", 1.0)],
+        ..Default::default()
+    };
+    c.update(update(128.0)).await.unwrap();
+    assert_eq!(std::fs::read_to_string(&memory_file).unwrap().trim(), (128u64 << 20).to_string(), "raised live");
+    let e = c.update(update(64.0)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "lowering needs allow_memory_limit_decrease: {e:?}");
+    let mut lower = update(64.0);
+    lower.allow_memory_limit_decrease = Some(true);
+    c.update(lower).await.unwrap();
+    assert_eq!(std::fs::read_to_string(&memory_file).unwrap().trim(), (64u64 << 20).to_string());
+
+    let tail = {
+        let mut s = c
+            .logs(pb::LogsRequest {
+                container_id: cid("w"),
+                tail: Some(2),
+                stream: Some(pb::logs_request::Stream::Stdout as i32),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut all = Vec::new();
+        while let Some(chunk) = s.message().await.unwrap() {
+            all.extend(chunk.data.unwrap_or_default());
+        }
+        String::from_utf8(all).unwrap()
+    };
+    assert_eq!(tail, "line-3\nline-4\n");
+    c.kill(pb::KillRequest { container_id: cid("w"), ..Default::default() }).await.unwrap();
+    let last = loop {
+        let e = tokio::time::timeout(Duration::from_secs(30), events.message()).await.unwrap().unwrap().unwrap();
+        if e.state() == pb::ContainerState::Terminated {
+            break e;
+        }
+    };
+    assert_eq!(last.termination.unwrap().state(), TaskState::TaskKilled);
+}
+
+#[tokio::test]
+async fn launches_beyond_the_nodes_resources_are_refused() {
+    require!(false);
+    let agent = Agent::start_with("agent-admit", "resources = \"cpus:1;mem:256\"\n");
+    let mut c = agent.client().await;
+    let with = |id: &str, cpus: f64| {
+        let mut r = launch(id, "sleep 30");
+        r.resources = vec![husk_oci::resources::scalar("cpus", cpus), husk_oci::resources::scalar("mem", 64.0)];
+        r
+    };
+    c.launch(with("a", 0.6)).await.unwrap();
+    let e = c.launch(with("b", 0.6)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    assert!(e.message().contains("resources: cpus 0.6 requested, 0.4 of 1 unallocated"), "{e:?}");
+    assert!(!agent.path("work/containers/b").exists(), "a refused launch creates nothing");
+    let info = c.info(pb::InfoRequest {}).await.unwrap().into_inner();
+    let get = |v: &[husk_proto::mesos::v1::Resource], n: &str| {
+        v.iter().find(|r| r.name == n).and_then(|r| r.scalar).map(|s| s.value)
+    };
+    assert_eq!(get(&info.total_resources, "cpus"), Some(1.0));
+    assert_eq!(get(&info.allocated_resources, "cpus"), Some(0.6));
+    assert_eq!(get(&info.available_resources, "mem"), Some(192.0));
+    c.kill(pb::KillRequest { container_id: cid("a"), ..Default::default() }).await.unwrap();
+    wait(&mut c, "a").await;
+    c.launch(with("b", 0.6)).await.expect("the terminated container's resources are free again");
+    c.kill(pb::KillRequest { container_id: cid("b"), ..Default::default() }).await.unwrap();
+    wait(&mut c, "b").await;
 }

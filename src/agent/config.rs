@@ -62,6 +62,13 @@ pub struct Flags {
     /// The husk-shim binary (default: beside husk-agent).
     #[arg(long, value_name = "FILE")]
     pub shim_binary: Option<PathBuf>,
+    /// The node's resources for containers, Mesos' text form (`cpus:8;mem:30000;disk:100000`);
+    /// what is not given is detected as Mesos detects it.
+    #[arg(long, value_name = "RESOURCES")]
+    pub resources: Option<String>,
+    /// Admit launches beyond the node's unallocated resources.
+    #[arg(long)]
+    pub oversubscribe: bool,
 }
 
 /// The config file: the same settings as the flags.
@@ -85,6 +92,8 @@ struct FileConfig {
     log_level: Option<String>,
     log_format: Option<String>,
     shim_binary: Option<PathBuf>,
+    resources: Option<String>,
+    oversubscribe: Option<bool>,
 }
 
 /// The settings in force.
@@ -101,6 +110,9 @@ pub struct Settings {
     pub log_format: String,
     pub shim_binary: PathBuf,
     pub translation: husk_oci::Config,
+    /// The node's resources for containers.
+    pub total: husk_oci::resources::Amounts,
+    pub oversubscribe: bool,
 }
 
 impl Settings {
@@ -153,8 +165,21 @@ impl Settings {
                 .and_then(|p| p.parent().map(|d| d.join("husk-shim")))
                 .unwrap_or_else(|| PathBuf::from("husk-shim"))
         });
+        let work_dir: PathBuf = flags.work_dir.clone().or(file.work_dir).unwrap_or_else(|| "/var/lib/husk".into());
+        let given = match flags.resources.clone().or(file.resources) {
+            Some(text) => husk_oci::resources::Amounts::of(&husk_oci::resources::parse(&text, "--resources")?),
+            None => husk_oci::resources::Amounts::default(),
+        };
+        let total = husk_oci::resources::Amounts {
+            cpus: given.cpus.or_else(detect_cpus),
+            mem_mb: given.mem_mb.or_else(detect_mem_mb),
+            disk_mb: given.disk_mb.or_else(|| detect_disk_mb(&work_dir)),
+            ports: if given.ports.is_empty() { vec![(31000, 32000)] } else { given.ports },
+        };
         Ok(Settings {
-            work_dir: flags.work_dir.clone().or(file.work_dir).unwrap_or_else(|| "/var/lib/husk".into()),
+            total,
+            oversubscribe: flags.oversubscribe || file.oversubscribe.unwrap_or(false),
+            work_dir,
             runtime_dir: flags.runtime_dir.clone().or(file.runtime_dir).unwrap_or_else(|| "/run/husk".into()),
             socket,
             socket_mode,
@@ -167,4 +192,26 @@ impl Settings {
             translation,
         })
     }
+}
+
+/// Mesos: the machine's cpus.
+fn detect_cpus() -> Option<f64> {
+    std::thread::available_parallelism().ok().map(|n| n.get() as f64)
+}
+
+/// Mesos: total memory less 1 GiB when there are at least 2 GiB, else half, in MB.
+fn detect_mem_mb() -> Option<f64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: f64 =
+        meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let mb = kb / 1024.0;
+    Some(if mb >= 2048.0 { mb - 1024.0 } else { mb / 2.0 })
+}
+
+/// Mesos: the work dir's filesystem less 5 GiB when it has at least 10 GiB, else half, in MB.
+fn detect_disk_mb(work_dir: &Path) -> Option<f64> {
+    let probe = work_dir.ancestors().find(|p| p.exists())?;
+    let st = nix::sys::statvfs::statvfs(probe).ok()?;
+    let mb = st.blocks() as f64 * st.fragment_size() as f64 / (1024.0 * 1024.0);
+    Some(if mb >= 10240.0 { mb - 5120.0 } else { mb / 2.0 })
 }

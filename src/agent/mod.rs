@@ -68,6 +68,46 @@ impl Agent {
         Ok(agent)
     }
 
+    /// The resources that containers not yet terminated asked for.
+    pub fn allocated(map: &HashMap<String, Arc<Container>>) -> husk_oci::resources::Amounts {
+        let mut a = husk_oci::resources::Amounts::default();
+        for c in map.values().filter(|c| c.terminated().is_none()) {
+            let r = husk_oci::resources::Amounts::of(&c.launch.resources);
+            for (slot, v) in [(&mut a.cpus, r.cpus), (&mut a.mem_mb, r.mem_mb), (&mut a.disk_mb, r.disk_mb)] {
+                if let Some(v) = v {
+                    *slot = Some(slot.unwrap_or(0.0) + v);
+                }
+            }
+        }
+        a
+    }
+
+    pub fn allocated_now(&self) -> husk_oci::resources::Amounts {
+        Agent::allocated(&self.containers.lock().unwrap())
+    }
+
+    /// Refuses a launch that does not fit in the node's unallocated resources.
+    fn admit(&self, map: &HashMap<String, Arc<Container>>, want: &husk_oci::resources::Amounts) -> Result<(), Status> {
+        let used = Agent::allocated(map);
+        let total = &self.settings.total;
+        for (name, want, used, total) in [
+            ("cpus", want.cpus, used.cpus, total.cpus),
+            ("mem", want.mem_mb, used.mem_mb, total.mem_mb),
+            ("disk", want.disk_mb, used.disk_mb, total.disk_mb),
+        ] {
+            if let (Some(want), Some(total)) = (want, total) {
+                let free = total - used.unwrap_or(0.0);
+                if want > free + 1e-9 {
+                    return Err(Status::resource_exhausted(format!(
+                        "resources: {name} {want} requested, {} of {total} unallocated on this node",
+                        free.max(0.0)
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn get(&self, id: &str) -> Result<Arc<Container>, Status> {
         self.containers
             .lock()
@@ -134,6 +174,9 @@ impl Agent {
             let checked = husk_oci::translate(&req, &self.settings.translation, &place);
             let _ = std::fs::remove_dir_all(&scratch);
             let t = checked.map_err(status_of)?;
+            if !self.settings.oversubscribe {
+                self.admit(&map, &t.requests)?;
+            }
             std::fs::create_dir_all(dir.join("sandbox")).map_err(|e| internal("creating the sandbox", e))?;
             let checkpoint = Checkpoint {
                 state: ContainerState::Provisioning as i32,

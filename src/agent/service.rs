@@ -289,6 +289,18 @@ impl Containerizer for Service {
             work_dir: Some(s.work_dir.display().to_string()),
             runtime_dir: Some(s.runtime_dir.display().to_string()),
             containers: Some(self.0.all().len() as u32),
+            total_resources: to_resources(&s.total),
+            allocated_resources: to_resources(&self.0.allocated_now()),
+            available_resources: {
+                let used = self.0.allocated_now();
+                let left = |t: Option<f64>, u: Option<f64>| t.map(|t| (t - u.unwrap_or(0.0)).max(0.0));
+                to_resources(&husk_oci::resources::Amounts {
+                    cpus: left(s.total.cpus, used.cpus),
+                    mem_mb: left(s.total.mem_mb, used.mem_mb),
+                    disk_mb: left(s.total.disk_mb, used.disk_mb),
+                    ports: s.total.ports.clone(),
+                })
+            },
             boot_id: Some(self.0.boot_id.clone()),
             isolators: vec![
                 "filesystem/linux".into(),
@@ -305,6 +317,28 @@ impl Containerizer for Service {
             ..Default::default()
         }))
     }
+}
+
+fn to_resources(a: &husk_oci::resources::Amounts) -> Vec<husk_proto::mesos::v1::Resource> {
+    use husk_oci::resources::scalar;
+    let mut out = Vec::new();
+    for (name, v) in [("cpus", a.cpus), ("mem", a.mem_mb), ("disk", a.disk_mb)] {
+        if let Some(v) = v {
+            out.push(scalar(name, (v * 1000.0).round() / 1000.0));
+        }
+    }
+    if !a.ports.is_empty() {
+        use husk_proto::mesos::v1::value;
+        out.push(husk_proto::mesos::v1::Resource {
+            name: "ports".into(),
+            r#type: value::Type::Ranges as i32,
+            ranges: Some(value::Ranges {
+                range: a.ports.iter().map(|(b, e)| value::Range { begin: *b, end: *e }).collect(),
+            }),
+            ..Default::default()
+        });
+    }
+    out
 }
 
 /// Where the last `n` lines of `data` start.
