@@ -314,7 +314,6 @@ impl Containerizer for Service {
                 "linux/nnp".into(),
                 "posix/rlimits".into(),
             ],
-            ..Default::default()
         }))
     }
 }
