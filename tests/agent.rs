@@ -246,6 +246,161 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
     let mut r = launch("runtime", "true");
     r.runtime = Some("/bin/evil".into());
     cases.push((r, tonic::Code::FailedPrecondition, "runtime: `/bin/evil` is not one of"));
+    use husk_proto::mesos::v1::{
+        environment, linux_info, r_limit_info, tty_info, volume, CapabilityInfo, Environment, LinuxInfo, NetworkInfo,
+        RLimitInfo, SeccompInfo, TtyInfo, Volume,
+    };
+    let with_cmd = |id: &str, f: &dyn Fn(&mut CommandInfo)| {
+        let mut r = launch(id, "true");
+        f(r.command.as_mut().unwrap());
+        r
+    };
+    let with_info = |id: &str, f: &dyn Fn(&mut ContainerInfo)| {
+        let mut r = launch(id, "true");
+        r.container = mesos(f);
+        r
+    };
+    let var = |n: &str, v: &str| environment::Variable { name: n.into(), value: Some(v.into()), ..Default::default() };
+    let host_volume = |cpath: &str, hpath: &str| Volume {
+        mode: volume::Mode::Rw as i32,
+        container_path: cpath.into(),
+        source: Some(volume::Source {
+            r#type: Some(volume::source::Type::HostPath as i32),
+            host_path: Some(volume::source::HostPath { path: hpath.into(), mount_propagation: None }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let rlimit = |soft: u64, hard: u64| RLimitInfo {
+        rlimits: vec![r_limit_info::RLimit {
+            r#type: Some(r_limit_info::r_limit::Type::RlmtNofile as i32),
+            soft: Some(soft),
+            hard: Some(hard),
+        }],
+    };
+    let inv = tonic::Code::InvalidArgument;
+    let more: Vec<(pb::LaunchRequest, tonic::Code, &str)> = vec![
+        (launch("a b", "true"), inv, "contains whitespace"),
+        (launch("a\\b", "true"), inv, "contains `\\`"),
+        (launch("a\tb", "true"), inv, "control character"),
+        (launch("a.b", "true"), inv, "contains `.`"),
+        (pb::LaunchRequest { container_id: cid("nocmd"), ..Default::default() }, inv, "command: is required"),
+        (
+            with_cmd("noval", &|c| {
+                c.shell = Some(false);
+                c.value = None;
+            }),
+            inv,
+            "shell=false needs a `value`",
+        ),
+        (
+            with_cmd("envname", &|c| c.environment = Some(Environment { variables: vec![var("A=B", "x")] })),
+            inv,
+            "variables[0].name: `A=B` must not contain `=`",
+        ),
+        (
+            with_cmd("envnul", &|c| c.environment = Some(Environment { variables: vec![var("A", "x\0y")] })),
+            inv,
+            "variables[0].value: must not contain a NUL byte",
+        ),
+        (
+            with_cmd("uris", &|c| {
+                c.uris = vec![husk_proto::mesos::v1::command_info::Uri {
+                    value: "http://127.0.0.1/x".into(),
+                    ..Default::default()
+                }]
+            }),
+            inv,
+            "command.uris: fetching URIs is not supported",
+        ),
+        (with_info("rlimit", &|i| i.rlimit_info = Some(rlimit(10, 5))), inv, "soft limit 10 is above the hard limit 5"),
+        (with_info("volpath", &|i| i.volumes = vec![host_volume("/a/../b", "/tmp")]), inv, "must not contain `..`"),
+        (
+            with_info("volhost", &|i| i.volumes = vec![host_volume("/tmp", "/nonexistent-husk-volume")]),
+            tonic::Code::FailedPrecondition,
+            "/nonexistent-husk-volume",
+        ),
+        (with_info("volrel", &|i| i.volumes = vec![host_volume("/tmp", "relative")]), inv, "must be an absolute path"),
+        (
+            with_info("volproc", &|i| i.volumes = vec![host_volume("/proc/sys", "/tmp")]),
+            inv,
+            "would cover the container's /proc",
+        ),
+        (
+            with_info("unconfined", &|i| {
+                i.linux_info = Some(LinuxInfo {
+                    seccomp: Some(SeccompInfo { unconfined: Some(true), profile_name: None }),
+                    ..Default::default()
+                })
+            }),
+            inv,
+            "--allow-unconfined-seccomp",
+        ),
+        (
+            with_info("hostpid", &|i| {
+                i.linux_info = Some(LinuxInfo { share_pid_namespace: Some(true), ..Default::default() })
+            }),
+            inv,
+            "--allow-host-pid-namespace",
+        ),
+        (
+            with_info("hostipc", &|i| {
+                i.linux_info =
+                    Some(LinuxInfo { ipc_mode: Some(linux_info::IpcMode::ShareParent as i32), ..Default::default() })
+            }),
+            inv,
+            "--allow-host-ipc-namespace",
+        ),
+        (
+            with_info("cgroups", &|i| {
+                i.linux_info = Some(LinuxInfo { share_cgroups: Some(false), ..Default::default() })
+            }),
+            inv,
+            "share_cgroups: cannot be false",
+        ),
+        (
+            with_info("cap", &|i| {
+                i.linux_info = Some(LinuxInfo {
+                    effective_capabilities: Some(CapabilityInfo { capabilities: vec![42] }),
+                    ..Default::default()
+                })
+            }),
+            inv,
+            "unknown capability value 42",
+        ),
+        (
+            with_info("net", &|i| {
+                i.network_infos = vec![NetworkInfo { name: Some("a/b".into()), ..Default::default() }]
+            }),
+            inv,
+            "network_infos[0].name",
+        ),
+        (
+            with_info("tty", &|i| {
+                i.tty_info = Some(TtyInfo { window_size: Some(tty_info::WindowSize { rows: 70000, columns: 1 }) })
+            }),
+            inv,
+            "must fit in 16 bits",
+        ),
+    ];
+    let mut r = launch("below", "true");
+    r.resources = vec![husk_oci::resources::scalar("mem", 128.0)];
+    r.limits = HashMap::from([("mem".into(), value::Scalar { value: 64.0 })]);
+    cases.push((r, inv, "limit 64 is below the request 128"));
+    let mut r = launch("limkey", "true");
+    r.limits = HashMap::from([("disk".into(), value::Scalar { value: 1.0 })]);
+    cases.push((r, inv, "only `cpus` and `mem`"));
+    let mut r = launch("dupres", "true");
+    r.resources = vec![husk_oci::resources::scalar("cpus", 1.0), husk_oci::resources::scalar("cpus", 1.0)];
+    cases.push((r, inv, "duplicate of resources[0]"));
+    let mut r = launch("inf", "true");
+    r.resources = vec![husk_oci::resources::scalar("cpus", f64::INFINITY)];
+    cases.push((r, inv, "must be finite"));
+    let mut r = launch("huge", "true");
+    r.resources = vec![husk_oci::resources::scalar("mem", 1e300)];
+    cases.push((r, inv, "above the largest accepted value"));
+    cases.extend(more);
+    assert!(cases.len() >= 30, "a table of at least 30 bad requests ({})", cases.len());
     for (req, code, text) in cases {
         let id = req.container_id.value.clone();
         let e = c.launch(req).await.unwrap_err();
