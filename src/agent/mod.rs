@@ -6,7 +6,7 @@ mod container;
 pub mod service;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -163,21 +163,26 @@ impl Agent {
         let id = req.container_id.value.clone();
         let dir = self.settings.work_dir.join("containers").join(&id);
         let shim_dir = self.settings.runtime_dir.join("shims").join(&id);
-        let c = {
+        let (c, t) = {
             let mut map = self.containers.lock().unwrap();
             if map.contains_key(&id) || dir.exists() {
                 return Err(Status::already_exists(format!("container_id: `{id}` is already in use")));
             }
-            // Validate before anything is created: translate against a scratch sandbox.
-            let scratch = tempdir_in(&self.settings.work_dir).map_err(|e| internal("scratch directory", e))?;
-            let place = husk_oci::Placement { sandbox_dir: scratch.clone(), ..Default::default() };
-            let checked = husk_oci::translate(&req, &self.settings.translation, &place);
-            let _ = std::fs::remove_dir_all(&scratch);
-            let t = checked.map_err(status_of)?;
-            if !self.settings.oversubscribe {
-                self.admit(&map, &t.requests)?;
-            }
+            // Translate once, against the real sandbox (the spec names it); a rejected request
+            // takes the directory away again, so it leaves nothing.
             std::fs::create_dir_all(dir.join("sandbox")).map_err(|e| internal("creating the sandbox", e))?;
+            let checked = husk_oci::translate(&req, &self.settings.translation, &placement_of(&dir)).map_err(status_of);
+            let admitted = checked.and_then(|t| match self.settings.oversubscribe {
+                true => Ok(t),
+                false => self.admit(&map, &t.requests).map(|_| t),
+            });
+            let t = match admitted {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            };
             let checkpoint = Checkpoint {
                 state: ContainerState::Provisioning as i32,
                 killed: false,
@@ -194,11 +199,11 @@ impl Agent {
             }
             let c = Arc::new(Container::new(&id, dir, shim_dir, req, checkpoint));
             map.insert(id.clone(), c.clone());
-            c
+            (c, t)
         };
         let _op = c.op.lock().await;
         self.event(&c, ContainerState::Unknown);
-        match self.bring_up(&c).await {
+        match self.bring_up(&c, t).await {
             Ok(()) => Ok(c.clone()),
             Err(message) => {
                 tracing::warn!(container = %id, "launch failed: {message}");
@@ -212,32 +217,20 @@ impl Agent {
         }
     }
 
-    async fn bring_up(self: &Arc<Self>, c: &Arc<Container>) -> Result<(), String> {
+    async fn bring_up(self: &Arc<Self>, c: &Arc<Container>, t: husk_oci::Translation) -> Result<(), String> {
         self.transition(c, ContainerState::Preparing).map_err(|e| e.message().to_string())?;
-        let place = husk_oci::Placement { sandbox_dir: c.sandbox(), ..Default::default() };
-        let t = husk_oci::translate(&c.launch, &self.settings.translation, &place).map_err(|e| e.to_string())?;
         for w in &t.warnings {
             tracing::warn!(container = %c.id, "{w}");
         }
         t.write_bundle(&c.bundle()).map_err(|e| e.to_string())?;
 
         self.transition(c, ContainerState::Isolating).map_err(|e| e.message().to_string())?;
-        let runtime =
-            c.launch.runtime.clone().filter(|r| !r.is_empty()).unwrap_or_else(|| self.settings.runtime.clone());
+        let runtime = self.runtime_of(c);
         if runtime != "husk" && (runtime.contains('/') || !["runc", "crun", "youki"].contains(&runtime.as_str())) {
             return Err(format!("runtime: `{runtime}` is not one of husk, runc, crun, youki"));
         }
-        let mut cmd = tokio::process::Command::new(&self.settings.shim_binary);
-        cmd.arg("start")
-            .args(["--id", &c.id, "--runtime", &runtime, "--bundle"])
-            .arg(c.bundle())
-            .arg("--sandbox")
-            .arg(c.sandbox())
-            .arg("--state-dir")
-            .arg(&c.shim_dir)
-            .arg("--shim-cgroup")
-            .arg(format!("/{}/shims", self.settings.translation.cgroup_root.trim_matches('/')))
-            .stdin(std::process::Stdio::null());
+        let mut cmd = self.shim_command("start", c);
+        cmd.arg("--shim-cgroup").arg(format!("/{}/shims", self.settings.translation.cgroup_root.trim_matches('/')));
         if self.settings.init && runtime == "husk" {
             cmd.arg("--init");
         }
@@ -305,27 +298,31 @@ impl Agent {
         self.finish(&c, t);
     }
 
+    /// The runtime a container is run with: its launch's, else the agent's default.
+    fn runtime_of(&self, c: &Container) -> String {
+        c.launch.runtime.clone().filter(|r| !r.is_empty()).unwrap_or_else(|| self.settings.runtime.clone())
+    }
+
+    /// `husk-shim <verb>` for container `c`.
+    fn shim_command(&self, verb: &str, c: &Container) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.settings.shim_binary);
+        cmd.arg(verb)
+            .args(["--id", &c.id, "--runtime", &self.runtime_of(c), "--bundle"])
+            .arg(c.bundle())
+            .arg("--sandbox")
+            .arg(c.sandbox())
+            .arg("--state-dir")
+            .arg(&c.shim_dir)
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
     /// The shim's destroy path, whatever state the shim is in (`husk-shim cleanup`).
     async fn cleanup_shim(&self, c: &Container) {
         if !c.shim_dir.exists() {
             return;
         }
-        let runtime =
-            c.launch.runtime.clone().filter(|r| !r.is_empty()).unwrap_or_else(|| self.settings.runtime.clone());
-        let out = tokio::time::timeout(
-            SHIM_DEADLINE,
-            tokio::process::Command::new(&self.settings.shim_binary)
-                .arg("cleanup")
-                .args(["--id", &c.id, "--runtime", &runtime, "--bundle"])
-                .arg(c.bundle())
-                .arg("--sandbox")
-                .arg(c.sandbox())
-                .arg("--state-dir")
-                .arg(&c.shim_dir)
-                .stdin(std::process::Stdio::null())
-                .output(),
-        )
-        .await;
+        let out = tokio::time::timeout(SHIM_DEADLINE, self.shim_command("cleanup", c).output()).await;
         match out {
             Ok(Ok(o)) if o.status.success() => {}
             Ok(Ok(o)) => {
@@ -460,8 +457,7 @@ fn load(dir: &Path) -> anyhow::Result<(LaunchRequest, Checkpoint)> {
     Ok((launch, checkpoint))
 }
 
-fn tempdir_in(dir: &Path) -> std::io::Result<PathBuf> {
-    let path = dir.join(format!(".validate-{}-{}", std::process::id(), now_ns()));
-    std::fs::create_dir_all(&path)?;
-    Ok(path)
+/// Where a container whose directory is `dir` is placed (a host-rootfs container for now).
+fn placement_of(dir: &Path) -> husk_oci::Placement {
+    husk_oci::Placement { sandbox_dir: dir.join("sandbox"), ..Default::default() }
 }

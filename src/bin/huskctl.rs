@@ -41,49 +41,11 @@ enum Command {
     Version,
 }
 
+/// What a launch is made of, for `bundle` and `run` alike.
 #[derive(Args)]
-struct RunArgs {
-    /// Return once the container runs (print its id) instead of following it.
-    #[arg(short, long)]
-    detach: bool,
-    /// Launch document (JSON), as for `bundle -f`.
-    #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "command")]
-    file: Option<String>,
-    /// Container id (generated when absent).
-    #[arg(long)]
-    id: Option<String>,
-    /// Resources in Mesos' text form, e.g. `cpus:1;mem:128`.
-    #[arg(long, value_name = "RESOURCES")]
-    resources: Option<String>,
-    /// A limit above the request, e.g. `cpus=2` or `mem=inf` (repeatable).
-    #[arg(long = "limit", value_name = "NAME=VALUE")]
-    limits: Vec<String>,
-    /// Hostname of the container.
-    #[arg(long)]
-    hostname: Option<String>,
-    /// User to run as.
-    #[arg(short = 'u', long)]
-    user: Option<String>,
-    /// Environment variable NAME=VALUE (repeatable).
-    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
-    env: Vec<String>,
-    /// Run COMMAND... as an argv instead of through `/bin/sh -c`.
-    #[arg(long)]
-    no_shell: bool,
-    /// OCI runtime: husk (default), runc, crun or youki.
-    #[arg(long)]
-    runtime: Option<String>,
-    /// The command to run.
-    #[arg(last = true, value_name = "COMMAND")]
-    command: Vec<String>,
-}
-
-#[derive(Args)]
-struct BundleArgs {
-    /// Directory to write config.json into (created if missing).
-    #[arg(long, value_name = "DIR")]
-    bundle: PathBuf,
-    /// Launch document (JSON; `-` for standard input).
+struct LaunchFlags {
+    /// Launch document (JSON; `-` for standard input): a Mesos LAUNCH_CONTAINER call, its bare
+    /// launch_container object, or a Mesos TaskInfo.
     #[arg(
         short = 'f',
         long = "file",
@@ -91,16 +53,10 @@ struct BundleArgs {
         conflicts_with_all = ["command", "resources", "limits", "hostname", "user", "env", "no_shell"]
     )]
     file: Option<String>,
-    /// Container id (required for a TaskInfo; default `husk-bundle` for a command).
+    /// Container id (required with a TaskInfo; `bundle` defaults to `husk-bundle`, `run`
+    /// generates one).
     #[arg(long)]
     id: Option<String>,
-    /// Root filesystem directory; without it the container runs on the host filesystem with its
-    /// own mount, pid, ipc and uts namespaces (Mesos' default).
-    #[arg(long, value_name = "DIR")]
-    rootfs: Option<PathBuf>,
-    /// Host sandbox directory (MESOS_SANDBOX); default `<bundle>/sandbox`, created if missing.
-    #[arg(long, value_name = "DIR")]
-    sandbox: Option<PathBuf>,
     /// Resources in Mesos' text form, e.g. `cpus:1;mem:128`.
     #[arg(long, value_name = "RESOURCES")]
     resources: Option<String>,
@@ -110,7 +66,7 @@ struct BundleArgs {
     /// Hostname of the container.
     #[arg(long)]
     hostname: Option<String>,
-    /// User to run as (name, uid, name:group or uid:gid), resolved in the rootfs.
+    /// User to run as (name, uid, name:group or uid:gid), resolved in the container's rootfs.
     #[arg(short = 'u', long)]
     user: Option<String>,
     /// Environment variable NAME=VALUE (repeatable).
@@ -119,6 +75,47 @@ struct BundleArgs {
     /// Run COMMAND... as an argv instead of through `/bin/sh -c`.
     #[arg(long)]
     no_shell: bool,
+    /// The command to run: its words joined with spaces form the `sh -c` script (quote as for a
+    /// shell), or, with --no-shell, its argv.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+impl LaunchFlags {
+    /// The launch: from the file (its id replaced by `file_id` when given), or from the flags
+    /// and the command with id `id`.
+    fn request(&self, file_id: Option<&str>, id: &str) -> Result<LaunchRequest> {
+        match &self.file {
+            Some(file) => husk::launch_file::read(file, file_id),
+            None => launch_from_flags(self, id),
+        }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Return once the container runs (print its id) instead of following it.
+    #[arg(short, long)]
+    detach: bool,
+    /// OCI runtime: husk (default), runc, crun or youki.
+    #[arg(long)]
+    runtime: Option<String>,
+    #[command(flatten)]
+    launch: LaunchFlags,
+}
+
+#[derive(Args)]
+struct BundleArgs {
+    /// Directory to write config.json into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    bundle: PathBuf,
+    /// Root filesystem directory; without it the container runs on the host filesystem with its
+    /// own mount, pid, ipc and uts namespaces (Mesos' default).
+    #[arg(long, value_name = "DIR")]
+    rootfs: Option<PathBuf>,
+    /// Host sandbox directory (MESOS_SANDBOX); default `<bundle>/sandbox`, created if missing.
+    #[arg(long, value_name = "DIR")]
+    sandbox: Option<PathBuf>,
     /// Cgroup path prefix of the container.
     #[arg(long, default_value = "husk", value_name = "PATH")]
     cgroup_root: String,
@@ -128,10 +125,8 @@ struct BundleArgs {
     /// Mount point of the sandbox inside a container with a rootfs.
     #[arg(long, default_value = husk_oci::config::DEFAULT_SANDBOX_DIRECTORY, value_name = "PATH")]
     sandbox_directory: PathBuf,
-    /// The command to run: its words joined with spaces form the `sh -c` script (quote as for a
-    /// shell), or, with --no-shell, its argv.
-    #[arg(last = true, value_name = "COMMAND")]
-    command: Vec<String>,
+    #[command(flatten)]
+    launch: LaunchFlags,
 }
 
 fn main() -> ExitCode {
@@ -155,7 +150,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn launch_from_flags(args: &BundleArgs) -> Result<LaunchRequest> {
+fn launch_from_flags(args: &LaunchFlags, id: &str) -> Result<LaunchRequest> {
     if args.command.is_empty() {
         bail!("give a launch file with -f FILE, or a command after `--`");
     }
@@ -185,7 +180,7 @@ fn launch_from_flags(args: &BundleArgs) -> Result<LaunchRequest> {
         }
     }
     Ok(LaunchRequest {
-        container_id: ContainerId { value: args.id.clone().unwrap_or_else(|| "husk-bundle".into()), parent: None },
+        container_id: ContainerId { value: id.to_string(), parent: None },
         command: Some(CommandInfo {
             shell: Some(shell),
             value: Some(value),
@@ -206,10 +201,7 @@ fn launch_from_flags(args: &BundleArgs) -> Result<LaunchRequest> {
 }
 
 fn bundle(args: BundleArgs) -> Result<()> {
-    let req = match &args.file {
-        Some(file) => husk::launch_file::read(file, args.id.as_deref())?,
-        None => launch_from_flags(&args)?,
-    };
+    let req = args.launch.request(args.launch.id.as_deref(), args.launch.id.as_deref().unwrap_or("husk-bundle"))?;
     let bundle = absolute(&args.bundle)?;
     let sandbox = match &args.sandbox {
         Some(s) => absolute(s)?,
@@ -288,35 +280,12 @@ fn exit_status(t: &husk_proto::agent::v1::ContainerTermination) -> u8 {
 
 async fn run(endpoint: &str, a: RunArgs) -> Result<u8> {
     use husk_proto::agent::v1 as pb;
-    let id = a.id.clone().unwrap_or_else(|| {
-        format!(
-            "husk-{:x}",
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
-        )
+    let id = a.launch.id.clone().unwrap_or_else(|| {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        format!("husk-{nanos:x}")
     });
-    let mut req = match &a.file {
-        Some(file) => husk::launch_file::read(file, Some(&id))?,
-        None => {
-            let flags = BundleArgs {
-                bundle: PathBuf::new(),
-                file: None,
-                id: Some(id.clone()),
-                rootfs: None,
-                sandbox: None,
-                resources: a.resources.clone(),
-                limits: a.limits.clone(),
-                hostname: a.hostname.clone(),
-                user: a.user.clone(),
-                env: a.env.clone(),
-                no_shell: a.no_shell,
-                cgroup_root: String::new(),
-                pids_limit: 0,
-                sandbox_directory: PathBuf::new(),
-                command: a.command.clone(),
-            };
-            launch_from_flags(&flags)?
-        }
-    };
+    let mut req = a.launch.request(Some(&id), &id)?;
     req.runtime = a.runtime.clone();
     let mut client = husk::client::connect(endpoint).await?;
     client.launch(req).await.map_err(status_error)?;
