@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use husk_proto::agent::v1 as pb;
 use husk_proto::agent::v1::containerizer_client::ContainerizerClient;
 use husk_proto::mesos::v1::{
-    container_info, task_status::Reason, value, CommandInfo, ContainerId, ContainerInfo, DurationInfo, TaskState,
+    command_info, container_info, task_status::Reason, value, CommandInfo, ContainerId, ContainerInfo, DurationInfo,
+    TaskState,
 };
 use tonic::transport::Channel;
 
@@ -245,7 +246,7 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
     cases.push((r, tonic::Code::InvalidArgument, "container_id.parent"));
     let mut r = launch("runtime", "true");
     r.runtime = Some("/bin/evil".into());
-    cases.push((r, tonic::Code::FailedPrecondition, "runtime: `/bin/evil` is not one of"));
+    cases.push((r, tonic::Code::InvalidArgument, "runtime: `/bin/evil` is not one of"));
     use husk_proto::mesos::v1::{
         environment, linux_info, r_limit_info, tty_info, volume, CapabilityInfo, Environment, LinuxInfo, NetworkInfo,
         RLimitInfo, SeccompInfo, TtyInfo, Volume,
@@ -305,13 +306,14 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
         ),
         (
             with_cmd("uris", &|c| {
-                c.uris = vec![husk_proto::mesos::v1::command_info::Uri {
+                c.uris = vec![command_info::Uri {
                     value: "http://127.0.0.1/x".into(),
+                    output_file: Some("../x".into()),
                     ..Default::default()
                 }]
             }),
             inv,
-            "command.uris: fetching URIs is not supported",
+            "command.uris[0].output_file: `../x` must be a relative path inside the sandbox",
         ),
         (with_info("rlimit", &|i| i.rlimit_info = Some(rlimit(10, 5))), inv, "soft limit 10 is above the hard limit 5"),
         (with_info("volpath", &|i| i.volumes = vec![host_volume("/a/../b", "/tmp")]), inv, "must not contain `..`"),
@@ -399,6 +401,16 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
     let mut r = launch("huge", "true");
     r.resources = vec![husk_oci::resources::scalar("mem", 1e300)];
     cases.push((r, inv, "above the largest accepted value"));
+    cases.push((
+        with_cmd("ftp", &|c| c.uris = vec![command_info::Uri { value: "ftp://h/a.tgz".into(), ..Default::default() }]),
+        inv,
+        "command.uris[0].value: `ftp://h/a.tgz`: only absolute paths, file://, http:// and https://",
+    ));
+    cases.push((
+        with_cmd("nameless", &|c| c.uris = vec![command_info::Uri { value: "http://h/".into(), ..Default::default() }]),
+        inv,
+        "command.uris[0].output_file: is required",
+    ));
     cases.extend(more);
     assert!(cases.len() >= 30, "a table of at least 30 bad requests ({})", cases.len());
     for (req, code, text) in cases {
@@ -407,10 +419,9 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
         assert_eq!(e.code(), code, "{id}: {e:?}");
         assert!(e.message().contains(text), "{id}: {:?} lacks {text:?}", e.message());
     }
-    // Only the refused runtime got as far as a launch: everything else left nothing.
     let left: Vec<_> =
         std::fs::read_dir(agent.path("work/containers")).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(left, vec![std::ffi::OsString::from("runtime")], "rejected requests create nothing");
+    assert!(left.is_empty(), "rejected requests create nothing: {left:?}");
 
     assert_eq!(c.wait(pb::WaitRequest { container_id: cid("nope") }).await.unwrap_err().code(), tonic::Code::NotFound);
     assert_eq!(
@@ -645,4 +656,176 @@ async fn launches_beyond_the_nodes_resources_are_refused() {
     c.launch(with("b", 0.6)).await.expect("the terminated container's resources are free again");
     c.kill(pb::KillRequest { container_id: cid("b"), ..Default::default() }).await.unwrap();
     wait(&mut c, "b").await;
+}
+
+/// A small HTTP/1.1 server on loopback for the fetcher: `/files/<name>` serves a file (counting
+/// hits), `/redirect/<name>` redirects to it, `/stall` sends half a body and stops, anything
+/// else is a 404.
+struct Http {
+    addr: std::net::SocketAddr,
+    hits: std::sync::Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Http {
+    async fn serve(files: HashMap<String, Vec<u8>>) -> Http {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let (files, counted) = (std::sync::Arc::new(files), hits.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else { return };
+                let (files, hits) = (files.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&req).lines().next().unwrap_or_default().to_string();
+                    let path = line.split(' ').nth(1).unwrap_or("/").to_string();
+                    *hits.lock().unwrap().entry(path.clone()).or_insert(0) += 1;
+                    let head = |status: &str, len: usize, extra: &str| {
+                        format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\nConnection: close\r\n{extra}\r\n")
+                    };
+                    let reply = if let Some(name) = path.strip_prefix("/files/") {
+                        match files.get(name) {
+                            Some(body) => [head("200 OK", body.len(), "").into_bytes(), body.clone()].concat(),
+                            None => head("404 Not Found", 0, "").into_bytes(),
+                        }
+                    } else if let Some(name) = path.strip_prefix("/redirect/") {
+                        head("302 Found", 0, &format!("Location: /files/{name}\r\n")).into_bytes()
+                    } else if path == "/stall" {
+                        let _ = conn.write_all(head("200 OK", 1000, "").as_bytes()).await;
+                        let _ = conn.write_all(&[b'x'; 10]).await;
+                        tokio::time::sleep(Duration::from_secs(600)).await;
+                        return;
+                    } else {
+                        head("404 Not Found", 0, "").into_bytes()
+                    };
+                    let _ = conn.write_all(&reply).await;
+                });
+            }
+        });
+        Http { addr, hits, task }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn tar_gz(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for (name, data, mode) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(*mode);
+        tar.append_data(&mut h, name, *data).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+#[tokio::test]
+async fn uris_are_fetched_into_the_sandbox_before_the_command() {
+    use std::io::Write;
+    require!(false);
+    let zip = {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        w.start_file("z/readme", zip::write::SimpleFileOptions::default()).unwrap();
+        w.write_all(b"from zip\n").unwrap();
+        w.finish().unwrap().into_inner()
+    };
+    let http = Http::serve(HashMap::from([
+        ("app.tar.gz".to_string(), tar_gz(&[("app/run.sh", b"#!/bin/sh\necho from tar\n", 0o755)])),
+        ("docs.zip".to_string(), zip),
+        ("tool.sh".to_string(), b"#!/bin/sh\necho from tool\n".to_vec()),
+    ]))
+    .await;
+    let local = tempfile::tempdir().unwrap();
+    let note = local.path().join("note.txt.gz");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(b"from gz\n").unwrap();
+    std::fs::write(&note, gz.finish().unwrap()).unwrap();
+
+    let agent = Agent::start_with("agent-fetch", "fetcher_stall_timeout = 2\n");
+    let mut c = agent.client().await;
+    let uri = |value: String, f: &dyn Fn(&mut command_info::Uri)| {
+        let mut u = command_info::Uri { value, ..Default::default() };
+        f(&mut u);
+        u
+    };
+    let with_uris = |id: &str, script: &str, uris: Vec<command_info::Uri>| {
+        let mut r = launch(id, script);
+        r.command.as_mut().unwrap().uris = uris;
+        r
+    };
+    let script = "{ ./app/run.sh; cat z/readme note.txt; ./bin/tool; } > out.txt";
+    let uris = vec![
+        uri(http.url("/files/app.tar.gz"), &|u| u.cache = Some(true)),
+        uri(http.url("/files/docs.zip"), &|_| {}),
+        uri(format!("file://{}", note.display()), &|_| {}),
+        uri(http.url("/redirect/tool.sh"), &|u| {
+            u.executable = Some(true);
+            u.output_file = Some("bin/tool".into());
+        }),
+    ];
+    let launched = c.launch(with_uris("fetch", script, uris.clone())).await.unwrap().into_inner();
+    assert_eq!(wait(&mut c, "fetch").await.state(), TaskState::TaskFinished);
+    let sandbox = PathBuf::from(launched.sandbox_directory.unwrap());
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("out.txt")).unwrap(),
+        "from tar\nfrom zip\nfrom gz\nfrom tool\n",
+        "every URI was in the sandbox before the command ran"
+    );
+    assert!(sandbox.join("app.tar.gz").exists(), "archives stay beside what they held, as in Mesos");
+
+    // The same URI with `cache` again: served from the cache, not the server.
+    c.launch(with_uris("cached", "test -x app/run.sh", uris[..1].to_vec())).await.unwrap();
+    assert_eq!(wait(&mut c, "cached").await.state(), TaskState::TaskFinished);
+    assert_eq!(http.hits("/files/app.tar.gz"), 1, "the second launch used the cache");
+
+    // Fetched files belong to the container's user.
+    let mut r = with_uris("owned", "test -O bin/tool", vec![uris[3].clone()]);
+    r.command.as_mut().unwrap().user = Some("nobody".into());
+    let owned = c.launch(r).await.unwrap().into_inner();
+    assert_eq!(wait(&mut c, "owned").await.state(), TaskState::TaskFinished);
+    let meta = std::fs::metadata(PathBuf::from(owned.sandbox_directory.unwrap()).join("bin/tool")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
+
+    // Failures fail the launch, naming the URI and the reason, and Wait keeps them.
+    let failing = [
+        ("missing", http.url("/files/nope.tgz"), "HTTP 404 Not Found"),
+        ("stalled", http.url("/stall"), "the download stalled"),
+        ("nofile", "/nonexistent/husk.tgz".to_string(), "No such file or directory"),
+        ("closed", "http://127.0.0.1:1/a.tgz".to_string(), "Connection refused"),
+    ];
+    for (id, value, why) in failing {
+        let mut u = uri(value.clone(), &|_| {});
+        if id == "stalled" {
+            u.output_file = Some("stall.bin".into());
+        }
+        let e = c.launch(with_uris(id, "true", vec![u])).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{id}: {e:?}");
+        assert!(e.message().contains(&format!("fetching `{value}`: ")) && e.message().contains(why), "{id}: {e:?}");
+        let t = wait(&mut c, id).await;
+        assert_eq!(t.reason(), Reason::ContainerLaunchFailed, "{id}");
+        assert!(t.message().contains(why), "{id}: {t:?}");
+    }
 }

@@ -164,6 +164,28 @@ fn uri(uri: &command_info::Uri, field: &str) -> Result<()> {
         return Err(Error::invalid(format!("{field}.value"), "must not be empty"));
     }
     no_nul(&uri.value, &format!("{field}.value"))?;
+    let value = uri.value.as_str();
+    let local = value.starts_with('/') || value.starts_with("file://");
+    if !local && !value.starts_with("http://") && !value.starts_with("https://") {
+        return Err(Error::invalid(
+            format!("{field}.value"),
+            format!("`{}`: only absolute paths, file://, http:// and https:// URIs are fetched", value.escape_debug()),
+        ));
+    }
+    if let Some(rest) = value.strip_prefix("file://") {
+        if !rest.starts_with('/') {
+            return Err(Error::invalid(
+                format!("{field}.value"),
+                format!("`{}`: a file:// URI names a local absolute path (file:///path)", value.escape_debug()),
+            ));
+        }
+    }
+    if uri.output_file.is_none() && file_name_of(value).is_none() {
+        return Err(Error::invalid(
+            format!("{field}.output_file"),
+            format!("is required: `{}` does not end in a file name", value.escape_debug()),
+        ));
+    }
     if let Some(out) = uri.output_file.as_deref() {
         let at = format!("{field}.output_file");
         no_nul(out, &at)?;
@@ -175,6 +197,19 @@ fn uri(uri: &command_info::Uri, field: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The file name a URI is fetched as when it has no `output_file`: the last segment of its
+/// path, without query or fragment; `None` when there is none (or it is `.` or `..`).
+pub fn file_name_of(uri: &str) -> Option<&str> {
+    let path = match uri.split_once("://") {
+        Some((_, rest)) => rest.split(['?', '#']).next().unwrap_or("").split_once('/').map(|(_, p)| p).unwrap_or(""),
+        None => uri,
+    };
+    match path.rsplit('/').next() {
+        Some("" | "." | "..") | None => None,
+        Some(name) => Some(name),
+    }
 }
 
 /// A path field of a volume: non-empty, free of `..` and NUL.
@@ -345,6 +380,28 @@ mod tests {
         assert!(command(&c, "command").is_err());
         c.uris[0].output_file = Some("dir/a.tgz".into());
         assert!(command(&c, "command").is_ok());
+    }
+
+    #[test]
+    fn uri_schemes_and_names() {
+        let mut c = cmd(true, Some("true"));
+        let check = |c: &CommandInfo| command(c, "command").map_err(|e| e.to_string());
+        for ok in ["/opt/a.tgz", "file:///opt/a.tgz", "http://h/a.tgz?x=1", "https://h:8443/p/a.zip"] {
+            c.uris = vec![command_info::Uri { value: ok.into(), ..Default::default() }];
+            assert!(check(&c).is_ok(), "{ok}: {:?}", check(&c));
+        }
+        for bad in ["hdfs://n/a", "ftp://h/a", "a.tgz", "file://host/a"] {
+            c.uris = vec![command_info::Uri { value: bad.into(), ..Default::default() }];
+            assert!(check(&c).unwrap_err().contains("command.uris[0].value"), "{bad}");
+        }
+        for nameless in ["http://h", "http://h/", "http://h/dir/", "/opt/..", "http://h/?a/b"] {
+            c.uris = vec![command_info::Uri { value: nameless.into(), ..Default::default() }];
+            assert!(check(&c).unwrap_err().contains("command.uris[0].output_file"), "{nameless}");
+            c.uris[0].output_file = Some("x".into());
+            assert!(check(&c).is_ok(), "{nameless}");
+        }
+        assert_eq!(file_name_of("http://h/d/a.tar.gz?sig=1#f"), Some("a.tar.gz"));
+        assert_eq!(file_name_of("/opt/bin/tool"), Some("tool"));
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub struct Flags {
     /// Cgroup path prefix of every container.
     #[arg(long, value_name = "PATH")]
     pub cgroup_root: Option<String>,
-    /// Default OCI runtime: `husk` (built in) or an OCI runtime command line (`runc`).
+    /// Default OCI runtime: `husk` (built in), or `runc`, `crun` or `youki` found on PATH.
     #[arg(long, value_name = "RUNTIME")]
     pub runtime: Option<String>,
     /// Capabilities a container may have (comma-separated, e.g. `CHOWN,NET_RAW`).
@@ -69,6 +69,15 @@ pub struct Flags {
     /// Admit launches beyond the node's unallocated resources.
     #[arg(long)]
     pub oversubscribe: bool,
+    /// Where downloads of URIs with `cache: true` are kept (default: `<work dir>/fetch-cache`).
+    #[arg(long, value_name = "DIR")]
+    pub fetcher_cache_dir: Option<PathBuf>,
+    /// Size cap of the fetcher cache in MB; least recently used entries go first (default 2048).
+    #[arg(long, value_name = "MB")]
+    pub fetcher_cache_size_mb: Option<u64>,
+    /// Seconds a download may receive nothing before it fails (default 60).
+    #[arg(long, value_name = "SECONDS")]
+    pub fetcher_stall_timeout: Option<u64>,
 }
 
 /// The config file: the same settings as the flags.
@@ -94,6 +103,9 @@ struct FileConfig {
     shim_binary: Option<PathBuf>,
     resources: Option<String>,
     oversubscribe: Option<bool>,
+    fetcher_cache_dir: Option<PathBuf>,
+    fetcher_cache_size_mb: Option<u64>,
+    fetcher_stall_timeout: Option<u64>,
 }
 
 /// The settings in force.
@@ -113,6 +125,9 @@ pub struct Settings {
     /// The node's resources for containers.
     pub total: husk_oci::resources::Amounts,
     pub oversubscribe: bool,
+    pub fetcher_cache_dir: PathBuf,
+    pub fetcher_cache_bytes: u64,
+    pub fetcher_stall_timeout: std::time::Duration,
 }
 
 impl Settings {
@@ -176,7 +191,22 @@ impl Settings {
             disk_mb: given.disk_mb.or_else(|| detect_disk_mb(&work_dir)),
             ports: if given.ports.is_empty() { vec![(31000, 32000)] } else { given.ports },
         };
+        let runtime = pick(flags.runtime.clone(), file.runtime, "husk");
+        if !super::RUNTIMES.contains(&runtime.as_str()) {
+            anyhow::bail!("--runtime `{runtime}` is not one of {}", super::RUNTIMES.join(", "));
+        }
+        let stall = flags.fetcher_stall_timeout.or(file.fetcher_stall_timeout).unwrap_or(60);
+        if stall == 0 {
+            anyhow::bail!("--fetcher-stall-timeout must be at least 1 second");
+        }
         Ok(Settings {
+            fetcher_cache_dir: flags
+                .fetcher_cache_dir
+                .clone()
+                .or(file.fetcher_cache_dir)
+                .unwrap_or_else(|| work_dir.join("fetch-cache")),
+            fetcher_cache_bytes: flags.fetcher_cache_size_mb.or(file.fetcher_cache_size_mb).unwrap_or(2048) << 20,
+            fetcher_stall_timeout: std::time::Duration::from_secs(stall),
             total,
             oversubscribe: flags.oversubscribe || file.oversubscribe.unwrap_or(false),
             work_dir,
@@ -184,7 +214,7 @@ impl Settings {
             socket,
             socket_mode,
             socket_group: flags.socket_group.clone().or(file.socket_group),
-            runtime: pick(flags.runtime.clone(), file.runtime, "husk"),
+            runtime,
             init: flags.init.or(file.init).unwrap_or(true),
             log_level: pick(flags.log_level.clone(), file.log_level, "info"),
             log_format: pick(flags.log_format.clone(), file.log_format, "text"),

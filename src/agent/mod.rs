@@ -3,6 +3,7 @@
 //! and recovers it all after a restart.
 pub mod config;
 mod container;
+pub mod fetcher;
 pub mod service;
 
 use std::collections::HashMap;
@@ -21,6 +22,9 @@ use tonic::Status;
 pub use config::{Flags, Settings};
 use container::{termination_of, termination_with, Checkpoint, Container, LAUNCH_FILE, STATE_FILE};
 
+/// The runtimes a launch may name: husk's own and the OCI runtimes husk-shim drives by name.
+pub const RUNTIMES: &[&str] = &["husk", "runc", "crun", "youki"];
+
 /// How long the agent waits for a shim to start, and for any one shim call.
 const SHIM_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -29,6 +33,7 @@ pub struct Agent {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     pub events: broadcast::Sender<ContainerEvent>,
     pub boot_id: String,
+    fetcher: fetcher::Fetcher,
 }
 
 fn now_ns() -> i64 {
@@ -57,7 +62,13 @@ impl Agent {
             std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         }
         let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_string();
+        let fetcher = fetcher::Fetcher::new(
+            settings.fetcher_cache_dir.clone(),
+            settings.fetcher_cache_bytes,
+            settings.fetcher_stall_timeout,
+        );
         let agent = Arc::new(Agent {
+            fetcher,
             settings,
             containers: Mutex::new(HashMap::new()),
             events: broadcast::channel(1024).0,
@@ -157,8 +168,14 @@ impl Agent {
         if req.container_id.parent.is_some() {
             return Err(Status::invalid_argument("container_id.parent: nested containers are not supported yet"));
         }
-        if req.command.as_ref().is_some_and(|c| !c.uris.is_empty()) {
-            return Err(Status::invalid_argument("command.uris: fetching URIs is not supported yet"));
+        if let Some(runtime) = req.runtime.as_deref().filter(|r| !r.is_empty()) {
+            if !RUNTIMES.contains(&runtime) {
+                return Err(Status::invalid_argument(format!(
+                    "runtime: `{}` is not one of {}",
+                    runtime.escape_debug(),
+                    RUNTIMES.join(", ")
+                )));
+            }
         }
         let id = req.container_id.value.clone();
         let dir = self.settings.work_dir.join("containers").join(&id);
@@ -223,12 +240,17 @@ impl Agent {
             tracing::warn!(container = %c.id, "{w}");
         }
         t.write_bundle(&c.bundle()).map_err(|e| e.to_string())?;
+        // The sandbox belongs to the container's user, as in Mesos.
+        let owner = fetcher::Owner {
+            uid: t.user.uid,
+            gid: t.user.gid,
+            name: c.launch.command.as_ref().and_then(|c| c.user.clone()).unwrap_or_else(|| "root".into()),
+        };
+        nix::unistd::chown(&c.sandbox(), Some(owner.uid.into()), Some(owner.gid.into()))
+            .map_err(|e| format!("giving the sandbox to uid {}: {e}", owner.uid))?;
 
         self.transition(c, ContainerState::Isolating).map_err(|e| e.message().to_string())?;
         let runtime = self.runtime_of(c);
-        if runtime != "husk" && (runtime.contains('/') || !["runc", "crun", "youki"].contains(&runtime.as_str())) {
-            return Err(format!("runtime: `{runtime}` is not one of husk, runc, crun, youki"));
-        }
         let mut cmd = self.shim_command("start", c);
         cmd.arg("--shim-cgroup").arg(format!("/{}/shims", self.settings.translation.cgroup_root.trim_matches('/')));
         if self.settings.init && runtime == "husk" {
@@ -243,6 +265,10 @@ impl Agent {
             return Err(err.trim().trim_start_matches("husk-shim: ").to_string());
         }
         self.transition(c, ContainerState::Fetching).map_err(|e| e.message().to_string())?;
+        let uris = c.launch.command.as_ref().map(|c| c.uris.as_slice()).unwrap_or_default();
+        if !uris.is_empty() {
+            self.fetcher.fetch_all(uris, &c.sandbox(), &owner).await?;
+        }
         let mut client =
             husk_shim::shim::connect(&c.socket()).await.map_err(|e| format!("connecting to the shim: {e}"))?;
         tokio::time::timeout(SHIM_DEADLINE, client.start(shim_pb::StartRequest {}))
