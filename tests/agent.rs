@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -76,6 +77,10 @@ impl Agent {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
     }
 
     fn kill9(&mut self) {
@@ -828,4 +833,182 @@ async fn uris_are_fetched_into_the_sandbox_before_the_command() {
         assert_eq!(t.reason(), Reason::ContainerLaunchFailed, "{id}");
         assert!(t.message().contains(why), "{id}: {t:?}");
     }
+}
+
+/// `GET path` on a loopback HTTP server; the whole response as text.
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// Whether `pid` is gone (or a zombie its parent has yet to reap), polling a few seconds.
+async fn dead(pid: i32) -> bool {
+    for _ in 0..100 {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(stat) if stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')) => return true,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    false
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn orphans_are_destroyed_terminated_sandboxes_collected_and_metrics_served() {
+    require!(false);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut agent = Agent::start_with(
+        "agent-orphans",
+        &format!("gc_delay = \"2s\"\ngc_disk_headroom = 0.0\nmetrics_address = \"{metrics}\"\n"),
+    );
+    let mut c = agent.client().await;
+    let orphan_pid = c.launch(launch("orphan", "sleep 300")).await.unwrap().into_inner().executor_pid.unwrap();
+    c.launch(launch("kept", "sleep 300")).await.unwrap();
+    agent.kill9();
+
+    // What a crash can leave that no checkpoint claims: a container whose checkpoint is gone, a
+    // cgroup under the agent's root with a process in it, and a half-made container directory
+    // with a mount inside.
+    std::fs::remove_dir_all(agent.path("work/containers/orphan")).unwrap();
+    let pids = common::cgroup_mounts().into_iter().find(|m| m.ends_with("pids")).expect("a pids hierarchy");
+    let stray = pids.join(&agent.cgroups.name).join("stray");
+    std::fs::create_dir_all(&stray).unwrap();
+    let mut stray_proc = Command::new("sleep").arg("300").spawn().unwrap();
+    std::fs::write(stray.join("cgroup.procs"), stray_proc.id().to_string()).unwrap();
+    let ghost = agent.path("work/containers/ghost/sandbox/m");
+    std::fs::create_dir_all(&ghost).unwrap();
+    nix::mount::mount(Some("tmpfs"), &ghost, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>).unwrap();
+
+    agent.restart();
+    let mut c = agent.client().await;
+    assert!(!agent.path("run/shims/orphan").exists(), "the orphan's shim was destroyed");
+    assert!(dead(orphan_pid).await, "the orphan's process was killed");
+    assert!(!stray.exists(), "the stray cgroup was removed: {}", agent.log());
+    assert!(stray_proc.wait().unwrap().signal().is_some(), "its process was killed");
+    assert!(!agent.path("work/containers/ghost").exists(), "the half-made directory was removed: {}", agent.log());
+    assert!(common::mounts_under(&agent.path("work")).is_empty(), "and its mount detached first");
+    let kept = c.status(pb::StatusRequest { container_id: cid("kept") }).await.unwrap().into_inner();
+    assert!(kept.status.unwrap().executor_pid.is_some(), "a claimed container is untouched");
+
+    // A terminated container is garbage collected once gc_delay has passed.
+    c.launch(launch("done", "true")).await.unwrap();
+    wait(&mut c, "done").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent.path("work/containers/done").exists() {
+        assert!(Instant::now() < deadline, "the terminated sandbox was never collected");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(c.wait(pb::WaitRequest { container_id: cid("done") }).await.unwrap_err().code(), tonic::Code::NotFound);
+
+    let text = http_get(&metrics, "/metrics").await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for line in [
+        "husk_agent_containers{state=\"running\"} 1",
+        "husk_agent_recoveries_total{outcome=\"reattached\"} 1",
+        "husk_agent_orphans_destroyed_total 4",
+        "husk_agent_launches_total{result=\"running\"} 1",
+        "husk_agent_launch_duration_seconds_count 1",
+        "husk_agent_gc_removals_total 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "metrics lack `{line}`:\n{text}");
+    }
+    assert!(http_get(&metrics, "/nope").await.starts_with("HTTP/1.1 404"));
+    c.kill(pb::KillRequest { container_id: cid("kept"), ..Default::default() }).await.unwrap();
+    wait(&mut c, "kept").await;
+}
+
+/// A CA, and PEM files of a certificate it signs for `names` (written as `<name>.pem` and
+/// `<name>-key.pem` into `dir`).
+struct Ca {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pem: String,
+}
+
+impl Ca {
+    fn new(dir: &Path, name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let pem = params.self_signed(&key).unwrap().pem();
+        std::fs::write(dir.join(format!("{name}.pem")), &pem).unwrap();
+        Ca { issuer: rcgen::Issuer::new(params, key), pem }
+    }
+
+    fn issue(&self, dir: &Path, name: &str, sans: &[&str]) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn tcp_with_mutual_tls_and_the_socket_permissions() {
+    require!(false);
+    let pki = tempfile::tempdir().unwrap();
+    let p = |f: &str| pki.path().join(f);
+    let ca = Ca::new(pki.path(), "ca");
+    ca.issue(pki.path(), "agent", &["localhost", "127.0.0.1"]);
+    ca.issue(pki.path(), "operator", &[]);
+    assert!(ca.pem.contains("BEGIN CERTIFICATE"));
+    let rogue = Ca::new(pki.path(), "rogue-ca");
+    rogue.issue(pki.path(), "intruder", &[]);
+
+    let port = free_port();
+    let daemon_gid = nix::unistd::Group::from_name("daemon").unwrap().expect("a `daemon` group").gid;
+    let agent = Agent::start_with(
+        "agent-tls",
+        &format!(
+            "tcp_listen = \"127.0.0.1:{port}\"\ntls_cert = {:?}\ntls_key = {:?}\ntls_client_ca = {:?}\n\
+             socket_mode = \"0600\"\nsocket_group = \"daemon\"\n",
+            p("agent.pem"),
+            p("agent-key.pem"),
+            p("ca.pem"),
+        ),
+    );
+    let meta = std::fs::metadata(agent.socket()).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "socket_mode");
+    assert_eq!(meta.gid(), daemon_gid.as_raw(), "socket_group");
+
+    let endpoint = format!("https://127.0.0.1:{port}");
+    let tls = |cert: &str, ca: &str| husk::client::Tls {
+        ca: Some(p(&format!("{ca}.pem"))),
+        cert: Some(p(&format!("{cert}.pem"))),
+        key: Some(p(&format!("{cert}-key.pem"))),
+    };
+    let mut c = husk::client::connect_with(&endpoint, &tls("operator", "ca")).await.unwrap();
+    c.launch(launch("remote", "exit 3")).await.unwrap();
+    assert_eq!(wait(&mut c, "remote").await.exit_code, Some(3), "the whole API over TCP");
+
+    // A client whose certificate another CA signed is turned away.
+    let refused = match husk::client::connect_with(&endpoint, &tls("intruder", "ca")).await {
+        Err(e) => e.to_string(),
+        Ok(mut c) => c.version(pb::VersionRequest {}).await.unwrap_err().to_string(),
+    };
+    assert!(!refused.is_empty());
+    // A client that does not trust the agent's CA refuses it.
+    let e = match husk::client::connect_with(&endpoint, &tls("operator", "rogue-ca")).await {
+        Err(e) => e.to_string(),
+        Ok(mut c) => c.version(pb::VersionRequest {}).await.unwrap_err().to_string(),
+    };
+    assert!(e.contains("certificate") || e.contains("UnknownIssuer") || e.contains("transport"), "{e}");
+    // Without a client certificate there is no connection at all.
+    let e = husk::client::connect_with(&endpoint, &husk::client::Tls { ca: Some(p("ca.pem")), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("needs --tls-cert"), "{e}");
 }

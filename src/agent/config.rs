@@ -17,9 +17,22 @@ pub struct Flags {
     /// Runtime directory: shims and their sockets (a tmpfs, cleared by a reboot).
     #[arg(long, value_name = "DIR")]
     pub runtime_dir: Option<PathBuf>,
-    /// Where the API listens: `unix:///path/to/socket`.
+    /// Where the API listens: `unix:///path/to/socket` (default `unix:///run/husk/husk.sock`).
     #[arg(long, value_name = "ADDRESS")]
     pub listen: Option<String>,
+    /// Also serve the API over TCP at HOST:PORT, with mutual TLS (needs --tls-cert, --tls-key and
+    /// --tls-client-ca: only clients with a certificate from that CA get in).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub tcp_listen: Option<String>,
+    /// The agent's TLS certificate chain (PEM) for --tcp-listen.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate(s) (PEM) that sign the certificates of clients allowed over TCP.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Mode of the API socket (octal).
     #[arg(long, value_name = "MODE")]
     pub socket_mode: Option<String>,
@@ -78,6 +91,18 @@ pub struct Flags {
     /// Seconds a download may receive nothing before it fails (default 60).
     #[arg(long, value_name = "SECONDS")]
     pub fetcher_stall_timeout: Option<u64>,
+    /// How long a terminated container's sandbox is kept before it is garbage collected, as
+    /// Mesos' `--gc_delay` (e.g. `1weeks`, `12hrs`, `30s`; default 1weeks). The fuller the work
+    /// dir's disk, the sooner: the delay is scaled by `1 - headroom - disk usage`.
+    #[arg(long, value_name = "DURATION")]
+    pub gc_delay: Option<String>,
+    /// Fraction of the work dir's disk to keep free (0 to 1, default 0.1): with less free,
+    /// terminated sandboxes are collected at once.
+    #[arg(long, value_name = "FRACTION")]
+    pub gc_disk_headroom: Option<f64>,
+    /// Serve Prometheus metrics over HTTP at this address (`GET /metrics`), e.g. `127.0.0.1:9464`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_address: Option<String>,
 }
 
 /// The config file: the same settings as the flags.
@@ -87,6 +112,10 @@ struct FileConfig {
     work_dir: Option<PathBuf>,
     runtime_dir: Option<PathBuf>,
     listen: Option<String>,
+    tcp_listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
     socket_mode: Option<String>,
     socket_group: Option<String>,
     cgroup_root: Option<String>,
@@ -106,6 +135,17 @@ struct FileConfig {
     fetcher_cache_dir: Option<PathBuf>,
     fetcher_cache_size_mb: Option<u64>,
     fetcher_stall_timeout: Option<u64>,
+    gc_delay: Option<String>,
+    gc_disk_headroom: Option<f64>,
+    metrics_address: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TcpListen {
+    pub addr: std::net::SocketAddr,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub client_ca_pem: Vec<u8>,
 }
 
 /// The settings in force.
@@ -114,6 +154,8 @@ pub struct Settings {
     pub work_dir: PathBuf,
     pub runtime_dir: PathBuf,
     pub socket: PathBuf,
+    /// The TCP address and its TLS material (PEM: certificate chain, key, client CA).
+    pub tcp: Option<TcpListen>,
     pub socket_mode: u32,
     pub socket_group: Option<String>,
     pub runtime: String,
@@ -128,6 +170,9 @@ pub struct Settings {
     pub fetcher_cache_dir: PathBuf,
     pub fetcher_cache_bytes: u64,
     pub fetcher_stall_timeout: std::time::Duration,
+    pub gc_delay: std::time::Duration,
+    pub gc_disk_headroom: f64,
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -149,6 +194,24 @@ impl Settings {
                 .strip_prefix("unix://")
                 .ok_or_else(|| anyhow::anyhow!("--listen `{listen}`: only unix:// addresses are supported"))?,
         );
+        let tcp = match flags.tcp_listen.clone().or(file.tcp_listen) {
+            None => None,
+            Some(a) => {
+                let addr = a.parse().map_err(|e| anyhow::anyhow!("--tcp-listen `{a}`: {e} (want HOST:PORT)"))?;
+                let read = |what: &str, path: Option<PathBuf>| -> anyhow::Result<Vec<u8>> {
+                    let path = path.ok_or_else(|| {
+                        anyhow::anyhow!("--tcp-listen needs --{what}: the API runs containers as root, so TCP is served with mutual TLS only")
+                    })?;
+                    std::fs::read(&path).map_err(|e| anyhow::anyhow!("--{what} {}: {e}", path.display()))
+                };
+                Some(TcpListen {
+                    addr,
+                    cert_pem: read("tls-cert", flags.tls_cert.clone().or(file.tls_cert))?,
+                    key_pem: read("tls-key", flags.tls_key.clone().or(file.tls_key))?,
+                    client_ca_pem: read("tls-client-ca", flags.tls_client_ca.clone().or(file.tls_client_ca))?,
+                })
+            }
+        };
         let mode_text = pick(flags.socket_mode.clone(), file.socket_mode, "0660");
         let socket_mode = u32::from_str_radix(mode_text.trim_start_matches("0o"), 8)
             .map_err(|_| anyhow::anyhow!("--socket-mode `{mode_text}` is not an octal mode"))?;
@@ -199,7 +262,21 @@ impl Settings {
         if stall == 0 {
             anyhow::bail!("--fetcher-stall-timeout must be at least 1 second");
         }
+        let gc_delay = flags.gc_delay.clone().or(file.gc_delay).unwrap_or_else(|| "1weeks".into());
+        let gc_delay = super::sweep::parse_duration(&gc_delay).map_err(|e| anyhow::anyhow!("--gc-delay {e}"))?;
+        let gc_disk_headroom = flags.gc_disk_headroom.or(file.gc_disk_headroom).unwrap_or(0.1);
+        if !(0.0..=1.0).contains(&gc_disk_headroom) {
+            anyhow::bail!("--gc-disk-headroom {gc_disk_headroom} must be between 0 and 1");
+        }
+        let metrics_address = match flags.metrics_address.clone().or(file.metrics_address) {
+            Some(a) => Some(a.parse().map_err(|e| anyhow::anyhow!("--metrics-address `{a}`: {e} (want HOST:PORT)"))?),
+            None => None,
+        };
         Ok(Settings {
+            tcp,
+            metrics_address,
+            gc_delay,
+            gc_disk_headroom,
             fetcher_cache_dir: flags
                 .fetcher_cache_dir
                 .clone()

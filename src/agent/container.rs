@@ -25,6 +25,9 @@ pub struct Checkpoint {
     /// The termination, once there is one (protobuf JSON).
     #[serde(default)]
     pub termination: Option<serde_json::Value>,
+    /// When the agent recorded the termination (the garbage collector's clock).
+    #[serde(default)]
+    pub terminated_ns: Option<i64>,
 }
 
 pub struct Container {
@@ -87,6 +90,7 @@ impl Container {
             let mut c = self.checkpoint.lock().unwrap();
             c.state = ContainerState::Terminated as i32;
             c.termination = serde_json::to_value(&t).ok();
+            c.terminated_ns = Some(super::now_ns());
             save(&self.dir, &c)?;
         }
         self.termination.send_replace(Some(t));

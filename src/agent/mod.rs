@@ -4,7 +4,10 @@
 pub mod config;
 mod container;
 pub mod fetcher;
+mod gc;
+pub mod metrics;
 pub mod service;
+pub mod sweep;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -34,6 +37,7 @@ pub struct Agent {
     pub events: broadcast::Sender<ContainerEvent>,
     pub boot_id: String,
     fetcher: fetcher::Fetcher,
+    pub metrics: metrics::Metrics,
 }
 
 fn now_ns() -> i64 {
@@ -68,6 +72,7 @@ impl Agent {
             settings.fetcher_stall_timeout,
         );
         let agent = Arc::new(Agent {
+            metrics: metrics::Metrics::default(),
             fetcher,
             settings,
             containers: Mutex::new(HashMap::new()),
@@ -76,6 +81,9 @@ impl Agent {
         });
         agent.clone().recover().await;
         husk_oci::checkpoint::write_atomic(&agent.settings.work_dir.join("boot_id"), agent.boot_id.as_bytes(), 0o644)?;
+        let destroyed = agent.sweep_orphans().await;
+        agent.metrics.orphans_destroyed.inc_by(destroyed.len() as u64);
+        agent.spawn_gc();
         Ok(agent)
     }
 
@@ -164,6 +172,38 @@ impl Agent {
     /// Launches a container and returns once it runs. A launch that fails after validation is
     /// destroyed and its termination (REASON_CONTAINER_LAUNCH_FAILED) stays readable by Wait.
     pub async fn launch(self: &Arc<Self>, req: LaunchRequest) -> Result<Arc<Container>, Status> {
+        let started = std::time::Instant::now();
+        let (c, t) = match self.accept(req) {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                self.metrics.launches.get_or_create(&metrics::label("result", "rejected")).inc();
+                return Err(e);
+            }
+        };
+        let _op = c.op.lock().await;
+        self.event(&c, ContainerState::Unknown);
+        match self.bring_up(&c, t).await {
+            Ok(()) => {
+                self.metrics.launches.get_or_create(&metrics::label("result", "running")).inc();
+                self.metrics.launch_seconds.observe(started.elapsed().as_secs_f64());
+                Ok(c.clone())
+            }
+            Err(message) => {
+                self.metrics.launches.get_or_create(&metrics::label("result", "failed")).inc();
+                tracing::warn!(container = %c.id, "launch failed: {message}");
+                self.cleanup_shim(&c).await;
+                self.finish(
+                    &c,
+                    termination_with(TaskState::TaskFailed, Reason::ContainerLaunchFailed, message.clone()),
+                );
+                Err(Status::failed_precondition(format!("launch failed: {message}")))
+            }
+        }
+    }
+
+    /// Validates a launch, admits it against the node's resources and checkpoints it; nothing
+    /// is left of a launch refused here.
+    fn accept(&self, req: LaunchRequest) -> Result<(Arc<Container>, husk_oci::Translation), Status> {
         husk_oci::validate::container_id(&req.container_id, "container_id").map_err(status_of)?;
         if req.container_id.parent.is_some() {
             return Err(Status::invalid_argument("container_id.parent: nested containers are not supported yet"));
@@ -180,7 +220,7 @@ impl Agent {
         let id = req.container_id.value.clone();
         let dir = self.settings.work_dir.join("containers").join(&id);
         let shim_dir = self.settings.runtime_dir.join("shims").join(&id);
-        let (c, t) = {
+        let accepted = {
             let mut map = self.containers.lock().unwrap();
             if map.contains_key(&id) || dir.exists() {
                 return Err(Status::already_exists(format!("container_id: `{id}` is already in use")));
@@ -206,6 +246,7 @@ impl Agent {
                 created_ns: now_ns(),
                 mem_limit_mb: t.limits.mem_mb.filter(|m| m.is_finite()).or(t.requests.mem_mb).map(|m| m.max(32.0)),
                 termination: None,
+                terminated_ns: None,
             };
             let json = serde_json::to_vec(&req).map_err(|e| internal("encoding the launch", e))?;
             let saved = husk_oci::checkpoint::write_atomic(&dir.join(LAUNCH_FILE), &json, 0o600)
@@ -218,20 +259,7 @@ impl Agent {
             map.insert(id.clone(), c.clone());
             (c, t)
         };
-        let _op = c.op.lock().await;
-        self.event(&c, ContainerState::Unknown);
-        match self.bring_up(&c, t).await {
-            Ok(()) => Ok(c.clone()),
-            Err(message) => {
-                tracing::warn!(container = %id, "launch failed: {message}");
-                self.cleanup_shim(&c).await;
-                self.finish(
-                    &c,
-                    termination_with(TaskState::TaskFailed, Reason::ContainerLaunchFailed, message.clone()),
-                );
-                Err(Status::failed_precondition(format!("launch failed: {message}")))
-            }
-        }
+        Ok(accepted)
     }
 
     async fn bring_up(self: &Arc<Self>, c: &Arc<Container>, t: husk_oci::Translation) -> Result<(), String> {
@@ -313,6 +341,9 @@ impl Agent {
             let cp = c.checkpoint.lock().unwrap();
             (cp.killed, cp.mem_limit_mb)
         };
+        if exit.as_ref().is_some_and(|e| e.oom_killed) {
+            self.metrics.oom_kills.inc();
+        }
         let t = match exit {
             Some(exit) => termination_of(&exit, killed, mem),
             None => termination_with(
@@ -349,6 +380,9 @@ impl Agent {
             return;
         }
         let out = tokio::time::timeout(SHIM_DEADLINE, self.shim_command("cleanup", c).output()).await;
+        if !matches!(&out, Ok(Ok(o)) if o.status.success()) {
+            self.metrics.destroy_errors.inc();
+        }
         match out {
             Ok(Ok(o)) if o.status.success() => {}
             Ok(Ok(o)) => {
@@ -406,10 +440,9 @@ impl Agent {
             )));
         }
         for dir in [&c.shim_dir, &c.dir] {
-            match std::fs::remove_dir_all(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(internal(&format!("removing {}", dir.display()), e)),
+            if let Err(e) = sweep::remove_tree(dir) {
+                self.metrics.destroy_errors.inc();
+                return Err(internal(&format!("removing {}", dir.display()), e));
             }
         }
         self.containers.lock().unwrap().remove(id);
@@ -429,7 +462,10 @@ impl Agent {
             let Some(id) = entry.file_name().to_str().map(str::to_string) else { continue };
             let dir = entry.path();
             match load(&dir) {
-                Err(e) => tracing::error!(container = %id, "skipping a checkpoint I cannot read: {e}"),
+                Err(e) => {
+                    self.recovered("unreadable");
+                    tracing::error!(container = %id, "skipping a checkpoint I cannot read: {e}")
+                }
                 Ok((launch, checkpoint)) => {
                     let shim_dir = self.settings.runtime_dir.join("shims").join(&id);
                     let c = Arc::new(Container::new(&id, dir, shim_dir, launch, checkpoint));
@@ -438,6 +474,7 @@ impl Agent {
                         continue;
                     }
                     if rebooted {
+                        self.recovered("rebooted");
                         self.cleanup_shim(&c).await;
                         self.finish(
                             &c,
@@ -453,11 +490,14 @@ impl Agent {
                     let connected = shim_alive && husk_shim::shim::connect(&c.socket()).await.is_ok();
                     if connected && c.state() == ContainerState::Running {
                         tracing::info!(container = %id, "re-attached to its shim");
+                        self.recovered("reattached");
                         tokio::spawn(self.clone().follow(c));
                     } else if ExitRecord::load(&c.shim_dir).ok().flatten().is_some() {
                         // Exited while we were away: follow() reads exit.json and cleans up.
+                        self.recovered("exited");
                         tokio::spawn(self.clone().follow(c));
                     } else {
+                        self.recovered("destroyed");
                         self.cleanup_shim(&c).await;
                         let message = if c.state() == ContainerState::Running {
                             "the container's shim exited without recording an exit status; the container was destroyed"
@@ -474,6 +514,12 @@ impl Agent {
                 }
             }
         }
+    }
+}
+
+impl Agent {
+    fn recovered(&self, outcome: &str) {
+        self.metrics.recoveries.get_or_create(&metrics::label("outcome", outcome)).inc();
     }
 }
 

@@ -1,16 +1,24 @@
-//! husk-agent: the node daemon serving `husk.agent.v1` on a unix socket.
+//! husk-agent: the node daemon serving `husk.agent.v1` on a unix socket (and optionally over
+//! TCP with mutual TLS).
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use husk::agent::{service::Service, Agent, Flags, Settings};
 use husk_proto::agent::v1::containerizer_server::ContainerizerServer;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 #[derive(Parser)]
 #[command(
     name = "husk-agent",
     version,
     about = "husk's node agent: runs Mesos-style container launches, one husk-shim per container",
-    after_help = "Example:\n  husk-agent --work-dir /var/lib/husk --runtime-dir /run/husk --listen unix:///run/husk/husk.sock"
+    long_about = "husk's node agent: runs Mesos-style container launches, one husk-shim per container.\n\n\
+        Every setting is a flag or a key of the config file (TOML, the flag's name with `_` for `-`); \
+        flags win. Restarting the agent never stops containers: on start it re-attaches to every \
+        checkpointed container, reports the ones that ended meanwhile, and destroys what no \
+        checkpoint claims.",
+    after_help = "Examples:\n  husk-agent\n  husk-agent --work-dir /var/lib/husk --listen unix:///run/husk/husk.sock --resources 'cpus:4;mem:8192'\n  husk-agent --tcp-listen 0.0.0.0:5051 --tls-cert agent.pem --tls-key agent-key.pem --tls-client-ca clients-ca.pem"
 )]
 struct Cli {
     #[command(flatten)]
@@ -51,16 +59,21 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let socket = settings.socket.clone();
+/// Binds the API socket with its mode and group. Bound only once recovery is done, so a socket
+/// that answers is an agent that knows every container.
+fn bind_unix(settings: &Settings) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let socket = &settings.socket;
     if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     }
-    let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket).map_err(|e| anyhow::anyhow!("{}: {e}", socket.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(settings.socket_mode))?;
+    // Bind under a temporary name, set mode and group, then move it into place: no client ever
+    // sees the socket with the wrong permissions.
+    let tmp = socket.with_file_name(format!(".{}.tmp", socket.file_name().unwrap_or_default().to_string_lossy()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = tokio::net::UnixListener::bind(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", socket.display()))?;
+    let placed = (|| -> anyhow::Result<()> {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(settings.socket_mode))?;
         if let Some(group) = &settings.socket_group {
             let gid = match group.parse::<u32>() {
                 Ok(g) => nix::unistd::Gid::from_raw(g),
@@ -70,24 +83,68 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
                         .gid
                 }
             };
-            nix::unistd::chown(&socket, None, Some(gid))?;
+            nix::unistd::chown(&tmp, None, Some(gid))?;
         }
+        std::fs::rename(&tmp, socket)?;
+        Ok(())
+    })();
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
+    Ok(listener)
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let socket = settings.socket.clone();
+    let tcp = settings.tcp.clone();
+    let metrics_address = settings.metrics_address;
     let agent = Agent::start(settings).await?;
+    if let Some(addr) = metrics_address {
+        husk::agent::metrics::serve(addr, Arc::downgrade(&agent)).await?;
+    }
+    let listener = bind_unix(&agent.settings)?;
     tracing::info!(socket = %socket.display(), containers = agent.all().len(), "serving");
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).expect("SIGINT handler");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         tracing::info!("stopping; containers keep running");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
     };
-    tonic::transport::Server::builder()
-        .add_service(ContainerizerServer::new(Service(agent)))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+
+    let unix =
+        Server::builder().add_service(ContainerizerServer::new(Service(agent.clone()))).serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            stopped(stop_rx.clone()),
+        );
+    let result = match tcp {
+        None => unix.await.map_err(anyhow::Error::from),
+        Some(tcp) => {
+            let tls = ServerTlsConfig::new()
+                .identity(Identity::from_pem(&tcp.cert_pem, &tcp.key_pem))
+                .client_ca_root(Certificate::from_pem(&tcp.client_ca_pem));
+            let incoming = tokio::net::TcpListener::bind(tcp.addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("--tcp-listen {}: {e}", tcp.addr))?;
+            tracing::info!(addr = %tcp.addr, "serving over TCP with mutual TLS");
+            let remote = Server::builder()
+                .tls_config(tls)
+                .map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key/--tls-client-ca: {e}"))?
+                .add_service(ContainerizerServer::new(Service(agent.clone())))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(incoming),
+                    stopped(stop_rx.clone()),
+                );
+            tokio::try_join!(unix, remote).map(|_| ()).map_err(anyhow::Error::from)
+        }
+    };
     let _ = std::fs::remove_file(&socket);
-    Ok(())
+    result
 }

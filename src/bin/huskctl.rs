@@ -11,9 +11,18 @@ use husk_proto::mesos::v1::{container_info, environment, value, CommandInfo, Con
 #[derive(Parser)]
 #[command(name = "huskctl", version, about = "The operator's command line for husk, a node-level container runtime")]
 struct Cli {
-    /// The agent's API endpoint.
+    /// The agent's API endpoint: `unix:///path/to/socket` or `https://host:port` (mutual TLS).
     #[arg(long, global = true, env = "HUSK_ENDPOINT", default_value = husk::client::DEFAULT_ENDPOINT)]
     endpoint: String,
+    /// CA certificate (PEM) of an `https://` endpoint's agent.
+    #[arg(long, global = true, env = "HUSK_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for an `https://` endpoint.
+    #[arg(long, global = true, env = "HUSK_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Client key (PEM) for an `https://` endpoint.
+    #[arg(long, global = true, env = "HUSK_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -131,7 +140,10 @@ struct BundleArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let endpoint = cli.endpoint.clone();
+    let endpoint = Api {
+        endpoint: cli.endpoint.clone(),
+        tls: husk::client::Tls { ca: cli.tls_ca.clone(), cert: cli.tls_cert.clone(), key: cli.tls_key.clone() },
+    };
     let result = match cli.command {
         Command::Bundle(args) => bundle(*args),
         Command::Run(args) => return finish(block_on(run(&endpoint, *args))),
@@ -278,7 +290,21 @@ fn exit_status(t: &husk_proto::agent::v1::ContainerTermination) -> u8 {
     }
 }
 
-async fn run(endpoint: &str, a: RunArgs) -> Result<u8> {
+/// Where the agent is and how to reach it.
+struct Api {
+    endpoint: String,
+    tls: husk::client::Tls,
+}
+
+impl Api {
+    async fn connect(
+        &self,
+    ) -> Result<husk_proto::agent::v1::containerizer_client::ContainerizerClient<tonic::transport::Channel>> {
+        husk::client::connect_with(&self.endpoint, &self.tls).await
+    }
+}
+
+async fn run(endpoint: &Api, a: RunArgs) -> Result<u8> {
     use husk_proto::agent::v1 as pb;
     let id = a.launch.id.clone().unwrap_or_else(|| {
         let nanos =
@@ -287,7 +313,7 @@ async fn run(endpoint: &str, a: RunArgs) -> Result<u8> {
     });
     let mut req = a.launch.request(Some(&id), &id)?;
     req.runtime = a.runtime.clone();
-    let mut client = husk::client::connect(endpoint).await?;
+    let mut client = endpoint.connect().await?;
     client.launch(req).await.map_err(status_error)?;
     if a.detach {
         println!("{id}");
@@ -312,9 +338,9 @@ async fn run(endpoint: &str, a: RunArgs) -> Result<u8> {
     Ok(exit_status(&t))
 }
 
-async fn wait(endpoint: &str, id: &str) -> Result<u8> {
+async fn wait(endpoint: &Api, id: &str) -> Result<u8> {
     use husk_proto::agent::v1 as pb;
-    let mut client = husk::client::connect(endpoint).await?;
+    let mut client = endpoint.connect().await?;
     let container_id = husk_proto::mesos::v1::ContainerId { value: id.to_string(), parent: None };
     let t = client.wait(pb::WaitRequest { container_id }).await.map_err(status_error)?.into_inner();
     println!("{}", serde_json::to_string_pretty(&t)?);

@@ -465,8 +465,20 @@ impl Cgroup {
                     format!("{} processes still in {} after {timeout:?}", procs.len(), self.path.display()),
                 ));
             }
+            let freezable = match &self.layout {
+                Layout::V2 { .. } => self.dir("").is_some_and(|d| d.join("cgroup.freeze").exists()),
+                Layout::V1 { .. } => self.dir("freezer").is_some_and(|d| d.exists()),
+            };
             match &kill_file {
                 Some(f) if f.exists() => write_file(f, "1")?,
+                // Without a freezer (a cgroup someone made in some hierarchies only), each round
+                // kills what it lists; the loop catches what forked meanwhile.
+                _ if !freezable => {
+                    for pid in procs {
+                        let _ =
+                            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    }
+                }
                 _ => {
                     self.set_frozen(true, left)?;
                     let result = self.procs().map(|frozen| {
