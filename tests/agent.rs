@@ -1012,3 +1012,34 @@ async fn tcp_with_mutual_tls_and_the_socket_permissions() {
         .unwrap_err();
     assert!(e.to_string().contains("needs --tls-cert"), "{e}");
 }
+
+#[tokio::test]
+async fn the_isolation_list_decides_what_a_container_gets() {
+    require!(false);
+    let agent = Agent::start_with(
+        "agent-isolation",
+        "isolation = [\"filesystem/linux\", \"cgroups/cpu\", \"namespaces/pid\"]\n",
+    );
+    let mut c = agent.client().await;
+    let mut r = launch("loose", "readlink /proc/self/ns/ipc > ipc; grep CapEff /proc/self/status > caps; sleep 30");
+    r.resources = vec![husk_oci::resources::scalar("mem", 64.0), husk_oci::resources::scalar("cpus", 0.5)];
+    let sandbox = PathBuf::from(c.launch(r).await.unwrap().into_inner().sandbox_directory.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sandbox.join("caps").exists() || std::fs::read_to_string(sandbox.join("caps")).unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the container never wrote its observations");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cgroup = |controller: &str, file: &str| {
+        let mount = common::cgroup_mounts().into_iter().find(|m| m.ends_with(controller)).unwrap();
+        std::fs::read_to_string(mount.join(&agent.cgroups.name).join("loose").join(file)).unwrap().trim().to_string()
+    };
+    assert_ne!(cgroup("memory", "memory.limit_in_bytes"), (64u64 << 20).to_string(), "no cgroups/mem: no limit");
+    assert_eq!(cgroup("cpu", "cpu.shares"), "512", "cgroups/cpu is on");
+    let host_ipc = std::fs::read_link("/proc/self/ns/ipc").unwrap();
+    assert_eq!(std::fs::read_to_string(sandbox.join("ipc")).unwrap().trim(), host_ipc.to_str().unwrap());
+    let caps = std::fs::read_to_string(sandbox.join("caps")).unwrap();
+    let eff = u64::from_str_radix(caps.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert!(eff & (1 << 21) != 0, "no linux/capabilities: CAP_SYS_ADMIN is there: {caps}");
+    c.kill(pb::KillRequest { container_id: cid("loose"), ..Default::default() }).await.unwrap();
+    wait(&mut c, "loose").await;
+}

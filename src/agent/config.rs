@@ -100,6 +100,12 @@ pub struct Flags {
     /// terminated sandboxes are collected at once.
     #[arg(long, value_name = "FRACTION")]
     pub gc_disk_headroom: Option<f64>,
+    /// Isolators, in the order they run (comma-separated; default: all of them). Leaving one
+    /// out leaves its part out of every container, as in Mesos: filesystem/linux (required),
+    /// cgroups/cpu, cgroups/mem, cgroups/pids, namespaces/pid, namespaces/ipc,
+    /// linux/capabilities, linux/seccomp, linux/nnp, posix/rlimits, environment.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub isolation: Option<Vec<String>>,
     /// Serve Prometheus metrics over HTTP at this address (`GET /metrics`), e.g. `127.0.0.1:9464`.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_address: Option<String>,
@@ -138,6 +144,7 @@ struct FileConfig {
     gc_delay: Option<String>,
     gc_disk_headroom: Option<f64>,
     metrics_address: Option<String>,
+    isolation: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +180,8 @@ pub struct Settings {
     pub gc_delay: std::time::Duration,
     pub gc_disk_headroom: f64,
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// The isolators' names, in order (checked by [`super::isolators::parse`]).
+    pub isolation: Vec<String>,
 }
 
 impl Settings {
@@ -272,7 +281,14 @@ impl Settings {
             Some(a) => Some(a.parse().map_err(|e| anyhow::anyhow!("--metrics-address `{a}`: {e} (want HOST:PORT)"))?),
             None => None,
         };
+        let isolation = flags
+            .isolation
+            .clone()
+            .or(file.isolation)
+            .unwrap_or_else(|| super::isolators::ALL.iter().map(|s| s.to_string()).collect());
+        super::isolators::parse(&isolation)?;
         Ok(Settings {
+            isolation,
             tcp,
             metrics_address,
             gc_delay,

@@ -5,6 +5,7 @@ pub mod config;
 mod container;
 pub mod fetcher;
 mod gc;
+pub mod isolators;
 pub mod metrics;
 pub mod service;
 pub mod sweep;
@@ -38,6 +39,7 @@ pub struct Agent {
     pub boot_id: String,
     fetcher: fetcher::Fetcher,
     pub metrics: metrics::Metrics,
+    isolators: Vec<Box<dyn isolators::Isolator>>,
 }
 
 fn now_ns() -> i64 {
@@ -72,6 +74,7 @@ impl Agent {
             settings.fetcher_stall_timeout,
         );
         let agent = Arc::new(Agent {
+            isolators: isolators::parse(&settings.isolation)?,
             metrics: metrics::Metrics::default(),
             fetcher,
             settings,
@@ -233,7 +236,11 @@ impl Agent {
                 true => Ok(t),
                 false => self.admit(&map, &t.requests).map(|_| t),
             });
-            let t = match admitted {
+            let composed = admitted.and_then(|mut t| {
+                t.spec = isolators::compose(&self.isolators, &t.spec).map_err(Status::invalid_argument)?;
+                Ok(t)
+            });
+            let t = match composed {
                 Ok(t) => t,
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&dir);
@@ -374,8 +381,21 @@ impl Agent {
         cmd
     }
 
-    /// The shim's destroy path, whatever state the shim is in (`husk-shim cleanup`).
+    /// The destroy path, whatever state the shim is in: `husk-shim cleanup`, then every
+    /// isolator's cleanup in reverse order.
     async fn cleanup_shim(&self, c: &Container) {
+        self.stop_shim(c).await;
+        let cgroups_path = husk_oci::bundle::read_spec(&c.bundle())
+            .ok()
+            .and_then(|s| s.linux().as_ref().and_then(|l| l.cgroups_path().clone()));
+        let placed = isolators::Placed { id: &c.id, dir: &c.dir, cgroups_path };
+        if let Err(e) = tokio::task::block_in_place(|| isolators::cleanup(&self.isolators, &placed)) {
+            self.metrics.destroy_errors.inc();
+            tracing::error!(container = %c.id, "isolator cleanup: {e}");
+        }
+    }
+
+    async fn stop_shim(&self, c: &Container) {
         if !c.shim_dir.exists() {
             return;
         }
