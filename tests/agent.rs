@@ -1043,3 +1043,50 @@ async fn the_isolation_list_decides_what_a_container_gets() {
     c.kill(pb::KillRequest { container_id: cid("loose"), ..Default::default() }).await.unwrap();
     wait(&mut c, "loose").await;
 }
+
+#[tokio::test]
+async fn a_kill_cancels_a_launch_and_a_silent_shim_is_reported() {
+    require!(false);
+    let http = Http::serve(HashMap::new()).await;
+    let agent = Agent::start_with("agent-cancel", "fetcher_stall_timeout = 120\n");
+    let mut c = agent.client().await;
+
+    // Killed while FETCHING a download that never ends: the launch stops and is destroyed.
+    let mut r = launch("slow", "true");
+    r.command.as_mut().unwrap().uris =
+        vec![command_info::Uri { value: http.url("/stall"), output_file: Some("big".into()), ..Default::default() }];
+    let mut launcher = agent.client().await;
+    let launching = tokio::spawn(async move { launcher.launch(r).await });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = c.status(pb::StatusRequest { container_id: cid("slow") }).await;
+        if st.is_ok_and(|s| s.into_inner().info.unwrap().state() == pb::ContainerState::Fetching) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the launch never reached FETCHING");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.kill(pb::KillRequest { container_id: cid("slow"), ..Default::default() }).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(30), launching).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Aborted, "{e:?}");
+    let t = wait(&mut c, "slow").await;
+    assert_eq!(t.state(), TaskState::TaskKilled);
+    assert!(t.message().contains("while FETCHING"), "{t:?}");
+    assert!(!agent.path("run/shims/slow/shim.sock").exists(), "its shim is gone");
+
+    // A shim that stops answering is reported within the deadline, not waited on.
+    c.launch(launch("frozen", "sleep 300")).await.unwrap();
+    let shim: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(agent.path("run/shims/frozen/shim.json")).unwrap()).unwrap();
+    let pid = nix::unistd::Pid::from_raw(shim["pid"].as_i64().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(60), c.usage(pb::UsageRequest { container_id: cid("frozen") }))
+        .await
+        .expect("Usage answered although the shim did not")
+        .unwrap_err();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    assert!(e.message().contains("its shim did not answer within"), "{e:?}");
+    c.kill(pb::KillRequest { container_id: cid("frozen"), ..Default::default() }).await.unwrap();
+    assert_eq!(wait(&mut c, "frozen").await.state(), TaskState::TaskKilled);
+}

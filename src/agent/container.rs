@@ -39,6 +39,8 @@ pub struct Container {
     pub op: Mutex<()>,
     pub checkpoint: std::sync::Mutex<Checkpoint>,
     pub termination: watch::Sender<Option<ContainerTermination>>,
+    /// Set by a Kill during the launch: the launch stops where it is and is destroyed.
+    pub cancel: watch::Sender<bool>,
 }
 
 impl Container {
@@ -52,6 +54,7 @@ impl Container {
             op: Mutex::new(()),
             checkpoint: std::sync::Mutex::new(checkpoint),
             termination: watch::channel(term).0,
+            cancel: watch::channel(false).0,
         }
     }
 

@@ -26,11 +26,17 @@ use tonic::Status;
 pub use config::{Flags, Settings};
 use container::{termination_of, termination_with, Checkpoint, Container, LAUNCH_FILE, STATE_FILE};
 
+/// The marker of a launch a Kill cancelled.
+const CANCELLED: &str = "\0cancelled";
+
 /// The runtimes a launch may name: husk's own and the OCI runtimes husk-shim drives by name.
 pub const RUNTIMES: &[&str] = &["husk", "runc", "crun", "youki"];
 
-/// How long the agent waits for a shim to start, and for any one shim call.
+/// How long the agent waits for a shim to start or to delete its container.
 const SHIM_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long the agent waits for a shim to answer one call (state, stats, update, kill).
+const SHIM_CALL_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct Agent {
     pub settings: Settings,
@@ -185,7 +191,28 @@ impl Agent {
         };
         let _op = c.op.lock().await;
         self.event(&c, ContainerState::Unknown);
-        match self.bring_up(&c, t).await {
+        let mut cancel = c.cancel.subscribe();
+        let brought_up = tokio::select! {
+            r = self.bring_up(&c, t) => r,
+            _ = cancel.wait_for(|k| *k) => Err(CANCELLED.to_string()),
+        };
+        if brought_up.as_ref().is_err_and(|e| e == CANCELLED) {
+            let during = c.state();
+            self.metrics.launches.get_or_create(&metrics::label("result", "killed")).inc();
+            self.transition(&c, ContainerState::Destroying).ok();
+            self.cleanup_shim(&c).await;
+            let message = format!("Killed on request while {}, before the command started", during.as_str_name());
+            self.finish(
+                &c,
+                ContainerTermination {
+                    state: Some(TaskState::TaskKilled as i32),
+                    message: Some(message.clone()),
+                    ..Default::default()
+                },
+            );
+            return Err(Status::aborted(format!("launch cancelled: {message}")));
+        }
+        match brought_up {
             Ok(()) => {
                 self.metrics.launches.get_or_create(&metrics::label("result", "running")).inc();
                 self.metrics.launch_seconds.observe(started.elapsed().as_secs_f64());
@@ -291,6 +318,7 @@ impl Agent {
         if self.settings.init && runtime == "husk" {
             cmd.arg("--init");
         }
+        cmd.kill_on_drop(true);
         let out = tokio::time::timeout(SHIM_DEADLINE, cmd.output())
             .await
             .map_err(|_| "the shim did not start within a minute".to_string())?
@@ -417,6 +445,20 @@ impl Agent {
     /// signal), then SIGKILL to every process once it has passed.
     pub async fn kill(self: &Arc<Self>, id: &str, signal: Option<i32>, grace: Option<Duration>) -> Result<(), Status> {
         let c = self.get(id)?;
+        let launching = matches!(
+            c.state(),
+            ContainerState::Provisioning
+                | ContainerState::Preparing
+                | ContainerState::Isolating
+                | ContainerState::Fetching
+        );
+        if launching && c.terminated().is_none() {
+            // The launch holds the container's lock until it is done: cancel it instead; it
+            // destroys what it made and records TASK_KILLED.
+            c.set_killed().map_err(|e| internal("checkpointing the kill", e))?;
+            c.cancel.send_replace(true);
+            return Ok(());
+        }
         let _op = c.op.lock().await;
         if c.terminated().is_some() {
             return Err(Status::failed_precondition(format!("container_id: `{id}` has already terminated")));
@@ -432,12 +474,13 @@ impl Agent {
             return Err(Status::invalid_argument(format!("signal: {first} is not a signal")));
         }
         c.set_killed().map_err(|e| internal("checkpointing the kill", e))?;
-        let mut client =
-            husk_shim::shim::connect(&c.socket()).await.map_err(|e| Status::unavailable(format!("the shim: {e}")))?;
-        client
-            .kill(shim_pb::KillRequest { signal: first as u32, all: false })
-            .await
-            .map_err(|e| Status::failed_precondition(e.message().to_string()))?;
+        let mut client = shim_client(&c).await?;
+        within_deadline(&c, client.kill(shim_pb::KillRequest { signal: first as u32, all: false })).await.map_err(
+            |e| match e.code() {
+                tonic::Code::DeadlineExceeded => e,
+                _ => Status::failed_precondition(e.message().to_string()),
+            },
+        )?;
         if let Some(grace) = grace {
             let mut rx = c.termination.subscribe();
             tokio::spawn(async move {
@@ -541,6 +584,35 @@ impl Agent {
     fn recovered(&self, outcome: &str) {
         self.metrics.recoveries.get_or_create(&metrics::label("outcome", outcome)).inc();
     }
+}
+
+/// Connects to a container's shim, within the shim deadline.
+async fn shim_client(c: &Container) -> Result<shim_pb::shim_client::ShimClient<tonic::transport::Channel>, Status> {
+    match tokio::time::timeout(SHIM_CALL_DEADLINE, husk_shim::shim::connect(&c.socket())).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(Status::unavailable(format!("container_id: `{}`: its shim: {e}", c.id))),
+        Err(_) => Err(unanswered(c)),
+    }
+}
+
+/// One call to a container's shim: a shim that does not answer within the deadline is reported
+/// (DeadlineExceeded), never waited on.
+async fn within_deadline<T>(
+    c: &Container,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(SHIM_CALL_DEADLINE, call).await {
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(unanswered(c)),
+    }
+}
+
+fn unanswered(c: &Container) -> Status {
+    tracing::error!(container = %c.id, "the shim did not answer within {SHIM_CALL_DEADLINE:?}");
+    Status::deadline_exceeded(format!(
+        "container_id: `{}`: its shim did not answer within {SHIM_CALL_DEADLINE:?} (see `husk-shim` in the agent's log)",
+        c.id
+    ))
 }
 
 fn load(dir: &Path) -> anyhow::Result<(LaunchRequest, Checkpoint)> {

@@ -28,7 +28,15 @@ async fn shim(
     if c.terminated().is_some() {
         return Err(Status::failed_precondition(format!("container_id: `{}` has terminated", c.id)));
     }
-    husk_shim::shim::connect(&c.socket()).await.map_err(|e| Status::unavailable(format!("the container's shim: {e}")))
+    super::shim_client(c).await
+}
+
+/// One call to a container's shim, never waited on beyond the shim deadline.
+async fn within<T>(
+    c: &Container,
+    call: impl std::future::Future<Output = Result<Response<T>, Status>>,
+) -> Result<T, Status> {
+    super::within_deadline(c, call).await
 }
 
 fn info_of(
@@ -62,9 +70,8 @@ async fn init_pid(c: &Container) -> Option<u32> {
     if c.terminated().is_some() {
         return None;
     }
-    let mut client = husk_shim::shim::connect(&c.socket()).await.ok()?;
-    let st = tokio::time::timeout(Duration::from_secs(10), client.state(shim_pb::StateRequest {})).await.ok()?.ok()?;
-    Some(st.into_inner().pid)
+    let mut client = super::shim_client(c).await.ok()?;
+    within(c, client.state(shim_pb::StateRequest {})).await.ok().map(|st| st.pid)
 }
 
 #[tonic::async_trait]
@@ -139,7 +146,10 @@ impl Containerizer for Service {
             u.memory_limit_bytes = new;
         }
         let mut client = shim(&c).await?;
-        client.update(u).await.map_err(|e| Status::failed_precondition(e.message().to_string()))?;
+        within(&c, client.update(u)).await.map_err(|e| match e.code() {
+            tonic::Code::DeadlineExceeded => e,
+            _ => Status::failed_precondition(e.message().to_string()),
+        })?;
         if let Some(mb) = mem {
             let mut cp = c.checkpoint.lock().unwrap();
             cp.mem_limit_mb = mb.is_finite().then_some(mb.max(32.0));
@@ -151,7 +161,7 @@ impl Containerizer for Service {
     async fn usage(&self, req: Request<pb::UsageRequest>) -> Result<Response<pb::UsageResponse>, Status> {
         let c = self.0.get(&id_of(&req.into_inner().container_id)?)?;
         let mut client = shim(&c).await?;
-        let stats = client.stats(shim_pb::StatsRequest {}).await?.into_inner();
+        let stats = within(&c, client.stats(shim_pb::StatsRequest {})).await?;
         Ok(Response::new(pb::UsageResponse { statistics: stats.statistics }))
     }
 
@@ -169,7 +179,7 @@ impl Containerizer for Service {
             let stats = match with_stats && c.terminated().is_none() {
                 true => match shim(&c).await {
                     Ok(mut client) => {
-                        client.stats(shim_pb::StatsRequest {}).await.ok().and_then(|s| s.into_inner().statistics)
+                        within(&c, client.stats(shim_pb::StatsRequest {})).await.ok().and_then(|s| s.statistics)
                     }
                     Err(_) => None,
                 },
