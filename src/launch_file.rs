@@ -14,8 +14,9 @@ use prost::Message;
 /// Largest launch document read (a launch is a few KiB; this bounds hostile input).
 pub const MAX_LAUNCH_FILE: u64 = 4 << 20;
 
-/// Decodes a launch document. `id` overrides (or, for a `TaskInfo`, supplies) the container id.
-pub fn parse(text: &str, id: Option<&str>) -> Result<LaunchRequest> {
+/// Decodes a launch document. `id` overrides the container id; a `TaskInfo` without `id` gets
+/// `task_default`.
+pub fn parse(text: &str, id: Option<&str>, task_default: &str) -> Result<LaunchRequest> {
     let value: serde_json::Value = serde_json::from_str(text).context("not a JSON document")?;
     let obj = value.as_object().context("a launch document must be a JSON object")?;
     let mut req =
@@ -29,7 +30,9 @@ pub fn parse(text: &str, id: Option<&str>) -> Result<LaunchRequest> {
             LaunchRequest::decode(launch.encode_to_vec().as_slice()).context("re-encoding the launch")?
         } else if obj.contains_key("task_id") || obj.contains_key("taskId") {
             let task: TaskInfo = serde_json::from_value(value).context("not a Mesos TaskInfo")?;
-            let id = id.context("a TaskInfo has no container id: pass one with --id")?;
+            // A task's id is not a container id (Mesos makes one up): `task_default` when no id
+            // is given.
+            let id = id.unwrap_or(task_default);
             LaunchRequest {
                 container_id: ContainerId { value: id.to_string(), parent: None },
                 command: task.command,
@@ -49,7 +52,7 @@ pub fn parse(text: &str, id: Option<&str>) -> Result<LaunchRequest> {
 }
 
 /// Reads and decodes a launch document from a file (`-` for standard input).
-pub fn read(path: &str, id: Option<&str>) -> Result<LaunchRequest> {
+pub fn read(path: &str, id: Option<&str>, task_default: &str) -> Result<LaunchRequest> {
     use std::io::Read;
     let mut text = String::new();
     if path == "-" {
@@ -64,7 +67,7 @@ pub fn read(path: &str, id: Option<&str>) -> Result<LaunchRequest> {
     if text.len() as u64 > MAX_LAUNCH_FILE {
         bail!("{path}: larger than {MAX_LAUNCH_FILE} bytes");
     }
-    parse(&text, id).with_context(|| path.to_string())
+    parse(&text, id, task_default).with_context(|| path.to_string())
 }
 
 #[cfg(test)]
@@ -74,13 +77,13 @@ mod tests {
     #[test]
     fn the_three_forms() {
         let call = r#"{"type":"LAUNCH_CONTAINER","launch_container":{"container_id":{"value":"a"},"command":{"value":"true"}}}"#;
-        assert_eq!(parse(call, None).unwrap().container_id.value, "a");
+        assert_eq!(parse(call, None, "dflt").unwrap().container_id.value, "a");
         let bare = r#"{"container_id":{"value":"b"},"command":{"value":"true"},"resources":[{"name":"cpus","type":"SCALAR","scalar":{"value":1}}]}"#;
-        let req = parse(bare, None).unwrap();
+        let req = parse(bare, None, "dflt").unwrap();
         assert_eq!(req.resources.len(), 1);
         let task = r#"{"name":"t","task_id":{"value":"t.1"},"agent_id":{"value":"S"},"command":{"value":"true"},"limits":{"mem":{"value":64}}}"#;
-        assert!(parse(task, None).unwrap_err().to_string().contains("--id"));
-        let req = parse(task, Some("t1")).unwrap();
+        assert_eq!(parse(task, None, "dflt").unwrap().container_id.value, "dflt");
+        let req = parse(task, Some("t1"), "dflt").unwrap();
         assert_eq!(req.container_id.value, "t1");
         assert_eq!(req.limits["mem"].value, 64.0);
     }
@@ -88,8 +91,8 @@ mod tests {
     #[test]
     fn other_calls_and_junk_are_refused() {
         let wait = r#"{"type":"WAIT_CONTAINER","wait_container":{"container_id":{"value":"a"}}}"#;
-        assert!(parse(wait, None).unwrap_err().to_string().contains("not LAUNCH_CONTAINER"));
-        assert!(parse("[]", None).is_err());
-        assert!(parse("{", None).is_err());
+        assert!(parse(wait, None, "dflt").unwrap_err().to_string().contains("not LAUNCH_CONTAINER"));
+        assert!(parse("[]", None, "dflt").is_err());
+        assert!(parse("{", None, "dflt").is_err());
     }
 }

@@ -62,7 +62,7 @@ struct LaunchFlags {
         conflicts_with_all = ["command", "resources", "limits", "hostname", "user", "env", "no_shell"]
     )]
     file: Option<String>,
-    /// Container id (required with a TaskInfo; `bundle` defaults to `husk-bundle`, `run`
+    /// Container id (default: the launch document's; else `bundle` uses `husk-bundle`, `run`
     /// generates one).
     #[arg(long)]
     id: Option<String>,
@@ -91,11 +91,11 @@ struct LaunchFlags {
 }
 
 impl LaunchFlags {
-    /// The launch: from the file (its id replaced by `file_id` when given), or from the flags
-    /// and the command with id `id`.
+    /// The launch: from the file (its id replaced by `file_id` when given; a TaskInfo's is
+    /// `id`), or from the flags and the command with id `id`.
     fn request(&self, file_id: Option<&str>, id: &str) -> Result<LaunchRequest> {
         match &self.file {
-            Some(file) => husk::launch_file::read(file, file_id),
+            Some(file) => husk::launch_file::read(file, file_id, id),
             None => launch_from_flags(self, id),
         }
     }
@@ -306,12 +306,14 @@ impl Api {
 
 async fn run(endpoint: &Api, a: RunArgs) -> Result<u8> {
     use husk_proto::agent::v1 as pb;
-    let id = a.launch.id.clone().unwrap_or_else(|| {
+    // --id, else the launch document's own, else a fresh one.
+    let generated = a.launch.id.clone().unwrap_or_else(|| {
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         format!("husk-{nanos:x}")
     });
-    let mut req = a.launch.request(Some(&id), &id)?;
+    let mut req = a.launch.request(a.launch.id.as_deref(), &generated)?;
+    let id = req.container_id.value.clone();
     req.runtime = a.runtime.clone();
     let mut client = endpoint.connect().await?;
     client.launch(req).await.map_err(status_error)?;
