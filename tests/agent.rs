@@ -126,7 +126,7 @@ impl Drop for Agent {
             .cgroups
             .leftovers()
             .into_iter()
-            .filter(|p| !p.ends_with(&self.cgroups.name) && !p.ends_with("shims"))
+            .filter(|p| !p.ends_with(&self.cgroups.name) && !p.ends_with("shims.scope"))
             .collect();
         if !std::thread::panicking() {
             assert!(leaves.is_empty(), "container cgroups left: {leaves:?}");
@@ -904,11 +904,14 @@ async fn orphans_are_destroyed_terminated_sandboxes_collected_and_metrics_served
     c.launch(launch("done", "true")).await.unwrap();
     wait(&mut c, "done").await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while agent.path("work/containers/done").exists() {
+    while agent.path("work/containers/done/sandbox").exists() {
         assert!(Instant::now() < deadline, "the terminated sandbox was never collected");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(c.wait(pb::WaitRequest { container_id: cid("done") }).await.unwrap_err().code(), tonic::Code::NotFound);
+    assert!(!agent.path("work/containers/done/bundle").exists());
+    assert_eq!(wait(&mut c, "done").await.state(), TaskState::TaskFinished, "the termination is still there");
+    c.remove(pb::RemoveRequest { container_id: cid("done") }).await.unwrap();
+    assert!(!agent.path("work/containers/done").exists(), "Remove takes the rest");
 
     let text = http_get(&metrics, "/metrics").await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
@@ -1021,6 +1024,8 @@ async fn the_isolation_list_decides_what_a_container_gets() {
         "isolation = [\"filesystem/linux\", \"cgroups/cpu\", \"namespaces/pid\"]\n",
     );
     let mut c = agent.client().await;
+    let info = c.info(pb::InfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.isolators, ["filesystem/linux", "cgroups/cpu", "namespaces/pid"], "Info reports the list");
     let mut r = launch("loose", "readlink /proc/self/ns/ipc > ipc; grep CapEff /proc/self/status > caps; sleep 30");
     r.resources = vec![husk_oci::resources::scalar("mem", 64.0), husk_oci::resources::scalar("cpus", 0.5)];
     let sandbox = PathBuf::from(c.launch(r).await.unwrap().into_inner().sandbox_directory.unwrap());

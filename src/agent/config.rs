@@ -39,7 +39,9 @@ pub struct Flags {
     /// Group owning the API socket (name or gid); its members may call the API.
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
-    /// Cgroup path prefix of every container.
+    /// Cgroup path prefix of every container (default `husk`). The agent owns it: cgroups below
+    /// it that no container claims are destroyed at start (never ones whose name has a `.`,
+    /// as every systemd unit's has).
     #[arg(long, value_name = "PATH")]
     pub cgroup_root: Option<String>,
     /// Default OCI runtime: `husk` (built in), or `runc`, `crun` or `youki` found on PATH.
@@ -226,6 +228,15 @@ impl Settings {
             .map_err(|_| anyhow::anyhow!("--socket-mode `{mode_text}` is not an octal mode"))?;
         let mut translation = husk_oci::Config::default();
         if let Some(root) = flags.cgroup_root.clone().or(file.cgroup_root) {
+            let bad = root.trim_matches('/').is_empty()
+                || root.split('/').any(|p| p == "." || p == "..")
+                || root.contains(char::is_whitespace);
+            if bad {
+                anyhow::bail!(
+                    "--cgroup-root `{root}`: must name a cgroup below the root (e.g. `husk`), without `.`/`..` parts \
+                     or spaces; the agent destroys the cgroups below it that no container claims"
+                );
+            }
             translation.cgroup_root = root;
         }
         if let Some(caps) = flags.allowed_capabilities.clone().or(file.allowed_capabilities) {

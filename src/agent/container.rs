@@ -28,6 +28,9 @@ pub struct Checkpoint {
     /// When the agent recorded the termination (the garbage collector's clock).
     #[serde(default)]
     pub terminated_ns: Option<i64>,
+    /// When the garbage collector removed the sandbox and bundle (the record stays until Remove).
+    #[serde(default)]
+    pub collected_ns: Option<i64>,
 }
 
 pub struct Container {

@@ -14,7 +14,7 @@
 //! - Everything fetched belongs to the container's user.
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -27,6 +27,15 @@ type HttpClient = hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     Empty<Bytes>,
 >;
+
+/// A file removed when dropped (a download on its way into the cache).
+struct Partial(PathBuf);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
 
 /// Redirects followed at most for one download.
 const MAX_REDIRECTS: usize = 10;
@@ -68,10 +77,23 @@ impl Fetcher {
         Fetcher { cache_dir, cache_max_bytes, stall, client, cache_lock: tokio::sync::Mutex::new(()) }
     }
 
-    /// Fetches every URI into `sandbox` in order; the first failure names its URI.
-    pub async fn fetch_all(&self, uris: &[Uri], sandbox: &Path, owner: &Owner) -> Result<(), Failure> {
+    /// Fetches every URI into `sandbox` in order; the first failure names its URI. Downloads
+    /// land first in `work` (a directory of the agent's own on the sandbox's filesystem, which
+    /// no container can write to), then move into the sandbox.
+    pub async fn fetch_all(&self, uris: &[Uri], sandbox: &Path, work: &Path, owner: &Owner) -> Result<(), Failure> {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(work)
+            .or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+            .map_err(|e| format!("{}: {e}", work.display()))?;
+        let fetched = self.fetch_each(uris, sandbox, work, owner).await;
+        let _ = std::fs::remove_dir_all(work);
+        fetched
+    }
+
+    async fn fetch_each(&self, uris: &[Uri], sandbox: &Path, work: &Path, owner: &Owner) -> Result<(), Failure> {
         for uri in uris {
-            self.fetch(uri, sandbox, owner).await.map_err(|e| format!("fetching `{}`: {e}", uri.value))?;
+            self.fetch(uri, sandbox, work, owner).await.map_err(|e| format!("fetching `{}`: {e}", uri.value))?;
         }
         let (sandbox, owner) = (sandbox.to_path_buf(), owner.clone());
         tokio::task::spawn_blocking(move || chown_tree(&sandbox, owner.uid, owner.gid))
@@ -80,12 +102,12 @@ impl Fetcher {
             .map_err(|e| format!("giving the sandbox to uid {}: {e}", owner.uid))
     }
 
-    async fn fetch(&self, uri: &Uri, sandbox: &Path, owner: &Owner) -> Result<(), Failure> {
+    async fn fetch(&self, uri: &Uri, sandbox: &Path, work: &Path, owner: &Owner) -> Result<(), Failure> {
         let name = match uri.output_file.as_deref() {
             Some(out) => out.to_string(),
             None => husk_oci::validate::file_name_of(&uri.value).ok_or("the URI has no file name")?.to_string(),
         };
-        let tmp = sandbox.join(format!(".husk-fetch-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        let tmp = work.join(format!("uri-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
         let got = match uri.cache() {
             true => self.fetch_cached(uri, &tmp, owner).await,
             false => self.download(&uri.value, &tmp).await,
@@ -117,24 +139,24 @@ impl Fetcher {
             }
         }
         std::fs::create_dir_all(&self.cache_dir).map_err(|e| format!("{}: {e}", self.cache_dir.display()))?;
-        let partial = self.cache_dir.join(format!(".partial-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
-        if let Err(e) = self.download(&uri.value, &partial).await {
-            let _ = std::fs::remove_file(&partial);
-            return Err(e);
-        }
-        let _held = self.cache_lock.lock().await;
-        let copied = std::fs::copy(&partial, dest).map(|_| ()).map_err(|e| format!("copying the download: {e}"));
-        let size = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        // Removed whatever happens, a cancelled launch included; renamed away when cached.
+        let partial = Partial(self.cache_dir.join(format!(".partial-{}", NEXT.fetch_add(1, Ordering::Relaxed))));
+        self.download(&uri.value, &partial.0).await?;
+        std::fs::copy(&partial.0, dest).map_err(|e| format!("copying the download: {e}"))?;
+        let size = std::fs::metadata(&partial.0).map(|m| m.len()).unwrap_or(0);
         if size > self.cache_max_bytes {
             tracing::info!(uri = %uri.value, size, "not cached: larger than the whole fetcher cache");
-            let _ = std::fs::remove_file(&partial);
-        } else {
-            husk_oci::checkpoint::write_atomic(&key_file, key.as_bytes(), 0o600)
-                .and_then(|_| std::fs::rename(&partial, &entry))
-                .map_err(|e| format!("caching the download: {e}"))?;
-            evict(&self.cache_dir, self.cache_max_bytes);
+            return Ok(());
         }
-        copied
+        let _held = self.cache_lock.lock().await;
+        // A cache that cannot be written is the cache's problem, not the launch's.
+        match husk_oci::checkpoint::write_atomic(&key_file, key.as_bytes(), 0o600)
+            .and_then(|_| std::fs::rename(&partial.0, &entry))
+        {
+            Ok(()) => evict(&self.cache_dir, self.cache_max_bytes),
+            Err(e) => tracing::warn!(uri = %uri.value, "caching the download: {e}"),
+        }
+        Ok(())
     }
 
     /// Writes the resource `value` names into `dest`.
@@ -350,19 +372,53 @@ fn write_new(dir: &Path, rel: &Path, content: &mut impl Read, mode: u32) -> io::
     out.flush()
 }
 
-/// Gives everything under `root` (links themselves, never what they point to) to uid:gid.
+/// Gives everything under `root` to uid:gid, walking from directory handles: each entry is
+/// changed relative to its directory's handle without following links, and each directory is
+/// entered with `O_NOFOLLOW`, so no link, planted before or during the walk, leads outside.
 fn chown_tree(root: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    use nix::unistd::{fchownat, Gid, Uid};
-    let owner = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        let meta = std::fs::symlink_metadata(&path)?;
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(&path)? {
-                pending.push(entry?.path());
+    use nix::fcntl::{open, OFlag};
+    use nix::sys::stat::Mode;
+    let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+    let dir = open(root, flags, Mode::empty()).map_err(io::Error::from)?;
+    nix::unistd::fchown(&dir, Some(uid.into()), Some(gid.into())).map_err(io::Error::from)?;
+    chown_below(dir, uid, gid, 0)
+}
+
+fn chown_below(dir: std::os::fd::OwnedFd, uid: u32, gid: u32, depth: usize) -> io::Result<()> {
+    use nix::fcntl::{openat, AtFlags, OFlag};
+    use nix::sys::stat::Mode;
+    if depth > 256 {
+        return Err(io::Error::other("the sandbox is nested more than 256 directories deep"));
+    }
+    let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+    let mut names = Vec::new();
+    {
+        let listing = nix::dir::Dir::from_fd(dir.try_clone()?).map_err(io::Error::from)?;
+        for entry in listing {
+            let entry = entry.map_err(io::Error::from)?;
+            let name = entry.file_name().to_owned();
+            if name.as_bytes() != b"." && name.as_bytes() != b".." {
+                names.push(name);
             }
         }
-        fchownat(nix::fcntl::AT_FDCWD, &path, owner.0, owner.1, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    }
+    for name in names {
+        match nix::unistd::fchownat(
+            &dir,
+            name.as_c_str(),
+            Some(uid.into()),
+            Some(gid.into()),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match openat(&dir, name.as_c_str(), flags, Mode::empty()) {
+            Ok(sub) => chown_below(sub, uid, gid, depth + 1)?,
+            // Not a directory, a link, or gone meanwhile: nothing to enter.
+            Err(nix::errno::Errno::ENOTDIR | nix::errno::Errno::ELOOP | nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }

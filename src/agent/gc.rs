@@ -25,9 +25,18 @@ impl Agent {
     /// directories that never got as far as a checkpointed launch. Returns what it destroyed.
     pub(super) async fn sweep_orphans(&self) -> Vec<String> {
         let mut destroyed = Vec::new();
-        let live = self.live_ids();
+        let mut live = self.live_ids();
         let known: HashSet<String> = self.containers.lock().unwrap().keys().cloned().collect();
         let containers = self.settings.work_dir.join("containers");
+        // A container whose checkpoint could not be read is still claimed by it: its shim,
+        // cgroup and mounts stay until an operator looks (the error is in the log).
+        for entry in std::fs::read_dir(&containers).into_iter().flatten().flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if !known.contains(&id) && entry.path().join(LAUNCH_FILE).exists() {
+                tracing::error!(container = %id, "its checkpoint is unreadable: leaving its shim, cgroup and files alone");
+                live.insert(id);
+            }
+        }
 
         // Shims first: they would recreate nothing, but they hold the container processes.
         if let Ok(entries) = std::fs::read_dir(self.settings.runtime_dir.join("shims")) {
@@ -36,23 +45,36 @@ impl Agent {
                 if live.contains(&id) {
                     continue;
                 }
+                // The runtime it was launched with, when its launch is still readable.
+                let runtime = self
+                    .containers
+                    .lock()
+                    .unwrap()
+                    .get(&id)
+                    .and_then(|c| c.launch.runtime.clone())
+                    .filter(|r| !r.is_empty())
+                    .unwrap_or_else(|| self.settings.runtime.clone());
                 let out = tokio::process::Command::new(&self.settings.shim_binary)
                     .arg("cleanup")
-                    .args(["--id", &id, "--runtime", &self.settings.runtime, "--bundle"])
+                    .args(["--id", &id, "--runtime", &runtime, "--bundle"])
                     .arg(containers.join(&id).join("bundle"))
                     .arg("--sandbox")
                     .arg(containers.join(&id).join("sandbox"))
                     .arg("--state-dir")
                     .arg(entry.path())
                     .stdin(std::process::Stdio::null())
-                    .output()
-                    .await;
-                match out {
-                    Ok(o) if o.status.success() => {}
-                    Ok(o) => {
-                        tracing::warn!(container = %id, "orphan shim cleanup: {}", String::from_utf8_lossy(&o.stderr).trim())
-                    }
-                    Err(e) => tracing::warn!(container = %id, "orphan shim cleanup: {e}"),
+                    .kill_on_drop(true)
+                    .output();
+                let failure = match tokio::time::timeout(super::SHIM_DEADLINE, out).await {
+                    Ok(Ok(o)) if o.status.success() => None,
+                    Ok(Ok(o)) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some("did not finish within a minute".into()),
+                };
+                if let Some(why) = failure {
+                    // Its state dir stays: it is how the next start finds the shim again.
+                    tracing::error!(container = %id, "orphan shim cleanup failed, kept for the next try: {why}");
+                    continue;
                 }
                 match sweep::remove_tree(&entry.path()) {
                     Ok(()) => destroyed.push(format!("shim {id}")),
@@ -74,7 +96,13 @@ impl Agent {
                     }
                 }
             }
-            for id in ids.into_iter().filter(|id| id != "shims" && !live.contains(id)) {
+            // Only names a container could have: never the shims' cgroup, never a systemd unit
+            // (every unit name has a `.`, no container id has).
+            let claimable = |id: &String| {
+                let cid = husk_proto::mesos::v1::ContainerId { value: id.clone(), parent: None };
+                husk_oci::validate::container_id(&cid, "id").is_ok()
+            };
+            for id in ids.into_iter().filter(|id| claimable(id) && !live.contains(id)) {
                 let Ok(cg) = Cgroup::new(layout.clone(), &Path::new("/").join(&root).join(&id)) else { continue };
                 let killed = tokio::task::spawn_blocking(move || {
                     cg.kill_all(Duration::from_secs(10)).and_then(|_| cg.remove(Duration::from_secs(10)))
@@ -120,28 +148,42 @@ impl Agent {
         self.settings.gc_delay.mul_f64((1.0 - self.settings.gc_disk_headroom - usage).max(0.0))
     }
 
-    /// Removes every terminated container whose termination is older than the current GC age.
+    /// Removes the sandbox and bundle of every terminated container whose termination is older
+    /// than the current GC age. The small record stays, so Wait and Status still answer, until
+    /// Remove.
     pub(super) async fn collect_garbage(&self) {
         let age = self.gc_age();
         let now = super::now_ns();
-        let due: Vec<String> = self
+        let due: Vec<_> = self
             .all()
             .into_iter()
             .filter(|c| c.terminated().is_some())
             .filter(|c| {
                 let cp = c.checkpoint.lock().unwrap();
                 let at = cp.terminated_ns.unwrap_or(cp.created_ns);
-                now.saturating_sub(at) >= age.as_nanos().min(i64::MAX as u128) as i64
+                cp.collected_ns.is_none() && now.saturating_sub(at) >= age.as_nanos().min(i64::MAX as u128) as i64
             })
-            .map(|c| c.id.clone())
             .collect();
-        for id in due {
-            match self.remove(&id).await {
+        for c in due {
+            let _op = c.op.lock().await;
+            let dirs = [c.sandbox(), c.bundle(), c.shim_dir.clone()];
+            let removed = tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|d| sweep::remove_tree(d)))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            let recorded = removed.and_then(|_| {
+                let mut cp = c.checkpoint.lock().unwrap();
+                cp.collected_ns = Some(now);
+                super::container::save(&c.dir, &cp)
+            });
+            match recorded {
                 Ok(()) => {
-                    tracing::info!(container = %id, after = ?age, "garbage collected its sandbox");
+                    tracing::info!(container = %c.id, after = ?age, "garbage collected its sandbox");
                     self.metrics.gc_removals.inc();
                 }
-                Err(e) => tracing::error!(container = %id, "garbage collection: {}", e.message()),
+                Err(e) => {
+                    self.metrics.destroy_errors.inc();
+                    tracing::error!(container = %c.id, "garbage collection: {e}");
+                }
             }
         }
     }

@@ -103,7 +103,15 @@ pub async fn serve(addr: SocketAddr, agent: Weak<Agent>) -> anyhow::Result<()> {
     tracing::info!(%addr, "serving metrics at /metrics");
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!("metrics: accepting a connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
             let agent = agent.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {

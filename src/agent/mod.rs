@@ -26,6 +26,10 @@ use tonic::Status;
 pub use config::{Flags, Settings};
 use container::{termination_of, termination_with, Checkpoint, Container, LAUNCH_FILE, STATE_FILE};
 
+/// The cgroup (under the cgroup root) every shim lives in; container ids cannot contain `.`, so
+/// no container's cgroup is ever this one.
+pub const SHIM_CGROUP: &str = "shims.scope";
+
 /// The marker of a launch a Kill cancelled.
 const CANCELLED: &str = "\0cancelled";
 
@@ -69,9 +73,24 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Status {
 
 impl Agent {
     /// Prepares the directories, records the boot, and recovers every checkpointed container.
-    pub async fn start(settings: Settings) -> anyhow::Result<Arc<Agent>> {
+    pub async fn start(mut settings: Settings) -> anyhow::Result<Arc<Agent>> {
         for dir in [settings.work_dir.join("containers"), settings.runtime_dir.join("shims")] {
             std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        }
+        // Real paths: mounts are matched against /proc/self/mountinfo, which has no links.
+        settings.work_dir = std::fs::canonicalize(&settings.work_dir)?;
+        settings.runtime_dir = std::fs::canonicalize(&settings.runtime_dir)?;
+        for (isolator, without) in [
+            ("linux/capabilities", "root's full capability set, whatever --allowed-capabilities says"),
+            ("linux/seccomp", "no seccomp filter"),
+            ("linux/nnp", "no no_new_privileges"),
+            ("namespaces/pid", "the host's pid namespace, whatever --allow-host-pid-namespace says"),
+            ("namespaces/ipc", "the host's IPC namespace, whatever --allow-host-ipc-namespace says"),
+            ("environment", "none of their launch's environment variables"),
+        ] {
+            if !settings.isolation.iter().any(|i| i == isolator) {
+                tracing::warn!("--isolation leaves out {isolator}: containers get {without}");
+            }
         }
         let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_string();
         let fetcher = fetcher::Fetcher::new(
@@ -189,6 +208,20 @@ impl Agent {
                 return Err(e);
             }
         };
+        // The launch goes on in its own task: a caller that hangs up (a client deadline, a
+        // Ctrl-C) must not abandon a container half made.
+        let agent = self.clone();
+        tokio::spawn(async move { agent.bring_up_or_destroy(c, t, started).await })
+            .await
+            .map_err(|e| internal("the launch task", e))?
+    }
+
+    async fn bring_up_or_destroy(
+        self: Arc<Self>,
+        c: Arc<Container>,
+        t: husk_oci::Translation,
+        started: std::time::Instant,
+    ) -> Result<Arc<Container>, Status> {
         let _op = c.op.lock().await;
         self.event(&c, ContainerState::Unknown);
         let mut cancel = c.cancel.subscribe();
@@ -281,6 +314,7 @@ impl Agent {
                 mem_limit_mb: t.limits.mem_mb.filter(|m| m.is_finite()).or(t.requests.mem_mb).map(|m| m.max(32.0)),
                 termination: None,
                 terminated_ns: None,
+                collected_ns: None,
             };
             let json = serde_json::to_vec(&req).map_err(|e| internal("encoding the launch", e))?;
             let saved = husk_oci::checkpoint::write_atomic(&dir.join(LAUNCH_FILE), &json, 0o600)
@@ -314,7 +348,8 @@ impl Agent {
         self.transition(c, ContainerState::Isolating).map_err(|e| e.message().to_string())?;
         let runtime = self.runtime_of(c);
         let mut cmd = self.shim_command("start", c);
-        cmd.arg("--shim-cgroup").arg(format!("/{}/shims", self.settings.translation.cgroup_root.trim_matches('/')));
+        cmd.arg("--shim-cgroup")
+            .arg(format!("/{}/{SHIM_CGROUP}", self.settings.translation.cgroup_root.trim_matches('/')));
         if self.settings.init && runtime == "husk" {
             cmd.arg("--init");
         }
@@ -330,7 +365,7 @@ impl Agent {
         self.transition(c, ContainerState::Fetching).map_err(|e| e.message().to_string())?;
         let uris = c.launch.command.as_ref().map(|c| c.uris.as_slice()).unwrap_or_default();
         if !uris.is_empty() {
-            self.fetcher.fetch_all(uris, &c.sandbox(), &owner).await?;
+            self.fetcher.fetch_all(uris, &c.sandbox(), &c.dir.join("fetch-tmp"), &owner).await?;
         }
         let mut client =
             husk_shim::shim::connect(&c.socket()).await.map_err(|e| format!("connecting to the shim: {e}"))?;
@@ -452,15 +487,19 @@ impl Agent {
                 | ContainerState::Isolating
                 | ContainerState::Fetching
         );
-        if launching && c.terminated().is_none() {
-            // The launch holds the container's lock until it is done: cancel it instead; it
-            // destroys what it made and records TASK_KILLED.
+        let cancelling = launching && c.terminated().is_none();
+        if cancelling {
+            // The launch holds the container's lock until it is done: cancel it; it destroys
+            // what it made and records TASK_KILLED. Should it have finished first, the
+            // container runs by the time the lock is ours, and is killed below.
             c.set_killed().map_err(|e| internal("checkpointing the kill", e))?;
             c.cancel.send_replace(true);
-            return Ok(());
         }
         let _op = c.op.lock().await;
         if c.terminated().is_some() {
+            if cancelling {
+                return Ok(());
+            }
             return Err(Status::failed_precondition(format!("container_id: `{id}` has already terminated")));
         }
         if c.state() != ContainerState::Running {
@@ -496,14 +535,25 @@ impl Agent {
     pub async fn remove(&self, id: &str) -> Result<(), Status> {
         let c = self.get(id)?;
         let _op = c.op.lock().await;
+        // Another Remove (or the GC) may have removed it, and a new launch taken its id, while
+        // this one waited for the lock.
+        if !self.containers.lock().unwrap().get(id).is_some_and(|now| Arc::ptr_eq(now, &c)) {
+            return Err(Status::not_found(format!("container_id: no container `{id}`")));
+        }
         if c.terminated().is_none() {
             return Err(Status::failed_precondition(format!(
                 "container_id: `{id}` is {}; only a terminated container can be removed",
                 c.state().as_str_name()
             )));
         }
-        for dir in [&c.shim_dir, &c.dir] {
-            if let Err(e) = sweep::remove_tree(dir) {
+        for dir in [c.shim_dir.clone(), c.dir.clone()] {
+            let removed = tokio::task::spawn_blocking({
+                let dir = dir.clone();
+                move || sweep::remove_tree(&dir)
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            if let Err(e) = removed {
                 self.metrics.destroy_errors.inc();
                 return Err(internal(&format!("removing {}", dir.display()), e));
             }

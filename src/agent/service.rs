@@ -312,18 +312,7 @@ impl Containerizer for Service {
                 })
             },
             boot_id: Some(self.0.boot_id.clone()),
-            isolators: vec![
-                "filesystem/linux".into(),
-                "cgroups/cpu".into(),
-                "cgroups/mem".into(),
-                "cgroups/pids".into(),
-                "namespaces/pid".into(),
-                "namespaces/ipc".into(),
-                "linux/capabilities".into(),
-                "linux/seccomp".into(),
-                "linux/nnp".into(),
-                "posix/rlimits".into(),
-            ],
+            isolators: self.0.settings.isolation.clone(),
         }))
     }
 }

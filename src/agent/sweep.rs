@@ -1,7 +1,6 @@
 //! Removing what the agent owns on disk without ever deleting across a mount point: a sandbox
 //! may hold a bind of a host directory, and deleting through it would delete the host's files.
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// The mount points at or below `dir`, deepest first (from `/proc/self/mountinfo`).
@@ -49,36 +48,25 @@ pub fn unmount_all_under(dir: &Path) -> io::Result<usize> {
     Ok(mounts.len())
 }
 
-/// Removes `dir` and everything below it: mounts are detached first, and the removal itself
-/// refuses to enter a directory on another filesystem. A missing `dir` is fine.
+/// Removes `dir` and everything below it: every mount below it is detached first, and nothing
+/// is removed while one is left. The removal itself is `std::fs::remove_dir_all`, which works
+/// from directory handles and never follows a link, however the tree changes meanwhile. A
+/// missing `dir` is fine.
 pub fn remove_tree(dir: &Path) -> io::Result<()> {
-    let root = match std::fs::symlink_metadata(dir) {
-        Ok(m) => m,
+    let dir = match std::fs::canonicalize(dir) {
+        Ok(d) => d,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    unmount_all_under(dir)?;
-    if !root.is_dir() {
-        return std::fs::remove_file(dir);
+    unmount_all_under(&dir)?;
+    let left = mounts_under(&dir);
+    if let Some(m) = left.first() {
+        return Err(io::Error::other(format!("{} is still a mount point; not removed", m.display())));
     }
-    remove_on_device(dir, root.dev())
-}
-
-fn remove_on_device(dir: &Path, dev: u64) -> io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        let meta = std::fs::symlink_metadata(&path)?;
-        if meta.is_dir() {
-            if meta.dev() != dev {
-                return Err(io::Error::other(format!("{} is another filesystem; not removed", path.display())));
-            }
-            remove_on_device(&path, dev)?;
-        } else {
-            std::fs::remove_file(&path)?;
-        }
+    match std::fs::symlink_metadata(&dir)?.is_dir() {
+        true => std::fs::remove_dir_all(&dir),
+        false => std::fs::remove_file(&dir),
     }
-    std::fs::remove_dir(dir)
 }
 
 /// A duration in Mesos' flag form: a number and a unit (`ns`, `us`, `ms`, `secs`/`s`,
