@@ -3,4 +3,5 @@
 
 pub mod agent;
 pub mod client;
+pub mod ctl;
 pub mod launch_file;

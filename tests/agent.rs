@@ -2,10 +2,15 @@
 //! containers, and restarts of the agent.
 mod common;
 
+#[path = "common/agent.rs"]
+mod fixture;
+
+use fixture::Agent;
+
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use husk_proto::agent::v1 as pb;
@@ -15,124 +20,6 @@ use husk_proto::mesos::v1::{
     TaskState,
 };
 use tonic::transport::Channel;
-
-struct Agent {
-    dir: tempfile::TempDir,
-    cgroups: common::CgroupRoot,
-    process: Option<Child>,
-}
-
-impl Agent {
-    fn start(tag: &str) -> Agent {
-        Agent::start_with(tag, "")
-    }
-
-    fn start_with(tag: &str, config: &str) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        // Settings come from the config file too (flags win over it).
-        let config = format!("pids_limit = 512\nlog_format = \"json\"\nruntime = \"husk\"\n{config}");
-        std::fs::write(dir.path().join("agent.toml"), config).unwrap();
-        let mut a = Agent { dir, cgroups: common::CgroupRoot::new(tag), process: None };
-        a.restart();
-        a
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.path("husk.sock")
-    }
-
-    /// (Re)starts the agent process and waits until its socket answers.
-    fn restart(&mut self) {
-        let agent = PathBuf::from(env!("CARGO_BIN_EXE_husk-agent"));
-        let shim = agent.with_file_name("husk-shim");
-        assert!(shim.exists(), "{} is missing: build the workspace (cargo test --workspace)", shim.display());
-        let _ = std::fs::remove_file(self.socket());
-        let child = Command::new(&agent)
-            .arg("--config")
-            .arg(self.path("agent.toml"))
-            .arg("--work-dir")
-            .arg(self.path("work"))
-            .arg("--runtime-dir")
-            .arg(self.path("run"))
-            .arg("--listen")
-            .arg(format!("unix://{}", self.socket().display()))
-            .args(["--cgroup-root", &self.cgroups.name, "--log-level", "debug"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.path("agent.log")).unwrap())
-            .spawn()
-            .unwrap();
-        self.process = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.socket().exists() {
-            let exited = self.process.as_mut().unwrap().try_wait().unwrap().is_some();
-            assert!(
-                !exited && Instant::now() < deadline,
-                "the agent never served: {}",
-                std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            let _ = p.kill();
-            let _ = p.wait();
-        }
-    }
-
-    async fn client(&self) -> ContainerizerClient<Channel> {
-        let path = self.socket();
-        let channel = tonic::transport::Endpoint::from_static("http://agent")
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let path = path.clone();
-                async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
-            }))
-            .await
-            .unwrap();
-        ContainerizerClient::new(channel)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill9();
-        // Whatever the test left: every shim and container goes (husk-shim cleanup per shim).
-        let shim = PathBuf::from(env!("CARGO_BIN_EXE_husk-agent")).with_file_name("husk-shim");
-        if let Ok(entries) = std::fs::read_dir(self.path("run/shims")) {
-            for e in entries.flatten() {
-                let id = e.file_name().to_string_lossy().into_owned();
-                let c = self.path("work/containers").join(&id);
-                let _ = Command::new(&shim)
-                    .args(["cleanup", "--id", &id, "--bundle"])
-                    .arg(c.join("bundle"))
-                    .arg("--sandbox")
-                    .arg(c.join("sandbox"))
-                    .arg("--state-dir")
-                    .arg(e.path())
-                    .output();
-            }
-        }
-        let leaves: Vec<_> = self
-            .cgroups
-            .leftovers()
-            .into_iter()
-            .filter(|p| !p.ends_with(&self.cgroups.name) && !p.ends_with("shims.scope"))
-            .collect();
-        if !std::thread::panicking() {
-            assert!(leaves.is_empty(), "container cgroups left: {leaves:?}");
-        }
-    }
-}
 
 fn launch(id: &str, script: &str) -> pb::LaunchRequest {
     pb::LaunchRequest {

@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use husk::ctl::{self, Format};
 use husk_oci::{translate, Config, Placement};
-use husk_proto::agent::v1::LaunchRequest;
+use husk_proto::agent::v1::{self as pb, LaunchRequest};
 use husk_proto::mesos::v1::{container_info, environment, value, CommandInfo, ContainerId, ContainerInfo, Environment};
 
 #[derive(Parser)]
@@ -23,6 +24,10 @@ struct Cli {
     /// Client key (PEM) for an `https://` endpoint.
     #[arg(long, global = true, env = "HUSK_TLS_KEY", value_name = "FILE")]
     tls_key: Option<std::path::PathBuf>,
+    /// Seconds to wait for each answer of the agent (0: no limit). Following commands (run,
+    /// wait, logs -f, stats) wait as long as their container lives.
+    #[arg(long, global = true, default_value_t = 30, value_name = "SECONDS")]
+    timeout: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,10 +49,189 @@ enum Command {
         huskctl run -- echo hello\n  \
         huskctl run --id web -d --resources 'cpus:0.5;mem:128' -- 'python3 -m http.server'")]
     Run(Box<RunArgs>),
+    /// Launch a container from a Mesos launch document and print its id (`run -d -f`).
+    #[command(after_help = "Examples:\n  \
+        huskctl launch -f launch.json\n  \
+        huskctl launch -f task.json --id web-1")]
+    Launch(LaunchArgs),
+    /// List containers: the live ones, or all with -a.
+    #[command(
+        after_help = "Examples:\n  huskctl ps\n  huskctl ps -a --state terminated -q\n  huskctl ps --label team=web -o json"
+    )]
+    Ps(PsArgs),
+    /// Show one container: state, command, resources, pid, termination, sandbox and bundle.
+    #[command(after_help = "Example:\n  huskctl inspect web -o yaml")]
+    Inspect {
+        id: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "json")]
+        output: Format,
+    },
+    /// Print a container's output (stdout and stderr, from its sandbox).
+    #[command(after_help = "Examples:\n  huskctl logs web\n  huskctl logs -f --tail 20 --stream stderr web")]
+    Logs(LogsArgs),
+    /// Resource usage: a table refreshed every --interval seconds, or one with --no-stream.
+    #[command(after_help = "Examples:\n  huskctl stats\n  huskctl stats --no-stream -o json web")]
+    Stats(StatsArgs),
+    /// Stop containers: SIGTERM, SIGKILL after -t seconds, and wait until they terminated.
+    #[command(after_help = "Example:\n  huskctl stop -t 30 web")]
+    Stop {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Seconds between SIGTERM and SIGKILL.
+        #[arg(short = 't', long, default_value_t = 10)]
+        time: u64,
+    },
+    /// Send a signal to a container's init (default KILL).
+    #[command(after_help = "Examples:\n  huskctl kill web\n  huskctl kill -s HUP web")]
+    Kill {
+        id: String,
+        /// Signal: a name (TERM, SIGHUP) or a number.
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+    },
+    /// Remove terminated containers: sandbox, bundle and checkpoints (-f stops live ones first).
+    #[command(after_help = "Examples:\n  huskctl rm web\n  huskctl rm -f $(huskctl ps -aq)")]
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Kill a live container first.
+        #[arg(short, long)]
+        force: bool,
+    },
     /// Wait for a container to terminate and print its termination; exits with its status.
-    Wait { id: String },
-    /// Print huskctl's version.
-    Version,
+    #[command(after_help = "Example:\n  huskctl wait web; echo $?")]
+    Wait {
+        id: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "json")]
+        output: Format,
+    },
+    /// Change a live container's cpu and memory (memory only grows unless --allow-decrease).
+    #[command(after_help = "Example:\n  huskctl update web --cpus 2 --mem 512")]
+    Update {
+        id: String,
+        #[arg(long)]
+        cpus: Option<f64>,
+        /// Memory in MB.
+        #[arg(long)]
+        mem: Option<f64>,
+        #[arg(long)]
+        allow_decrease: bool,
+    },
+    /// The node: resources (total, allocated, available), runtime, cgroup mode, isolators.
+    Info {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Versions of huskctl and of the agent (when it answers).
+    Version {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Look at shims directly, through the runtime dir and their own sockets (works while the
+    /// agent is down).
+    #[command(subcommand)]
+    Shim(ShimCommand),
+    /// Print a shell completion script.
+    #[command(after_help = "Example:\n  huskctl completion bash > /etc/bash_completion.d/huskctl")]
+    Completion { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum ShimCommand {
+    /// List the shims under the runtime dir with their state.
+    #[command(after_help = "Example:\n  huskctl shim ls --runtime-dir /run/husk")]
+    Ls {
+        #[arg(long, env = "HUSK_RUNTIME_DIR", default_value = "/run/husk", value_name = "DIR")]
+        runtime_dir: PathBuf,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+        /// Only ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// One shim: its container's state and init pid, processes, usage and exit status.
+    #[command(after_help = "Example:\n  huskctl shim inspect web")]
+    Inspect {
+        id: String,
+        #[arg(long, env = "HUSK_RUNTIME_DIR", default_value = "/run/husk", value_name = "DIR")]
+        runtime_dir: PathBuf,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "json")]
+        output: Format,
+    },
+}
+
+#[derive(Args)]
+struct LaunchArgs {
+    /// Launch document (JSON; `-` for standard input): a Mesos LAUNCH_CONTAINER call, its bare
+    /// launch_container object, or a Mesos TaskInfo.
+    #[arg(short = 'f', long = "file", value_name = "FILE", required = true)]
+    file: String,
+    /// Container id (default: the document's; a TaskInfo's is generated).
+    #[arg(long)]
+    id: Option<String>,
+    /// OCI runtime: husk (default), runc, crun or youki.
+    #[arg(long)]
+    runtime: Option<String>,
+}
+
+#[derive(Args)]
+struct PsArgs {
+    /// All containers, terminated ones too.
+    #[arg(short, long)]
+    all: bool,
+    /// Only containers in this state (e.g. running, terminated, fetching).
+    #[arg(long, value_name = "STATE")]
+    state: Option<String>,
+    /// Only containers with this label (KEY=VALUE, repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Only ids.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Format,
+}
+
+#[derive(Args)]
+struct LogsArgs {
+    id: String,
+    /// Keep printing as the container writes, until it terminates.
+    #[arg(short, long)]
+    follow: bool,
+    /// Only the last N lines.
+    #[arg(long, value_name = "N")]
+    tail: Option<u64>,
+    #[arg(long, value_enum, default_value = "both")]
+    stream: LogStream,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogStream {
+    Both,
+    Stdout,
+    Stderr,
+}
+
+#[derive(Args)]
+struct StatsArgs {
+    /// Containers (default: every live one).
+    ids: Vec<String>,
+    /// Print one table and exit.
+    #[arg(long)]
+    no_stream: bool,
+    /// Seconds between refreshes.
+    #[arg(long, default_value_t = 2)]
+    interval: u64,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Format,
 }
 
 /// What a launch is made of, for `bundle` and `run` alike.
@@ -143,13 +327,32 @@ fn main() -> ExitCode {
     let endpoint = Api {
         endpoint: cli.endpoint.clone(),
         tls: husk::client::Tls { ca: cli.tls_ca.clone(), cert: cli.tls_cert.clone(), key: cli.tls_key.clone() },
+        timeout: (cli.timeout > 0).then(|| std::time::Duration::from_secs(cli.timeout)),
     };
+    let api = &endpoint;
     let result = match cli.command {
         Command::Bundle(args) => bundle(*args),
-        Command::Run(args) => return finish(block_on(run(&endpoint, *args))),
-        Command::Wait { id } => return finish(block_on(wait(&endpoint, &id))),
-        Command::Version => {
-            println!("huskctl {}", env!("CARGO_PKG_VERSION"));
+        Command::Run(args) => return finish(block_on(run(api, *args))),
+        Command::Wait { id, output } => return finish(block_on(wait(api, &id, output))),
+        Command::Launch(a) => block_on(launch(api, a)),
+        Command::Ps(a) => block_on(ps(api, a)),
+        Command::Inspect { id, output } => block_on(inspect(api, &id, output)),
+        Command::Logs(a) => block_on(logs(api, a)),
+        Command::Stats(a) => block_on(stats(api, a)),
+        Command::Stop { ids, time } => block_on(stop(api, &ids, time)),
+        Command::Kill { id, signal } => block_on(kill(api, &id, &signal)),
+        Command::Rm { ids, force } => block_on(rm(api, &ids, force)),
+        Command::Update { id, cpus, mem, allow_decrease } => block_on(update(api, &id, cpus, mem, allow_decrease)),
+        Command::Info { output } => block_on(info(api, output)),
+        Command::Version { output } => block_on(version(api, output)),
+        Command::Shim(c) => block_on(shim(c)),
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "huskctl",
+                &mut std::io::stdout(),
+            );
             Ok(())
         }
     };
@@ -294,57 +497,542 @@ fn exit_status(t: &husk_proto::agent::v1::ContainerTermination) -> u8 {
 struct Api {
     endpoint: String,
     tls: husk::client::Tls,
+    /// Deadline of each unary call (`--timeout`).
+    timeout: Option<std::time::Duration>,
 }
 
+type Client = pb::containerizer_client::ContainerizerClient<tonic::transport::Channel>;
+
 impl Api {
-    async fn connect(
+    async fn connect(&self) -> Result<Client> {
+        let connecting = husk::client::connect_with(&self.endpoint, &self.tls);
+        match self.timeout {
+            None => connecting.await,
+            Some(t) => tokio::time::timeout(t, connecting).await.map_err(|_| {
+                anyhow::anyhow!("the agent at {} did not answer within {}s", self.endpoint, t.as_secs())
+            })?,
+        }
+    }
+
+    /// One unary call, within --timeout; errors carry the gRPC status and message.
+    async fn call<T>(
         &self,
-    ) -> Result<husk_proto::agent::v1::containerizer_client::ContainerizerClient<tonic::transport::Channel>> {
-        husk::client::connect_with(&self.endpoint, &self.tls).await
+        call: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T> {
+        let answer = match self.timeout {
+            None => call.await,
+            Some(t) => tokio::time::timeout(t, call)
+                .await
+                .map_err(|_| anyhow::anyhow!("DeadlineExceeded: no answer within {}s (--timeout)", t.as_secs()))?,
+        };
+        answer.map(tonic::Response::into_inner).map_err(status_error)
     }
 }
 
+fn cid(id: &str) -> ContainerId {
+    ContainerId { value: id.to_string(), parent: None }
+}
+
 async fn run(endpoint: &Api, a: RunArgs) -> Result<u8> {
-    use husk_proto::agent::v1 as pb;
     // --id, else the launch document's own, else a fresh one.
-    let generated = a.launch.id.clone().unwrap_or_else(|| {
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        format!("husk-{nanos:x}")
-    });
+    let generated = a.launch.id.clone().unwrap_or_else(new_id);
     let mut req = a.launch.request(a.launch.id.as_deref(), &generated)?;
     let id = req.container_id.value.clone();
     req.runtime = a.runtime.clone();
     let mut client = endpoint.connect().await?;
-    client.launch(req).await.map_err(status_error)?;
+    endpoint.call(client.launch(req)).await?;
     if a.detach {
         println!("{id}");
         return Ok(0);
     }
-    let container_id = husk_proto::mesos::v1::ContainerId { value: id.clone(), parent: None };
+    let container_id = cid(&id);
     let mut logs = client
         .logs(pb::LogsRequest { container_id: container_id.clone(), follow: Some(true), ..Default::default() })
         .await
         .map_err(status_error)?
         .into_inner();
-    use std::io::Write;
-    while let Some(chunk) = logs.message().await.map_err(status_error)? {
-        let data = chunk.data.unwrap_or_default();
-        if chunk.stream == Some(pb::logs_request::Stream::Stderr as i32) {
-            let _ = std::io::stderr().write_all(&data);
-        } else {
-            let _ = std::io::stdout().write_all(&data);
-        }
-    }
+    follow_logs(&mut logs).await?;
     let t = client.wait(pb::WaitRequest { container_id }).await.map_err(status_error)?.into_inner();
     Ok(exit_status(&t))
 }
 
-async fn wait(endpoint: &Api, id: &str) -> Result<u8> {
-    use husk_proto::agent::v1 as pb;
+fn new_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("husk-{nanos:x}")
+}
+
+/// Copies a log stream to stdout and stderr until it ends.
+async fn follow_logs(logs: &mut tonic::Streaming<pb::LogChunk>) -> Result<()> {
+    use std::io::Write;
+    while let Some(chunk) = logs.message().await.map_err(status_error)? {
+        let data = chunk.data.unwrap_or_default();
+        if chunk.stream == Some(pb::logs_request::Stream::Stderr as i32) {
+            let mut err = std::io::stderr().lock();
+            err.write_all(&data)?;
+            err.flush()?;
+        } else {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&data)?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+async fn wait(endpoint: &Api, id: &str, output: Format) -> Result<u8> {
     let mut client = endpoint.connect().await?;
-    let container_id = husk_proto::mesos::v1::ContainerId { value: id.to_string(), parent: None };
-    let t = client.wait(pb::WaitRequest { container_id }).await.map_err(status_error)?.into_inner();
-    println!("{}", serde_json::to_string_pretty(&t)?);
+    let t = client.wait(pb::WaitRequest { container_id: cid(id) }).await.map_err(status_error)?.into_inner();
+    ctl::print(&t, output, || format!("{id}  {}\n", ctl::termination(&t)))?;
     Ok(exit_status(&t))
+}
+
+async fn launch(api: &Api, a: LaunchArgs) -> Result<()> {
+    let generated = a.id.clone().unwrap_or_else(new_id);
+    let mut req = husk::launch_file::read(&a.file, a.id.as_deref(), &generated)?;
+    req.runtime = a.runtime;
+    let id = req.container_id.value.clone();
+    let mut client = api.connect().await?;
+    api.call(client.launch(req)).await?;
+    println!("{id}");
+    Ok(())
+}
+
+async fn ps(api: &Api, a: PsArgs) -> Result<()> {
+    let mut labels = Vec::new();
+    for l in &a.labels {
+        let (k, v) = l.split_once('=').with_context(|| format!("--label `{l}` is not KEY=VALUE"))?;
+        labels.push((k.to_string(), v.to_string()));
+    }
+    let wanted_state = a.state.as_deref().map(|s| s.to_ascii_uppercase());
+    if let Some(s) = &wanted_state {
+        if pb::ContainerState::from_str_name(s).is_none() {
+            bail!(
+                "--state `{}`: not one of provisioning, preparing, isolating, fetching, running, destroying, terminated",
+                s.to_lowercase()
+            );
+        }
+    }
+    let mut client = api.connect().await?;
+    let list = api.call(client.list(pb::ListRequest::default())).await?;
+    let shown: Vec<pb::ContainerInfo> = list
+        .containers
+        .into_iter()
+        .filter(|c| a.all || wanted_state.is_some() || c.termination.is_none())
+        .filter(|c| wanted_state.as_deref().is_none_or(|s| c.state().as_str_name() == s))
+        .filter(|c| {
+            labels.iter().all(|(k, v)| {
+                c.labels.as_ref().is_some_and(|l| l.labels.iter().any(|x| x.key == *k && x.value.as_deref() == Some(v)))
+            })
+        })
+        .collect();
+    if a.quiet {
+        for c in &shown {
+            println!("{}", c.container_id.value);
+        }
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = shown
+        .iter()
+        .map(|c| {
+            vec![
+                c.container_id.value.clone(),
+                ctl::status(c),
+                c.container_status.as_ref().and_then(|s| s.executor_pid).map(|p| p.to_string()).unwrap_or("-".into()),
+                ctl::resources(&c.resources),
+                c.runtime.clone().unwrap_or_else(|| "husk".into()),
+                c.created_at_ns.map(ctl::ago).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    ctl::print(&shown, a.output, || ctl::table(&["ID", "STATUS", "PID", "RESOURCES", "RUNTIME", "CREATED"], &rows))
+}
+
+async fn inspect(api: &Api, id: &str, output: Format) -> Result<()> {
+    let mut client = api.connect().await?;
+    let st = api.call(client.status(pb::StatusRequest { container_id: cid(id) })).await?;
+    let info = st.info.context("the agent sent no container info")?;
+    ctl::print(&info, output, || {
+        let mut rows = vec![
+            vec!["id".into(), info.container_id.value.clone()],
+            vec!["status".into(), ctl::status(&info)],
+            vec![
+                "pid".into(),
+                info.container_status
+                    .as_ref()
+                    .and_then(|s| s.executor_pid)
+                    .map(|p| p.to_string())
+                    .unwrap_or("-".into()),
+            ],
+            vec!["resources".into(), ctl::resources(&info.resources)],
+            vec!["sandbox".into(), info.sandbox_directory.clone().unwrap_or_default()],
+            vec!["bundle".into(), info.bundle_directory.clone().unwrap_or_default()],
+        ];
+        if let Some(t) = &info.termination {
+            rows.push(vec!["message".into(), t.message().to_string()]);
+        }
+        ctl::table(&["FIELD", "VALUE"], &rows)
+    })
+}
+
+async fn logs(api: &Api, a: LogsArgs) -> Result<()> {
+    let stream = match a.stream {
+        LogStream::Both => pb::logs_request::Stream::Both,
+        LogStream::Stdout => pb::logs_request::Stream::Stdout,
+        LogStream::Stderr => pb::logs_request::Stream::Stderr,
+    };
+    let mut client = api.connect().await?;
+    let req =
+        pb::LogsRequest { container_id: cid(&a.id), stream: Some(stream as i32), tail: a.tail, follow: Some(a.follow) };
+    let mut logs = match a.follow {
+        true => client.logs(req).await.map_err(status_error)?.into_inner(),
+        false => api.call(client.logs(req)).await?,
+    };
+    follow_logs(&mut logs).await
+}
+
+/// One row of `stats`, kept for JSON and YAML output.
+#[derive(serde::Serialize)]
+struct StatRow {
+    id: String,
+    cpu_percent: Option<f64>,
+    mem_bytes: Option<u64>,
+    mem_limit_bytes: Option<u64>,
+    processes: Option<u32>,
+    #[serde(skip)]
+    cpu_secs: Option<f64>,
+}
+
+async fn stats(api: &Api, a: StatsArgs) -> Result<()> {
+    let mut client = api.connect().await?;
+    let interval = std::time::Duration::from_secs(a.interval.max(1));
+    let mut previous: std::collections::HashMap<String, (std::time::Instant, f64)> = Default::default();
+    loop {
+        let ids: Vec<String> = match a.ids.is_empty() {
+            false => a.ids.clone(),
+            true => api
+                .call(client.list(pb::ListRequest::default()))
+                .await?
+                .containers
+                .into_iter()
+                .filter(|c| c.state() == pb::ContainerState::Running)
+                .map(|c| c.container_id.value)
+                .collect(),
+        };
+        let mut rows = Vec::new();
+        for id in &ids {
+            let usage = api.call(client.usage(pb::UsageRequest { container_id: cid(id) })).await;
+            let s = match (usage, a.ids.is_empty()) {
+                (Ok(u), _) => u.statistics.unwrap_or_default(),
+                // A container that ended between the list and the call just leaves the table.
+                (Err(_), true) => continue,
+                (Err(e), false) => return Err(e.context(format!("container `{id}`"))),
+            };
+            let cpu = s.cpus_user_time_secs.zip(s.cpus_system_time_secs).map(|(u, s)| u + s);
+            let now = std::time::Instant::now();
+            let percent = match (cpu, previous.get(id)) {
+                (Some(c), Some((t, p))) => Some(100.0 * (c - p) / now.duration_since(*t).as_secs_f64()),
+                _ => None,
+            };
+            if let Some(c) = cpu {
+                previous.insert(id.clone(), (now, c));
+            }
+            rows.push(StatRow {
+                id: id.clone(),
+                cpu_percent: percent,
+                mem_bytes: s.mem_rss_bytes.or(s.mem_total_bytes),
+                mem_limit_bytes: s.mem_limit_bytes,
+                processes: s.processes,
+                cpu_secs: cpu,
+            });
+        }
+        let table = || {
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.id.clone(),
+                        r.cpu_percent
+                            .map(|p| format!("{p:.1}%"))
+                            .unwrap_or_else(|| r.cpu_secs.map(|c| format!("{c:.2}s")).unwrap_or("-".into())),
+                        r.mem_bytes.map(ctl::bytes).unwrap_or("-".into()),
+                        r.mem_limit_bytes.map(ctl::bytes).unwrap_or("-".into()),
+                        r.processes.map(|p| p.to_string()).unwrap_or("-".into()),
+                    ]
+                })
+                .collect();
+            ctl::table(&["ID", "CPU", "MEM", "LIMIT", "PIDS"], &cells)
+        };
+        if a.no_stream {
+            return ctl::print(&rows, a.output, table);
+        }
+        // A live view: clear the screen and draw again (CPU is the rate since the last draw).
+        if a.output == Format::Table {
+            print!("\x1b[2J\x1b[H");
+        }
+        ctl::print(&rows, a.output, table)?;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+async fn stop(api: &Api, ids: &[String], secs: u64) -> Result<()> {
+    let mut client = api.connect().await?;
+    for id in ids {
+        let st = api.call(client.status(pb::StatusRequest { container_id: cid(id) })).await?;
+        if st.info.as_ref().is_some_and(|i| i.termination.is_none()) {
+            let grace =
+                husk_proto::mesos::v1::DurationInfo { nanoseconds: (secs as i64).saturating_mul(1_000_000_000) };
+            let req = pb::KillRequest { container_id: cid(id), signal: None, grace_period: Some(grace) };
+            match api.call(client.kill(req)).await {
+                Ok(_) => {}
+                // It ended meanwhile: stopped all the same.
+                Err(e) if e.to_string().contains("already terminated") => {}
+                Err(e) => return Err(e.context(format!("stopping `{id}`"))),
+            }
+            client.wait(pb::WaitRequest { container_id: cid(id) }).await.map_err(status_error)?;
+        }
+        println!("{id}");
+    }
+    Ok(())
+}
+
+/// A signal by name (`TERM`, `SIGTERM`) or number.
+fn parse_signal(s: &str) -> Result<i32> {
+    use std::str::FromStr;
+    if let Ok(n) = s.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n)
+            .map(|s| s as i32)
+            .map_err(|_| anyhow::anyhow!("--signal {n}: not a signal"));
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    nix::sys::signal::Signal::from_str(&name)
+        .map(|s| s as i32)
+        .map_err(|_| anyhow::anyhow!("--signal `{s}`: not a signal"))
+}
+
+async fn kill(api: &Api, id: &str, signal: &str) -> Result<()> {
+    let signal = parse_signal(signal)?;
+    let mut client = api.connect().await?;
+    api.call(client.kill(pb::KillRequest { container_id: cid(id), signal: Some(signal), grace_period: None })).await?;
+    println!("{id}");
+    Ok(())
+}
+
+async fn rm(api: &Api, ids: &[String], force: bool) -> Result<()> {
+    let mut client = api.connect().await?;
+    let mut failed = 0;
+    for id in ids {
+        let removed = async {
+            if force {
+                let st = api.call(client.status(pb::StatusRequest { container_id: cid(id) })).await?;
+                if st.info.as_ref().is_some_and(|i| i.termination.is_none()) {
+                    let req = pb::KillRequest { container_id: cid(id), signal: None, grace_period: None };
+                    match api.call(client.kill(req)).await {
+                        Ok(_) => {}
+                        Err(e) if e.to_string().contains("already terminated") => {}
+                        Err(e) => return Err(e),
+                    }
+                    client.wait(pb::WaitRequest { container_id: cid(id) }).await.map_err(status_error)?;
+                }
+            }
+            api.call(client.remove(pb::RemoveRequest { container_id: cid(id) })).await
+        };
+        match removed.await {
+            Ok(_) => println!("{id}"),
+            Err(e) => {
+                eprintln!("huskctl: error: {id}: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} containers were not removed", ids.len());
+    }
+    Ok(())
+}
+
+async fn update(api: &Api, id: &str, cpus: Option<f64>, mem: Option<f64>, allow_decrease: bool) -> Result<()> {
+    if cpus.is_none() && mem.is_none() {
+        bail!("give --cpus and/or --mem");
+    }
+    let mut resources = Vec::new();
+    if let Some(c) = cpus {
+        resources.push(husk_oci::resources::scalar("cpus", c));
+    }
+    if let Some(m) = mem {
+        resources.push(husk_oci::resources::scalar("mem", m));
+    }
+    let mut client = api.connect().await?;
+    let req = pb::UpdateRequest {
+        container_id: cid(id),
+        resources,
+        allow_memory_limit_decrease: Some(allow_decrease),
+        ..Default::default()
+    };
+    api.call(client.update(req)).await?;
+    println!("{id}");
+    Ok(())
+}
+
+async fn info(api: &Api, output: Format) -> Result<()> {
+    let mut client = api.connect().await?;
+    let i = api.call(client.info(pb::InfoRequest {})).await?;
+    ctl::print(&i, output, || {
+        let rows = vec![
+            vec!["hostname".into(), i.hostname().into()],
+            vec!["kernel".into(), i.kernel_version().into()],
+            vec!["cgroups".into(), i.cgroup_mode().into()],
+            vec!["runtime".into(), i.default_runtime().into()],
+            vec!["work dir".into(), i.work_dir().into()],
+            vec!["runtime dir".into(), i.runtime_dir().into()],
+            vec!["containers".into(), i.containers().to_string()],
+            vec!["total".into(), ctl::resources(&i.total_resources)],
+            vec!["allocated".into(), ctl::resources(&i.allocated_resources)],
+            vec!["available".into(), ctl::resources(&i.available_resources)],
+            vec!["isolators".into(), i.isolators.join(",")],
+        ];
+        ctl::table(&["FIELD", "VALUE"], &rows)
+    })
+}
+
+async fn version(api: &Api, output: Format) -> Result<()> {
+    let agent = match api.connect().await {
+        Ok(mut client) => api.call(client.version(pb::VersionRequest {})).await.ok(),
+        Err(_) => None,
+    };
+    let both = serde_json::json!({ "huskctl": env!("CARGO_PKG_VERSION"), "agent": agent });
+    ctl::print(&both, output, || {
+        let mut rows = vec![vec!["huskctl".into(), env!("CARGO_PKG_VERSION").into()]];
+        match &agent {
+            Some(v) => {
+                rows.push(vec!["agent".into(), v.version().into()]);
+                rows.push(vec!["api".into(), v.api_version().into()]);
+                rows.push(vec!["runtime".into(), format!("{} {}", v.runtime_name(), v.runtime_version())]);
+            }
+            None => rows.push(vec!["agent".into(), format!("not reachable at {}", api.endpoint)]),
+        }
+        ctl::table(&["COMPONENT", "VERSION"], &rows)
+    })
+}
+
+/// What `huskctl shim` reports of one shim, read from its directory and its socket.
+#[derive(serde::Serialize)]
+struct ShimView {
+    id: String,
+    shim_pid: Option<i32>,
+    shim_alive: bool,
+    state: Option<husk_proto::shim::v1::StateResponse>,
+    processes: Option<Vec<husk_proto::shim::v1::ProcessInfo>>,
+    statistics: Option<husk_proto::mesos::v1::ResourceStatistics>,
+    exit: Option<husk_shim::exit::ExitRecord>,
+    error: Option<String>,
+}
+
+async fn shim_view(dir: &Path, id: &str, deep: bool) -> ShimView {
+    use husk_proto::shim::v1 as shim_pb;
+    let pid = husk_shim::shim::ProcessId::load(&dir.join(husk_shim::shim::SHIM_FILE));
+    let mut view = ShimView {
+        id: id.to_string(),
+        shim_pid: pid.map(|p| p.pid),
+        shim_alive: pid.is_some_and(|p| p.alive()),
+        state: None,
+        processes: None,
+        statistics: None,
+        exit: husk_shim::exit::ExitRecord::load(dir).ok().flatten(),
+        error: None,
+    };
+    if !view.shim_alive {
+        return view;
+    }
+    let deadline = std::time::Duration::from_secs(5);
+    let answered = tokio::time::timeout(deadline, async {
+        let mut client =
+            husk_shim::shim::connect(&dir.join(husk_shim::shim::SOCKET)).await.map_err(|e| e.to_string())?;
+        view.state =
+            Some(client.state(shim_pb::StateRequest {}).await.map_err(|e| e.message().to_string())?.into_inner());
+        if deep {
+            view.processes = client.pids(shim_pb::PidsRequest {}).await.ok().map(|p| p.into_inner().processes);
+            view.statistics = client.stats(shim_pb::StatsRequest {}).await.ok().and_then(|s| s.into_inner().statistics);
+        }
+        Ok::<_, String>(())
+    })
+    .await;
+    view.error = match answered {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(_) => Some(format!("no answer within {deadline:?}")),
+    };
+    view
+}
+
+async fn shim(c: ShimCommand) -> Result<()> {
+    match c {
+        ShimCommand::Ls { runtime_dir, output, quiet } => {
+            let shims = runtime_dir.join("shims");
+            let mut ids: Vec<String> = match std::fs::read_dir(&shims) {
+                Ok(entries) => entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => bail!("{}: {e}", shims.display()),
+            };
+            ids.sort();
+            if quiet {
+                ids.iter().for_each(|id| println!("{id}"));
+                return Ok(());
+            }
+            let mut views = Vec::new();
+            for id in &ids {
+                views.push(shim_view(&shims.join(id), id, false).await);
+            }
+            let rows: Vec<Vec<String>> = views
+                .iter()
+                .map(|v| {
+                    let status = match (&v.state, &v.error, v.shim_alive) {
+                        (Some(s), _, _) => husk_proto::shim::v1::Status::try_from(s.status)
+                            .map(|s| s.as_str_name().to_lowercase())
+                            .unwrap_or_else(|_| "unknown".into()),
+                        (None, Some(e), _) => format!("not answering: {e}"),
+                        (None, None, false) => "shim gone".into(),
+                        (None, None, true) => "-".into(),
+                    };
+                    vec![
+                        v.id.clone(),
+                        v.shim_pid.map(|p| p.to_string()).unwrap_or("-".into()),
+                        v.state.as_ref().map(|s| s.pid.to_string()).unwrap_or("-".into()),
+                        status,
+                        v.exit
+                            .as_ref()
+                            .map(|e| e.exit_code.map(|c| c.to_string()).unwrap_or("signal".into()))
+                            .unwrap_or("-".into()),
+                    ]
+                })
+                .collect();
+            ctl::print(&views, output, || ctl::table(&["ID", "SHIM PID", "INIT PID", "STATUS", "EXIT"], &rows))
+        }
+        ShimCommand::Inspect { id, runtime_dir, output } => {
+            husk_oci::validate::container_id(&cid(&id), "ID")?;
+            let dir = runtime_dir.join("shims").join(&id);
+            if !dir.is_dir() {
+                bail!("no shim `{id}` under {}", runtime_dir.join("shims").display());
+            }
+            let view = shim_view(&dir, &id, true).await;
+            ctl::print(&view, output, || {
+                let rows = vec![
+                    vec!["id".into(), view.id.clone()],
+                    vec!["shim pid".into(), view.shim_pid.map(|p| p.to_string()).unwrap_or("-".into())],
+                    vec!["shim alive".into(), view.shim_alive.to_string()],
+                    vec!["init pid".into(), view.state.as_ref().map(|s| s.pid.to_string()).unwrap_or("-".into())],
+                    vec![
+                        "processes".into(),
+                        view.processes.as_ref().map(|p| p.len().to_string()).unwrap_or("-".into()),
+                    ],
+                    vec!["exit".into(), view.exit.as_ref().map(|e| format!("{e:?}")).unwrap_or("-".into())],
+                    vec!["error".into(), view.error.clone().unwrap_or("-".into())],
+                ];
+                ctl::table(&["FIELD", "VALUE"], &rows)
+            })
+        }
+    }
 }

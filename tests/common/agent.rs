@@ -1,0 +1,130 @@
+//! A real husk-agent process for end-to-end tests: its own work, runtime and cgroup dirs, a
+//! gRPC client over its socket, restarts and kill -9, and a cleanup that fails the test when a
+//! container cgroup is left behind. Included by the tests of the root crate as
+//! `#[path = "common/agent.rs"] mod fixture;` (the shim crate's tests share `common` but have no
+//! agent binary).
+#![allow(dead_code)]
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use husk_proto::agent::v1::containerizer_client::ContainerizerClient;
+use tonic::transport::Channel;
+
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub cgroups: crate::common::CgroupRoot,
+    pub process: Option<Child>,
+}
+
+impl Agent {
+    pub fn start(tag: &str) -> Agent {
+        Agent::start_with(tag, "")
+    }
+
+    pub fn start_with(tag: &str, config: &str) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        // Settings come from the config file too (flags win over it).
+        let config = format!("pids_limit = 512\nlog_format = \"json\"\nruntime = \"husk\"\n{config}");
+        std::fs::write(dir.path().join("agent.toml"), config).unwrap();
+        let mut a = Agent { dir, cgroups: crate::common::CgroupRoot::new(tag), process: None };
+        a.restart();
+        a
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("husk.sock")
+    }
+
+    /// (Re)starts the agent process and waits until its socket answers.
+    pub fn restart(&mut self) {
+        let agent = PathBuf::from(env!("CARGO_BIN_EXE_husk-agent"));
+        let shim = agent.with_file_name("husk-shim");
+        assert!(shim.exists(), "{} is missing: build the workspace (cargo test --workspace)", shim.display());
+        let _ = std::fs::remove_file(self.socket());
+        let child = Command::new(&agent)
+            .arg("--config")
+            .arg(self.path("agent.toml"))
+            .arg("--work-dir")
+            .arg(self.path("work"))
+            .arg("--runtime-dir")
+            .arg(self.path("run"))
+            .arg("--listen")
+            .arg(format!("unix://{}", self.socket().display()))
+            .args(["--cgroup-root", &self.cgroups.name, "--log-level", "debug"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.path("agent.log")).unwrap())
+            .spawn()
+            .unwrap();
+        self.process = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.socket().exists() {
+            let exited = self.process.as_mut().unwrap().try_wait().unwrap().is_some();
+            assert!(
+                !exited && Instant::now() < deadline,
+                "the agent never served: {}",
+                std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+
+    pub async fn client(&self) -> ContainerizerClient<Channel> {
+        let path = self.socket();
+        let channel = tonic::transport::Endpoint::from_static("http://agent")
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
+            }))
+            .await
+            .unwrap();
+        ContainerizerClient::new(channel)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        // Whatever the test left: every shim and container goes (husk-shim cleanup per shim).
+        let shim = PathBuf::from(env!("CARGO_BIN_EXE_husk-agent")).with_file_name("husk-shim");
+        if let Ok(entries) = std::fs::read_dir(self.path("run/shims")) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let c = self.path("work/containers").join(&id);
+                let _ = Command::new(&shim)
+                    .args(["cleanup", "--id", &id, "--bundle"])
+                    .arg(c.join("bundle"))
+                    .arg("--sandbox")
+                    .arg(c.join("sandbox"))
+                    .arg("--state-dir")
+                    .arg(e.path())
+                    .output();
+            }
+        }
+        let leaves: Vec<_> = self
+            .cgroups
+            .leftovers()
+            .into_iter()
+            .filter(|p| !p.ends_with(&self.cgroups.name) && !p.ends_with("shims.scope"))
+            .collect();
+        if !std::thread::panicking() {
+            assert!(leaves.is_empty(), "container cgroups left: {leaves:?}");
+        }
+    }
+}
