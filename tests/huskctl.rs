@@ -8,8 +8,8 @@ use std::time::Duration;
 #[path = "common/agent.rs"]
 mod fixture;
 
-use fixture::Agent;
 use common::Output;
+use fixture::Agent;
 
 fn huskctl(agent: &Agent, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_huskctl"));
@@ -154,6 +154,65 @@ fn every_command_against_a_real_agent() {
     assert_eq!(versions["huskctl"], env!("CARGO_PKG_VERSION"));
     assert!(versions["agent"]["version"].is_string(), "{versions}");
     assert!(ok(&agent, &["completion", "bash"]).contains("huskctl"));
+}
+
+#[test]
+fn run_flags_reach_the_container() {
+    require!(false);
+    let agent = Agent::start("huskctl-run");
+    let files = tempfile::tempdir().unwrap();
+    std::fs::write(files.path().join("env"), "# settings\nFROM_FILE=yes\nOVERRIDDEN=file\n").unwrap();
+    let shared = files.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("data.txt"), "hello\n").unwrap();
+    std::fs::write(files.path().join("tool.sh"), "#!/bin/sh\necho tool ran\n").unwrap();
+    let script = "echo FROM_FILE=$FROM_FILE; echo OVERRIDDEN=$OVERRIDDEN; cat data/data.txt; \
+                  touch data/new 2>/dev/null && echo writable || echo read-only; \
+                  grep CapEff /proc/self/status; ./bin/tool";
+    let env_file = files.path().join("env");
+    let volume = format!("{}:data:ro", shared.display());
+    let uri = format!("file://{}/tool.sh,executable,output=bin/tool", files.path().display());
+    let args = [
+        "run",
+        "--id",
+        "flags",
+        "--rm",
+        "--cpus",
+        "0.5",
+        "--mem",
+        "64",
+        "--env-file",
+        env_file.to_str().unwrap(),
+        "-e",
+        "OVERRIDDEN=flag",
+        "-v",
+        &volume,
+        "--cap-drop",
+        "CHOWN",
+        "--uri",
+        &uri,
+        "--",
+        script,
+    ];
+    let out = huskctl(&agent, &args);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    let seen: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(seen[..4], ["FROM_FILE=yes", "OVERRIDDEN=flag", "hello", "read-only"], "{}", out.stdout);
+    let eff = u64::from_str_radix(seen[4].split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_eq!(eff & 1, 0, "CAP_CHOWN (bit 0) dropped: {}", seen[4]);
+    assert!(eff & (1 << 3) != 0, "CAP_FOWNER (a default) kept: {}", seen[4]);
+    assert_eq!(seen[5], "tool ran");
+    assert_eq!(ok(&agent, &["ps", "-a", "-q"]), "", "--rm removed it");
+    assert!(!shared.join("new").exists());
+
+    let bad = huskctl(&agent, &["run", "--cpus", "1", "--resources", "cpus:1", "--", "true"]);
+    assert!(bad.status.code() == Some(1) && bad.stderr.contains("both give `cpus`"), "{}", bad.stderr);
+    let bad = huskctl(&agent, &["run", "-v", "relative:data", "--", "true"]);
+    assert!(bad.status.code() == Some(1) && bad.stderr.contains("must be absolute"), "{}", bad.stderr);
+    let bad = huskctl(&agent, &["run", "--uri", "http://h/a,shiny", "--", "true"]);
+    assert!(bad.status.code() == Some(1) && bad.stderr.contains("unknown option `shiny`"), "{}", bad.stderr);
+    let bad = huskctl(&agent, &["run", "--cap-add", "NOT_A_CAP", "--", "true"]);
+    assert!(bad.status.code() == Some(1) && bad.stderr.contains("unknown capability"), "{}", bad.stderr);
 }
 
 #[test]

@@ -243,7 +243,10 @@ struct LaunchFlags {
         short = 'f',
         long = "file",
         value_name = "FILE",
-        conflicts_with_all = ["command", "resources", "limits", "hostname", "user", "env", "no_shell"]
+        conflicts_with_all = [
+            "command", "resources", "limits", "hostname", "user", "env", "no_shell", "cpus", "mem",
+            "env_files", "volumes", "cap_add", "cap_drop", "uris"
+        ]
     )]
     file: Option<String>,
     /// Container id (default: the launch document's; else `bundle` uses `husk-bundle`, `run`
@@ -253,6 +256,28 @@ struct LaunchFlags {
     /// Resources in Mesos' text form, e.g. `cpus:1;mem:128`.
     #[arg(long, value_name = "RESOURCES")]
     resources: Option<String>,
+    /// CPUs (shares; a limit too with --limit cpus=N).
+    #[arg(long, value_name = "N")]
+    cpus: Option<f64>,
+    /// Memory in MB (the limit too, unless --limit mem=...).
+    #[arg(long, value_name = "MB")]
+    mem: Option<f64>,
+    /// Read environment variables from a file of NAME=VALUE lines (`#` comments; repeatable).
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_files: Vec<PathBuf>,
+    /// Bind a host path: HOST:CONTAINER[:ro|rw] (repeatable).
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:ro]")]
+    volumes: Vec<String>,
+    /// Add a capability to the agent's default set (e.g. NET_ADMIN; the agent must allow it).
+    #[arg(long = "cap-add", value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// Drop a capability from the default set (e.g. CHOWN).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    cap_drop: Vec<String>,
+    /// Fetch a URI into the sandbox first: URL[,executable][,no-extract][,cache][,output=NAME]
+    /// (repeatable).
+    #[arg(long = "uri", value_name = "URI")]
+    uris: Vec<String>,
     /// A limit above the request, e.g. `cpus=2` or `mem=inf` (repeatable).
     #[arg(long = "limit", value_name = "NAME=VALUE")]
     limits: Vec<String>,
@@ -293,6 +318,9 @@ struct RunArgs {
     /// OCI runtime: husk (default), runc, crun or youki.
     #[arg(long)]
     runtime: Option<String>,
+    /// Remove the container (sandbox included) once it terminated.
+    #[arg(long, conflicts_with = "detach")]
+    rm: bool,
     #[command(flatten)]
     launch: LaunchFlags,
 }
@@ -369,23 +397,48 @@ fn launch_from_flags(args: &LaunchFlags, id: &str) -> Result<LaunchRequest> {
     if args.command.is_empty() {
         bail!("give a launch file with -f FILE, or a command after `--`");
     }
-    let variables = args
-        .env
-        .iter()
-        .map(|kv| {
-            let (name, value) = kv.split_once('=').with_context(|| format!("--env `{kv}` is not NAME=VALUE"))?;
-            Ok(environment::Variable { name: name.into(), value: Some(value.into()), ..Default::default() })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for file in &args.env_files {
+        let text = std::fs::read_to_string(file).with_context(|| format!("--env-file {}", file.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (name, value) = line
+                .split_once('=')
+                .with_context(|| format!("--env-file {} line {}: `{line}` is not NAME=VALUE", file.display(), n + 1))?;
+            pairs.push((name.trim().to_string(), value.to_string()));
+        }
+    }
+    for kv in &args.env {
+        let (name, value) = kv.split_once('=').with_context(|| format!("--env `{kv}` is not NAME=VALUE"))?;
+        pairs.push((name.to_string(), value.to_string()));
+    }
+    let variables: Vec<_> = pairs
+        .into_iter()
+        .map(|(name, value)| environment::Variable { name, value: Some(value), ..Default::default() })
+        .collect();
     let (shell, value, arguments) = if args.no_shell {
         (false, args.command[0].clone(), args.command.clone())
     } else {
         (true, args.command.join(" "), Vec::new())
     };
-    let resources = match &args.resources {
+    let mut resources = match &args.resources {
         Some(text) => husk_oci::resources::parse(text, "--resources")?,
         None => Vec::new(),
     };
+    for (name, v) in [("cpus", args.cpus), ("mem", args.mem)] {
+        if let Some(v) = v {
+            if resources.iter().any(|r| r.name == name) {
+                bail!("--{name} and --resources both give `{name}`");
+            }
+            resources.push(husk_oci::resources::scalar(name, v));
+        }
+    }
+    let volumes = args.volumes.iter().map(|v| volume(v)).collect::<Result<Vec<_>>>()?;
+    let uris = args.uris.iter().map(|u| uri(u)).collect::<Result<Vec<_>>>()?;
+    let linux_info = capabilities(&args.cap_add, &args.cap_drop)?;
     let mut limits = std::collections::HashMap::new();
     for l in &args.limits {
         let (name, v) = l.split_once('=').with_context(|| format!("--limit `{l}` is not NAME=VALUE"))?;
@@ -402,17 +455,91 @@ fn launch_from_flags(args: &LaunchFlags, id: &str) -> Result<LaunchRequest> {
             arguments,
             user: args.user.clone(),
             environment: (!variables.is_empty()).then_some(Environment { variables }),
-            ..Default::default()
+            uris,
         }),
         resources,
         limits,
         container: Some(ContainerInfo {
             r#type: container_info::Type::Mesos as i32,
             hostname: args.hostname.clone(),
+            volumes,
+            linux_info,
             ..Default::default()
         }),
         ..Default::default()
     })
+}
+
+/// `-v HOST:CONTAINER[:ro|rw]`.
+fn volume(spec: &str) -> Result<husk_proto::mesos::v1::Volume> {
+    use husk_proto::mesos::v1::volume::Mode;
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (host, container, mode) = match parts.as_slice() {
+        [h, c] => (*h, *c, Mode::Rw),
+        [h, c, "ro"] => (*h, *c, Mode::Ro),
+        [h, c, "rw"] => (*h, *c, Mode::Rw),
+        _ => bail!("-v `{spec}`: want HOST:CONTAINER[:ro|rw]"),
+    };
+    if !host.starts_with('/') {
+        bail!("-v `{spec}`: the host path must be absolute");
+    }
+    Ok(husk_proto::mesos::v1::Volume {
+        mode: mode as i32,
+        container_path: container.to_string(),
+        host_path: Some(host.to_string()),
+        ..Default::default()
+    })
+}
+
+/// `--uri URL[,executable][,no-extract][,cache][,output=NAME]`.
+fn uri(spec: &str) -> Result<husk_proto::mesos::v1::command_info::Uri> {
+    let mut parts = spec.split(',');
+    let mut u = husk_proto::mesos::v1::command_info::Uri {
+        value: parts.next().unwrap_or_default().to_string(),
+        ..Default::default()
+    };
+    for opt in parts {
+        match opt {
+            "executable" => u.executable = Some(true),
+            "no-extract" => u.extract = Some(false),
+            "cache" => u.cache = Some(true),
+            o if o.starts_with("output=") => u.output_file = Some(o["output=".len()..].to_string()),
+            o => bail!("--uri `{spec}`: unknown option `{o}` (executable, no-extract, cache, output=NAME)"),
+        }
+    }
+    Ok(u)
+}
+
+/// `--cap-add`/`--cap-drop`: the effective set asked for is the default one changed so.
+fn capabilities(add: &[String], drop: &[String]) -> Result<Option<husk_proto::mesos::v1::LinuxInfo>> {
+    use husk_proto::mesos::v1::capability_info::Capability;
+    if add.is_empty() && drop.is_empty() {
+        return Ok(None);
+    }
+    let mut set: std::collections::BTreeSet<String> =
+        husk_oci::caps::DEFAULT_ALLOWED.iter().map(|s| s.to_string()).collect();
+    for (flag, names, adding) in [("--cap-add", add, true), ("--cap-drop", drop, false)] {
+        for name in names {
+            let canonical = husk_oci::caps::parse_name(name, flag)?;
+            if adding {
+                set.insert(canonical);
+            } else {
+                set.remove(&canonical);
+            }
+        }
+    }
+    let capabilities = set
+        .iter()
+        .map(|c| {
+            Capability::from_str_name(c.trim_start_matches("CAP_"))
+                .map(|c| c as i32)
+                .with_context(|| format!("{c} has no Mesos capability value"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(husk_proto::mesos::v1::LinuxInfo {
+        effective_capabilities: Some(husk_proto::mesos::v1::CapabilityInfo { capabilities }),
+        ..Default::default()
+    }))
 }
 
 fn bundle(args: BundleArgs) -> Result<()> {
@@ -552,7 +679,11 @@ async fn run(endpoint: &Api, a: RunArgs) -> Result<u8> {
         .map_err(status_error)?
         .into_inner();
     follow_logs(&mut logs).await?;
-    let t = client.wait(pb::WaitRequest { container_id }).await.map_err(status_error)?.into_inner();
+    let t =
+        client.wait(pb::WaitRequest { container_id: container_id.clone() }).await.map_err(status_error)?.into_inner();
+    if a.rm {
+        endpoint.call(client.remove(pb::RemoveRequest { container_id })).await?;
+    }
     Ok(exit_status(&t))
 }
 
