@@ -62,8 +62,9 @@ async fn connect_tls(endpoint: &str, tls: &Tls) -> anyhow::Result<ContainerizerC
     Ok(ContainerizerClient::new(channel))
 }
 
-/// An error with its sources (tonic keeps the TLS reason in them).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// An error with its sources, `: `-separated (tonic and hyper keep the real reason, a TLS or
+/// connection error, in them).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

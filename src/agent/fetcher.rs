@@ -175,7 +175,7 @@ impl Fetcher {
             let response = tokio::time::timeout(self.stall, client.request(request))
                 .await
                 .map_err(|_| format!("no response within {:?}", self.stall))?
-                .map_err(|e| describe_http_error(&e))?;
+                .map_err(|e| crate::client::chain(&e))?;
             let status = response.status();
             if status.is_redirection() {
                 let location = response
@@ -212,18 +212,6 @@ impl Fetcher {
         }
         Err(format!("more than {MAX_REDIRECTS} redirects"))
     }
-}
-
-/// The error chain of a failed request, which hyper keeps in its sources.
-fn describe_http_error(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Where a redirect from `from` to `location` (absolute or relative) goes.
