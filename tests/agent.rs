@@ -74,6 +74,26 @@ async fn launch_wait_kill_remove() {
     assert!(st.status.unwrap().executor_pid.unwrap() > 0);
     let usage = c.usage(pb::UsageRequest { container_id: cid("sleeper") }).await.unwrap().into_inner();
     assert!(usage.statistics.unwrap().processes.unwrap() >= 1);
+
+    // Usage numbers move with what the container does.
+    c.launch(launch("busy", "while :; do :; done")).await.unwrap();
+    let cpu = |u: pb::UsageResponse| {
+        let s = u.statistics.unwrap();
+        assert!(s.mem_total_bytes.unwrap_or(0) > 0 || s.mem_rss_bytes.unwrap_or(0) > 0, "memory is counted: {s:?}");
+        s.cpus_user_time_secs.unwrap() + s.cpus_system_time_secs.unwrap()
+    };
+    let before = cpu(c.usage(pb::UsageRequest { container_id: cid("busy") }).await.unwrap().into_inner());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let after = cpu(c.usage(pb::UsageRequest { container_id: cid("busy") }).await.unwrap().into_inner());
+        if after > before + 0.1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a busy loop's cpu time never grew: {before} -> {after}");
+    }
+    c.kill(pb::KillRequest { container_id: cid("busy"), ..Default::default() }).await.unwrap();
+    assert_eq!(wait(&mut c, "busy").await.state(), TaskState::TaskKilled);
     let err = c.remove(pb::RemoveRequest { container_id: cid("sleeper") }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     c.kill(pb::KillRequest {
@@ -88,8 +108,8 @@ async fn launch_wait_kill_remove() {
     assert_eq!(t.exit_code, Some(0), "SIGTERM was trapped: a graceful stop");
 
     let list = c.list(pb::ListRequest::default()).await.unwrap().into_inner();
-    assert_eq!(list.containers.len(), 3);
-    for id in ["ok", "fails", "sleeper"] {
+    assert_eq!(list.containers.len(), 4);
+    for id in ["ok", "fails", "sleeper", "busy"] {
         c.remove(pb::RemoveRequest { container_id: cid(id) }).await.unwrap();
         assert_eq!(
             c.status(pb::StatusRequest { container_id: cid(id) }).await.unwrap_err().code(),
