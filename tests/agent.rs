@@ -1002,3 +1002,54 @@ async fn a_kill_cancels_a_launch_and_a_silent_shim_is_reported() {
     c.kill(pb::KillRequest { container_id: cid("frozen"), ..Default::default() }).await.unwrap();
     assert_eq!(wait(&mut c, "frozen").await.state(), TaskState::TaskKilled);
 }
+
+#[tokio::test]
+async fn a_rootfs_directory_is_shared_through_overlays_and_never_written() {
+    require!(false);
+    let images = tempfile::tempdir().unwrap();
+    let lower = images.path().join("busybox");
+    common::busybox_rootfs(&lower);
+    let agent = Agent::start("agent-rootfs");
+    let mut c = agent.client().await;
+    let on_rootfs = |id: &str, script: &str| {
+        let mut r = launch(id, script);
+        r.rootfs = Some(lower.display().to_string());
+        r
+    };
+    let script =
+        "echo mine > /written; cat /written; id -un; ls /bin/busybox; test -d /mnt/mesos/sandbox && echo sandbox";
+    c.launch(on_rootfs("one", script)).await.unwrap();
+    assert_eq!(wait(&mut c, "one").await.state(), TaskState::TaskFinished);
+    c.launch(on_rootfs("two", "test ! -e /written && echo clean")).await.unwrap();
+    assert_eq!(wait(&mut c, "two").await.state(), TaskState::TaskFinished);
+    let out = |id: &str| std::fs::read_to_string(agent.path(&format!("work/containers/{id}/sandbox/stdout"))).unwrap();
+    assert_eq!(out("one"), "mine\nroot\n/bin/busybox\nsandbox\n");
+    assert_eq!(out("two"), "clean\n", "each container has its own upper layer");
+    assert!(!lower.join("written").exists(), "the shared directory was never written");
+    let mut as_app = on_rootfs("app", "id -un; id -u");
+    as_app.command.as_mut().unwrap().user = Some("app".into());
+    c.launch(as_app).await.unwrap();
+    assert_eq!(wait(&mut c, "app").await.state(), TaskState::TaskFinished);
+    assert_eq!(out("app"), "app\n1000\n", "users resolve in the rootfs");
+    assert!(common::mounts_under(&agent.path("work")).is_empty(), "terminated containers keep no overlay");
+
+    // Bad directories are refused before anything is made.
+    let refused = [
+        ("rel", "relative/dir", tonic::Code::InvalidArgument, "must be an absolute path"),
+        ("missing", "/nonexistent-husk-rootfs", tonic::Code::FailedPrecondition, "No such file"),
+        ("host", "/", tonic::Code::InvalidArgument, "leave rootfs unset"),
+        ("dots", "/tmp/../etc", tonic::Code::InvalidArgument, "`..`"),
+    ];
+    for (id, dir, code, text) in refused {
+        let mut r = launch(id, "true");
+        r.rootfs = Some(dir.into());
+        let e = c.launch(r).await.unwrap_err();
+        assert_eq!(e.code(), code, "{id}: {e:?}");
+        assert!(e.message().contains(text), "{id}: {e:?}");
+        assert!(!agent.path(&format!("work/containers/{id}")).exists());
+    }
+    for id in ["one", "two", "app"] {
+        c.remove(pb::RemoveRequest { container_id: cid(id) }).await.unwrap();
+    }
+    assert!(std::fs::read_dir(agent.path("work/containers")).unwrap().next().is_none());
+}

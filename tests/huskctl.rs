@@ -205,6 +205,11 @@ fn run_flags_reach_the_container() {
     assert_eq!(ok(&agent, &["ps", "-a", "-q"]), "", "--rm removed it");
     assert!(!shared.join("new").exists());
 
+    let rootfs = files.path().join("busybox");
+    common::busybox_rootfs(&rootfs);
+    let out = huskctl(&agent, &["run", "--rm", "--rootfs", rootfs.to_str().unwrap(), "--", "head -1 /etc/passwd"]);
+    assert_eq!(out.stdout, "root:x:0:0:root:/root:/bin/sh\n", "{}", out.stderr);
+
     let bad = huskctl(&agent, &["run", "--cpus", "1", "--resources", "cpus:1", "--", "true"]);
     assert!(bad.status.code() == Some(1) && bad.stderr.contains("both give `cpus`"), "{}", bad.stderr);
     let bad = huskctl(&agent, &["run", "-v", "relative:data", "--", "true"]);

@@ -7,6 +7,7 @@ pub mod fetcher;
 mod gc;
 pub mod isolators;
 pub mod metrics;
+mod rootfs;
 pub mod service;
 pub mod sweep;
 
@@ -280,6 +281,15 @@ impl Agent {
                 )));
             }
         }
+        let lower = match req.rootfs.as_deref() {
+            None => None,
+            Some(_) if req.container.as_ref().and_then(|c| c.mesos.as_ref()).is_some_and(|m| m.image.is_some()) => {
+                return Err(Status::invalid_argument(
+                    "rootfs: set either `rootfs` or `container.mesos.image`, not both",
+                ))
+            }
+            Some(r) => Some(rootfs::check(r, &self.settings.work_dir)?),
+        };
         let id = req.container_id.value.clone();
         let dir = self.settings.work_dir.join("containers").join(&id);
         let shim_dir = self.settings.runtime_dir.join("shims").join(&id);
@@ -290,8 +300,17 @@ impl Agent {
             }
             // Translate once, against the real sandbox (the spec names it); a rejected request
             // takes the directory away again, so it leaves nothing.
-            std::fs::create_dir_all(dir.join("sandbox")).map_err(|e| internal("creating the sandbox", e))?;
-            let checked = husk_oci::translate(&req, &self.settings.translation, &placement_of(&dir)).map_err(status_of);
+            let placed = std::fs::create_dir_all(dir.join("sandbox"))
+                .map_err(|e| internal("creating the sandbox", e))
+                .and_then(|_| match &lower {
+                    None => Ok(None),
+                    Some(lower) => rootfs::mount(&dir, lower).map(Some).map_err(|e| internal("rootfs", e)),
+                });
+            let checked = placed.and_then(|root| {
+                let place =
+                    husk_oci::Placement { sandbox_dir: dir.join("sandbox"), rootfs: root, ..Default::default() };
+                husk_oci::translate(&req, &self.settings.translation, &place).map_err(status_of)
+            });
             let admitted = checked.and_then(|t| match self.settings.oversubscribe {
                 true => Ok(t),
                 false => self.admit(&map, &t.requests).map(|_| t),
@@ -303,7 +322,7 @@ impl Agent {
             let t = match composed {
                 Ok(t) => t,
                 Err(e) => {
-                    let _ = std::fs::remove_dir_all(&dir);
+                    let _ = sweep::remove_tree(&dir);
                     return Err(e);
                 }
             };
@@ -320,7 +339,7 @@ impl Agent {
             let saved = husk_oci::checkpoint::write_atomic(&dir.join(LAUNCH_FILE), &json, 0o600)
                 .and_then(|_| container::save(&dir, &checkpoint));
             if let Err(e) = saved {
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = sweep::remove_tree(&dir);
                 return Err(internal("checkpointing the launch", e));
             }
             let c = Arc::new(Container::new(&id, dir, shim_dir, req, checkpoint));
@@ -669,9 +688,4 @@ fn load(dir: &Path) -> anyhow::Result<(LaunchRequest, Checkpoint)> {
     let launch: LaunchRequest = serde_json::from_slice(&std::fs::read(dir.join(LAUNCH_FILE))?)?;
     let checkpoint: Checkpoint = serde_json::from_slice(&std::fs::read(dir.join(STATE_FILE))?)?;
     Ok((launch, checkpoint))
-}
-
-/// Where a container whose directory is `dir` is placed (a host-rootfs container for now).
-fn placement_of(dir: &Path) -> husk_oci::Placement {
-    husk_oci::Placement { sandbox_dir: dir.join("sandbox"), ..Default::default() }
 }

@@ -321,6 +321,10 @@ struct RunArgs {
     /// Remove the container (sandbox included) once it terminated.
     #[arg(long, conflicts_with = "detach")]
     rm: bool,
+    /// Run on this root filesystem directory instead of the host's (through an overlay: the
+    /// directory itself is never written).
+    #[arg(long, value_name = "DIR")]
+    rootfs: Option<PathBuf>,
     #[command(flatten)]
     launch: LaunchFlags,
 }
@@ -666,6 +670,9 @@ async fn run(endpoint: &Api, a: RunArgs) -> Result<u8> {
     let mut req = a.launch.request(a.launch.id.as_deref(), &generated)?;
     let id = req.container_id.value.clone();
     req.runtime = a.runtime.clone();
+    if let Some(dir) = &a.rootfs {
+        req.rootfs = Some(absolute(dir)?.display().to_string());
+    }
     let mut client = endpoint.connect().await?;
     endpoint.call(client.launch(req)).await?;
     if a.detach {
