@@ -205,6 +205,13 @@ fn run_flags_reach_the_container() {
     assert_eq!(ok(&agent, &["ps", "-a", "-q"]), "", "--rm removed it");
     assert!(!shared.join("new").exists());
 
+    // Capability flags shape root's set; they never grant a non-root user anything.
+    let out = huskctl(
+        &agent,
+        &["run", "--rm", "-u", "nobody", "--cap-drop", "NET_RAW", "--", "grep CapEff /proc/self/status"],
+    );
+    assert_eq!(out.stdout.split_whitespace().nth(1), Some("0000000000000000"), "{}{}", out.stdout, out.stderr);
+
     let rootfs = files.path().join("busybox");
     common::busybox_rootfs(&rootfs);
     let out = huskctl(&agent, &["run", "--rm", "--rootfs", rootfs.to_str().unwrap(), "--", "head -1 /etc/passwd"]);

@@ -166,7 +166,8 @@ impl Agent {
             .collect();
         for c in due {
             let _op = c.op.lock().await;
-            let dirs = [c.sandbox(), c.bundle(), c.shim_dir.clone()];
+            // Everything large: the sandbox, the bundle, the rootfs overlay's writable layer.
+            let dirs = [c.sandbox(), c.bundle(), c.shim_dir.clone(), c.dir.join("rootfs"), c.dir.join("rootfs.layer")];
             let removed = tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|d| sweep::remove_tree(d)))
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)));

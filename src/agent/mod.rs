@@ -288,6 +288,13 @@ impl Agent {
                     "rootfs: set either `rootfs` or `container.mesos.image`, not both",
                 ))
             }
+            Some(_) if req.container_id.value.contains([',', ':', '\\']) => {
+                return Err(Status::invalid_argument(format!(
+                    "container_id: `{}`: a container with a rootfs cannot have `,`, `:` or `\\` in its id \
+                     (its overlay's layer paths hold it)",
+                    req.container_id.value.escape_debug()
+                )))
+            }
             Some(r) => Some(rootfs::check(r, &self.settings.work_dir)?),
         };
         let id = req.container_id.value.clone();

@@ -12,8 +12,15 @@ pub const MOUNT_POINT: &str = "rootfs";
 /// The overlay's upper and work directories, below the container's directory.
 const LAYER_DIR: &str = "rootfs.layer";
 
-/// Checks a requested rootfs directory; returns its real path.
-pub fn check(value: &str, work_dir: &Path) -> Result<PathBuf, Status> {
+/// A checked rootfs directory, held open: the overlay is mounted from this handle, so a path
+/// component swapped for a link after the check cannot redirect it.
+pub struct Lower {
+    fd: std::os::fd::OwnedFd,
+    pub path: PathBuf,
+}
+
+/// Checks a requested rootfs directory and opens it.
+pub fn check(value: &str, work_dir: &Path) -> Result<Lower, Status> {
     let bad = |rule: &str| Status::invalid_argument(format!("rootfs: `{}` {rule}", value.escape_debug()));
     if !value.starts_with('/') {
         return Err(bad("must be an absolute path"));
@@ -21,10 +28,24 @@ pub fn check(value: &str, work_dir: &Path) -> Result<PathBuf, Status> {
     if value.contains('\0') || husk_oci::fs::has_parent_component(value) {
         return Err(bad("must not contain `..` or NUL"));
     }
-    let real = std::fs::canonicalize(value)
-        .map_err(|e| Status::failed_precondition(format!("rootfs: `{}`: {e}", value.escape_debug())))?;
-    if !real.is_dir() {
-        return Err(bad("is not a directory"));
+    let missing =
+        |e: &dyn std::fmt::Display| Status::failed_precondition(format!("rootfs: `{}`: {e}", value.escape_debug()));
+    let canonical = std::fs::canonicalize(value).map_err(|e| missing(&e))?;
+    use nix::fcntl::OFlag;
+    let fd = nix::fcntl::open(
+        &canonical,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| match e {
+        nix::errno::Errno::ENOTDIR => bad("is not a directory"),
+        e => missing(&e),
+    })?;
+    // What the handle really is (every rule below applies to it, not to the path).
+    use std::os::fd::AsRawFd;
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|e| missing(&e))?;
+    if real != canonical {
+        return Err(bad("changed while it was being checked"));
     }
     if real == Path::new("/") {
         return Err(bad("is the host's root: leave rootfs unset to run on the host filesystem"));
@@ -36,24 +57,43 @@ pub fn check(value: &str, work_dir: &Path) -> Result<PathBuf, Status> {
     if real.to_string_lossy().contains([',', ':', '\\']) {
         return Err(bad("contains `,`, `:` or `\\`, which an overlay layer path cannot"));
     }
-    Ok(real)
+    Ok(Lower { fd, path: real })
 }
 
 /// Mounts the overlay of `lower` for the container whose directory is `dir`; returns the mount
 /// point.
-pub fn mount(dir: &Path, lower: &Path) -> std::io::Result<PathBuf> {
+pub fn mount(dir: &Path, lower: &Lower) -> std::io::Result<PathBuf> {
+    use std::os::fd::AsRawFd;
     let layer = dir.join(LAYER_DIR);
     let (upper, work, target) = (layer.join("upper"), layer.join("work"), dir.join(MOUNT_POINT));
     for d in [&upper, &work, &target] {
+        let text = d.to_str().ok_or_else(|| std::io::Error::other(format!("{} is not UTF-8", d.display())))?;
+        if text.contains([',', ':', '\\']) {
+            return Err(std::io::Error::other(format!(
+                "{text} has `,`, `:` or `\\`, which an overlay layer path cannot"
+            )));
+        }
+    }
+    for d in [&upper, &work, &target] {
         std::fs::create_dir_all(d)?;
     }
-    let options = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+    // The lower layer through the checked handle, not by its path again.
+    let options = format!(
+        "lowerdir=/proc/self/fd/{},upperdir={},workdir={}",
+        lower.fd.as_raw_fd(),
+        upper.display(),
+        work.display()
+    );
     if options.len() > 4000 {
         return Err(std::io::Error::other("the overlay's layer paths are too long for one mount"));
     }
     nix::mount::mount(Some("overlay"), &target, Some("overlay"), nix::mount::MsFlags::empty(), Some(options.as_str()))
         .map_err(|e| {
-            std::io::Error::other(format!("mounting the overlay of {} on {}: {e}", lower.display(), target.display()))
+            std::io::Error::other(format!(
+                "mounting the overlay of {} on {}: {e}",
+                lower.path.display(),
+                target.display()
+            ))
         })?;
     Ok(target)
 }

@@ -40,6 +40,7 @@ async fn within<T>(
 }
 
 fn info_of(
+    agent: &super::Agent,
     c: &Container,
     pid: Option<u32>,
     stats: Option<husk_proto::mesos::v1::ResourceStatistics>,
@@ -57,7 +58,8 @@ fn info_of(
         termination: c.terminated(),
         sandbox_directory: Some(c.sandbox().display().to_string()),
         bundle_directory: Some(c.bundle().display().to_string()),
-        runtime: c.launch.runtime.clone(),
+        // The runtime in use: the launch's, else the agent's default.
+        runtime: Some(agent.runtime_of(c)),
         resources: c.launch.resources.clone(),
         limits: c.launch.limits.clone(),
         labels: c.launch.labels.clone(),
@@ -168,7 +170,7 @@ impl Containerizer for Service {
     async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let c = self.0.get(&id_of(&req.into_inner().container_id)?)?;
         let pid = init_pid(&c).await;
-        let info = info_of(&c, pid, None);
+        let info = info_of(&self.0, &c, pid, None);
         Ok(Response::new(pb::StatusResponse { status: info.container_status.clone(), info: Some(info) }))
     }
 
@@ -185,7 +187,7 @@ impl Containerizer for Service {
                 },
                 false => None,
             };
-            containers.push(info_of(&c, None, stats));
+            containers.push(info_of(&self.0, &c, None, stats));
         }
         Ok(Response::new(pb::ListResponse { containers }))
     }

@@ -268,7 +268,8 @@ struct LaunchFlags {
     /// Bind a host path: HOST:CONTAINER[:ro|rw] (repeatable).
     #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:ro]")]
     volumes: Vec<String>,
-    /// Add a capability to the agent's default set (e.g. NET_ADMIN; the agent must allow it).
+    /// Add a capability to the default set (e.g. NET_ADMIN; the agent must allow it, see its
+    /// --allowed-capabilities). Capabilities are root's: other users do not gain them.
     #[arg(long = "cap-add", value_name = "CAP")]
     cap_add: Vec<String>,
     /// Drop a capability from the default set (e.g. CHOWN).
@@ -514,7 +515,9 @@ fn uri(spec: &str) -> Result<husk_proto::mesos::v1::command_info::Uri> {
     Ok(u)
 }
 
-/// `--cap-add`/`--cap-drop`: the effective set asked for is the default one changed so.
+/// `--cap-add`/`--cap-drop`: the container's capability set (its bounding set, which root gets
+/// and other users cannot gain) is the agent's default one changed so. Nothing is granted to a
+/// non-root user: explicit effective capabilities would be.
 fn capabilities(add: &[String], drop: &[String]) -> Result<Option<husk_proto::mesos::v1::LinuxInfo>> {
     use husk_proto::mesos::v1::capability_info::Capability;
     if add.is_empty() && drop.is_empty() {
@@ -541,7 +544,7 @@ fn capabilities(add: &[String], drop: &[String]) -> Result<Option<husk_proto::me
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Some(husk_proto::mesos::v1::LinuxInfo {
-        effective_capabilities: Some(husk_proto::mesos::v1::CapabilityInfo { capabilities }),
+        bounding_capabilities: Some(husk_proto::mesos::v1::CapabilityInfo { capabilities }),
         ..Default::default()
     }))
 }
@@ -674,7 +677,14 @@ async fn run(endpoint: &Api, a: RunArgs) -> Result<u8> {
         req.rootfs = Some(absolute(dir)?.display().to_string());
     }
     let mut client = endpoint.connect().await?;
-    endpoint.call(client.launch(req)).await?;
+    // No --timeout here: a launch may fetch URIs and start a shim for longer.
+    if let Err(e) = client.launch(req).await {
+        // A launch that failed past validation is a terminated container: --rm takes it too.
+        if a.rm && e.code() == tonic::Code::FailedPrecondition {
+            let _ = endpoint.call(client.remove(pb::RemoveRequest { container_id: cid(&id) })).await;
+        }
+        return Err(status_error(e).context(format!("container `{id}`")));
+    }
     if a.detach {
         println!("{id}");
         return Ok(0);
@@ -730,7 +740,8 @@ async fn launch(api: &Api, a: LaunchArgs) -> Result<()> {
     req.runtime = a.runtime;
     let id = req.container_id.value.clone();
     let mut client = api.connect().await?;
-    api.call(client.launch(req)).await?;
+    // No --timeout here: a launch may fetch URIs and start a shim for longer.
+    client.launch(req).await.map_err(|e| status_error(e).context(format!("container `{id}`")))?;
     println!("{id}");
     Ok(())
 }
@@ -775,14 +786,13 @@ async fn ps(api: &Api, a: PsArgs) -> Result<()> {
             vec![
                 c.container_id.value.clone(),
                 ctl::status(c),
-                c.container_status.as_ref().and_then(|s| s.executor_pid).map(|p| p.to_string()).unwrap_or("-".into()),
                 ctl::resources(&c.resources),
-                c.runtime.clone().unwrap_or_else(|| "husk".into()),
+                c.runtime.clone().unwrap_or_else(|| "-".into()),
                 c.created_at_ns.map(ctl::ago).unwrap_or_default(),
             ]
         })
         .collect();
-    ctl::print(&shown, a.output, || ctl::table(&["ID", "STATUS", "PID", "RESOURCES", "RUNTIME", "CREATED"], &rows))
+    ctl::print(&shown, a.output, || ctl::table(&["ID", "STATUS", "RESOURCES", "RUNTIME", "CREATED"], &rows))
 }
 
 async fn inspect(api: &Api, id: &str, output: Format) -> Result<()> {
@@ -836,8 +846,8 @@ struct StatRow {
     mem_bytes: Option<u64>,
     mem_limit_bytes: Option<u64>,
     processes: Option<u32>,
-    #[serde(skip)]
-    cpu_secs: Option<f64>,
+    /// CPU time used so far (user + system).
+    cpu_seconds: Option<f64>,
 }
 
 async fn stats(api: &Api, a: StatsArgs) -> Result<()> {
@@ -867,8 +877,10 @@ async fn stats(api: &Api, a: StatsArgs) -> Result<()> {
             };
             let cpu = s.cpus_user_time_secs.zip(s.cpus_system_time_secs).map(|(u, s)| u + s);
             let now = std::time::Instant::now();
+            // The rate since the last sample: none on the first, or when the counter went back
+            // (the id now names another container).
             let percent = match (cpu, previous.get(id)) {
-                (Some(c), Some((t, p))) => Some(100.0 * (c - p) / now.duration_since(*t).as_secs_f64()),
+                (Some(c), Some((t, p))) if c >= *p => Some(100.0 * (c - p) / now.duration_since(*t).as_secs_f64()),
                 _ => None,
             };
             if let Some(c) = cpu {
@@ -880,7 +892,7 @@ async fn stats(api: &Api, a: StatsArgs) -> Result<()> {
                 mem_bytes: s.mem_rss_bytes.or(s.mem_total_bytes),
                 mem_limit_bytes: s.mem_limit_bytes,
                 processes: s.processes,
-                cpu_secs: cpu,
+                cpu_seconds: cpu,
             });
         }
         let table = || {
@@ -889,16 +901,15 @@ async fn stats(api: &Api, a: StatsArgs) -> Result<()> {
                 .map(|r| {
                     vec![
                         r.id.clone(),
-                        r.cpu_percent
-                            .map(|p| format!("{p:.1}%"))
-                            .unwrap_or_else(|| r.cpu_secs.map(|c| format!("{c:.2}s")).unwrap_or("-".into())),
+                        r.cpu_percent.map(|p| format!("{p:.1}%")).unwrap_or("-".into()),
+                        r.cpu_seconds.map(|c| format!("{c:.2}s")).unwrap_or("-".into()),
                         r.mem_bytes.map(ctl::bytes).unwrap_or("-".into()),
                         r.mem_limit_bytes.map(ctl::bytes).unwrap_or("-".into()),
                         r.processes.map(|p| p.to_string()).unwrap_or("-".into()),
                     ]
                 })
                 .collect();
-            ctl::table(&["ID", "CPU", "MEM", "LIMIT", "PIDS"], &cells)
+            ctl::table(&["ID", "CPU%", "CPU TIME", "MEM", "LIMIT", "PIDS"], &cells)
         };
         if a.no_stream {
             return ctl::print(&rows, a.output, table);
@@ -915,23 +926,43 @@ async fn stats(api: &Api, a: StatsArgs) -> Result<()> {
     }
 }
 
+/// Kills a live container (with a grace period: TERM first) and waits until it terminated. A
+/// container that ends on its own meanwhile is stopped all the same.
+async fn stop_one(api: &Api, client: &mut Client, id: &str, grace: Option<u64>) -> Result<()> {
+    let terminated = |st: &pb::StatusResponse| st.info.as_ref().is_some_and(|i| i.termination.is_some());
+    let st = api.call(client.status(pb::StatusRequest { container_id: cid(id) })).await?;
+    if terminated(&st) {
+        return Ok(());
+    }
+    let grace_period =
+        grace.map(|s| husk_proto::mesos::v1::DurationInfo { nanoseconds: (s as i64).saturating_mul(1_000_000_000) });
+    let req = pb::KillRequest { container_id: cid(id), signal: None, grace_period };
+    if let Err(e) = api.call(client.kill(req)).await {
+        // Refused because it was ending? Then it is (or soon is) terminated: wait for it.
+        let st = api.call(client.status(pb::StatusRequest { container_id: cid(id) })).await?;
+        let ending = st.info.as_ref().is_some_and(|i| i.state() == pb::ContainerState::Destroying);
+        if !terminated(&st) && !ending {
+            return Err(e);
+        }
+    }
+    client.wait(pb::WaitRequest { container_id: cid(id) }).await.map_err(status_error)?;
+    Ok(())
+}
+
 async fn stop(api: &Api, ids: &[String], secs: u64) -> Result<()> {
     let mut client = api.connect().await?;
+    let mut failed = 0;
     for id in ids {
-        let st = api.call(client.status(pb::StatusRequest { container_id: cid(id) })).await?;
-        if st.info.as_ref().is_some_and(|i| i.termination.is_none()) {
-            let grace =
-                husk_proto::mesos::v1::DurationInfo { nanoseconds: (secs as i64).saturating_mul(1_000_000_000) };
-            let req = pb::KillRequest { container_id: cid(id), signal: None, grace_period: Some(grace) };
-            match api.call(client.kill(req)).await {
-                Ok(_) => {}
-                // It ended meanwhile: stopped all the same.
-                Err(e) if e.to_string().contains("already terminated") => {}
-                Err(e) => return Err(e.context(format!("stopping `{id}`"))),
+        match stop_one(api, &mut client, id, Some(secs)).await {
+            Ok(()) => println!("{id}"),
+            Err(e) => {
+                eprintln!("huskctl: error: {id}: {e:#}");
+                failed += 1;
             }
-            client.wait(pb::WaitRequest { container_id: cid(id) }).await.map_err(status_error)?;
         }
-        println!("{id}");
+    }
+    if failed > 0 {
+        bail!("{failed} of {} containers were not stopped", ids.len());
     }
     Ok(())
 }
@@ -965,16 +996,7 @@ async fn rm(api: &Api, ids: &[String], force: bool) -> Result<()> {
     for id in ids {
         let removed = async {
             if force {
-                let st = api.call(client.status(pb::StatusRequest { container_id: cid(id) })).await?;
-                if st.info.as_ref().is_some_and(|i| i.termination.is_none()) {
-                    let req = pb::KillRequest { container_id: cid(id), signal: None, grace_period: None };
-                    match api.call(client.kill(req)).await {
-                        Ok(_) => {}
-                        Err(e) if e.to_string().contains("already terminated") => {}
-                        Err(e) => return Err(e),
-                    }
-                    client.wait(pb::WaitRequest { container_id: cid(id) }).await.map_err(status_error)?;
-                }
+                stop_one(api, &mut client, id, None).await?;
             }
             api.call(client.remove(pb::RemoveRequest { container_id: cid(id) })).await
         };
