@@ -31,14 +31,6 @@ async fn shim(
     super::shim_client(c).await
 }
 
-/// One call to a container's shim, never waited on beyond the shim deadline.
-async fn within<T>(
-    c: &Container,
-    call: impl std::future::Future<Output = Result<Response<T>, Status>>,
-) -> Result<T, Status> {
-    super::within_deadline(c, call).await
-}
-
 fn info_of(
     agent: &super::Agent,
     c: &Container,
@@ -73,7 +65,7 @@ async fn init_pid(c: &Container) -> Option<u32> {
         return None;
     }
     let mut client = super::shim_client(c).await.ok()?;
-    within(c, client.state(shim_pb::StateRequest {})).await.ok().map(|st| st.pid)
+    super::within_deadline(c, client.state(shim_pb::StateRequest {})).await.ok().map(|st| st.pid)
 }
 
 #[tonic::async_trait]
@@ -148,7 +140,7 @@ impl Containerizer for Service {
             u.memory_limit_bytes = new;
         }
         let mut client = shim(&c).await?;
-        within(&c, client.update(u)).await.map_err(|e| match e.code() {
+        super::within_deadline(&c, client.update(u)).await.map_err(|e| match e.code() {
             tonic::Code::DeadlineExceeded => e,
             _ => Status::failed_precondition(e.message().to_string()),
         })?;
@@ -163,7 +155,7 @@ impl Containerizer for Service {
     async fn usage(&self, req: Request<pb::UsageRequest>) -> Result<Response<pb::UsageResponse>, Status> {
         let c = self.0.get(&id_of(&req.into_inner().container_id)?)?;
         let mut client = shim(&c).await?;
-        let stats = within(&c, client.stats(shim_pb::StatsRequest {})).await?;
+        let stats = super::within_deadline(&c, client.stats(shim_pb::StatsRequest {})).await?;
         Ok(Response::new(pb::UsageResponse { statistics: stats.statistics }))
     }
 
@@ -180,9 +172,10 @@ impl Containerizer for Service {
         for c in self.0.all() {
             let stats = match with_stats && c.terminated().is_none() {
                 true => match shim(&c).await {
-                    Ok(mut client) => {
-                        within(&c, client.stats(shim_pb::StatsRequest {})).await.ok().and_then(|s| s.statistics)
-                    }
+                    Ok(mut client) => super::within_deadline(&c, client.stats(shim_pb::StatsRequest {}))
+                        .await
+                        .ok()
+                        .and_then(|s| s.statistics),
                     Err(_) => None,
                 },
                 false => None,
