@@ -62,6 +62,106 @@ pub fn ago(ns: i64) -> String {
     human(Duration::from_secs(secs))
 }
 
+/// A point in time as `--since` takes it, in unix nanoseconds: a duration back from now
+/// (`90s`, `10m`, `2h`, `1d`, combined as `1h30m`) or an RFC 3339 time
+/// (`2026-11-21T09:30:00Z`, `2026-11-21T10:30:00.5+01:00`).
+pub fn parse_since(s: &str) -> Result<i64, String> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as i64;
+    if let Some(back) = parse_relative(s) {
+        return Ok(now.saturating_sub(back));
+    }
+    parse_rfc3339(s).ok_or_else(|| {
+        format!("`{s}` is neither a duration (10m, 1h30m, 2d) nor an RFC 3339 time (2026-11-21T09:30:00Z)")
+    })
+}
+
+fn parse_relative(s: &str) -> Option<i64> {
+    let mut total: i64 = 0;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let n: i64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit: i64 = match &rest[..unit_len] {
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "d" => 86_400_000_000_000,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(unit)?)?;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        t.bytes().all(|c| c.is_ascii_digit()).then(|| t.parse().ok())?
+    };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut frac_ns = 0i64;
+    if b[i] == b'.' {
+        let start = i + 1;
+        i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let digits = &s[start..i];
+        if digits.is_empty() {
+            return None;
+        }
+        let mut padded = format!("{:0<9}", &digits[..digits.len().min(9)]);
+        padded.truncate(9);
+        frac_ns = padded.parse().ok()?;
+    }
+    let offset_s = match &s[i..] {
+        "Z" | "z" => 0,
+        tz if tz.len() == 6 && matches!(tz.as_bytes()[0], b'+' | b'-') && tz.as_bytes()[3] == b':' => {
+            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            let o = oh * 3600 + om * 60;
+            if tz.starts_with('-') {
+                -o
+            } else {
+                o
+            }
+        }
+        _ => return None,
+    };
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset_s;
+    secs.checked_mul(1_000_000_000)?.checked_add(frac_ns)
+}
+
 pub fn human(d: Duration) -> String {
     let s = d.as_secs();
     match s {
@@ -146,5 +246,34 @@ mod tests {
         assert_eq!(human(Duration::from_secs(3 * 86400)), "3d");
         assert_eq!(trim_float(0.5), "0.5");
         assert_eq!(trim_float(64.0), "64");
+    }
+
+    #[test]
+    fn since_times() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339("2026-11-21T09:30:00Z"), Some(1_795_253_400 * 1_000_000_000));
+        assert_eq!(parse_rfc3339("2026-11-21T10:30:00.5+01:00"), Some(1_795_253_400 * 1_000_000_000 + 500_000_000));
+        assert_eq!(
+            parse_rfc3339("2000-02-29T00:00:00.123456789123-00:30"),
+            Some((951_782_400 + 1800) * 1_000_000_000 + 123_456_789)
+        );
+        for bad in [
+            "2026-11-21",
+            "2026-13-01T00:00:00Z",
+            "2026-11-21T09:30:00",
+            "2026-11-21T09:30:00.Z",
+            "x026-11-21T09:30:00Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+        assert_eq!(parse_relative("90s"), Some(90_000_000_000));
+        assert_eq!(parse_relative("1h30m"), Some(5_400_000_000_000));
+        for bad in ["", "10", "m", "5y", "99999999999999999999d"] {
+            assert_eq!(parse_relative(bad), None, "{bad}");
+        }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64;
+        let ten_min_ago = parse_since("10m").unwrap();
+        assert!((now - ten_min_ago - 600_000_000_000).abs() < 5_000_000_000);
+        assert!(parse_since("yesterday").unwrap_err().contains("RFC 3339"));
     }
 }

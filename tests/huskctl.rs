@@ -216,6 +216,20 @@ fn run_flags_reach_the_container() {
     common::busybox_rootfs(&rootfs);
     let out = huskctl(&agent, &["run", "--rm", "--rootfs", rootfs.to_str().unwrap(), "--", "head -1 /etc/passwd"]);
     assert_eq!(out.stdout, "root:x:0:0:root:/root:/bin/sh\n", "{}", out.stderr);
+    // A working directory the rootfs lacks is made in the container's layer, not in the rootfs.
+    let out = huskctl(&agent, &["run", "--rm", "--rootfs", rootfs.to_str().unwrap(), "-w", "/srv/app", "--", "pwd"]);
+    assert_eq!(out.stdout, "/srv/app\n", "{}", out.stderr);
+    assert!(!rootfs.join("srv").exists(), "the rootfs directory is never written");
+    let out = huskctl(&agent, &["run", "--rm", "-w", "/proc", "--", "pwd"]);
+    assert_eq!(out.stdout, "/proc\n", "{}", out.stderr);
+    let bad = huskctl(&agent, &["run", "-w", "/no/such/dir", "--", "true"]);
+    assert!(
+        bad.status.code() == Some(1) && bad.stderr.contains("working_dir") && bad.stderr.contains("not a directory"),
+        "{}",
+        bad.stderr
+    );
+    let bad = huskctl(&agent, &["run", "-w", "relative", "--", "true"]);
+    assert!(bad.status.code() == Some(1) && bad.stderr.contains("must be an absolute path"), "{}", bad.stderr);
 
     let bad = huskctl(&agent, &["run", "--cpus", "1", "--resources", "cpus:1", "--", "true"]);
     assert!(bad.status.code() == Some(1) && bad.stderr.contains("both give `cpus`"), "{}", bad.stderr);
@@ -252,4 +266,32 @@ fn shim_inspect_answers_while_the_agent_is_stopped() {
 
     agent.restart();
     ok(&agent, &["rm", "-f", "sh"]);
+}
+
+#[test]
+fn logs_since_a_time() {
+    require!(false);
+    let agent = Agent::start("huskctl-since");
+    ok(&agent, &["run", "-d", "--id", "talk", "--", "echo early; sleep 3; echo late; sleep 300"]);
+    let until = |text: &str| {
+        for _ in 0..200 {
+            if ok(&agent, &["logs", "talk"]).contains(text) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("`{text}` never reached the log");
+    };
+    until("early");
+    // More than the one-second precision after `early`, before `late`.
+    std::thread::sleep(Duration::from_millis(1500));
+    let date = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%S.%NZ"]).output().unwrap();
+    let mark = String::from_utf8(date.stdout).unwrap().trim().to_string();
+    until("late");
+    assert_eq!(ok(&agent, &["logs", "--since", &mark, "talk"]), "late\n");
+    assert_eq!(ok(&agent, &["logs", "--since", "1h", "talk"]), "early\nlate\n");
+    assert_eq!(ok(&agent, &["logs", "--since", "1h", "--tail", "1", "talk"]), "late\n");
+    let bad = huskctl(&agent, &["logs", "--since", "yesterday", "talk"]);
+    assert!(bad.status.code() == Some(2) && bad.stderr.contains("RFC 3339"), "{}", bad.stderr);
+    ok(&agent, &["rm", "-f", "talk"]);
 }

@@ -116,11 +116,15 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
         (ANNOTATION_SANDBOX.to_string(), place.sandbox_dir.display().to_string()),
     ]);
     let args = process_args(cmd, &mut annotations);
-    let cwd = t.sandbox_in_container(&rootfs);
+    let sandbox = t.sandbox_in_container(&rootfs);
+    let cwd = match req.working_dir.as_deref().filter(|w| !w.is_empty()) {
+        Some(w) => working_dir(w, &rootfs)?,
+        None => sandbox.clone(),
+    };
     let mut process = ProcessBuilder::default()
         .args(args)
-        .env(t.environment(cmd, &cwd))
-        .cwd(cwd.clone())
+        .env(t.environment(cmd, &sandbox))
+        .cwd(cwd)
         .user(
             UserBuilder::default()
                 .uid(user.uid)
@@ -258,6 +262,21 @@ struct Translator<'a> {
     nested: bool,
     warnings: Vec<String>,
     sandbox_dirs: Vec<(PathBuf, PathBuf)>,
+}
+
+/// The requested working directory: absolute, without `..`; on the host filesystem it must be
+/// an existing directory (husk creates nothing on the host), in a root filesystem the agent
+/// creates it when missing.
+fn working_dir(w: &str, rootfs: &Option<PathBuf>) -> Result<PathBuf> {
+    const FIELD: &str = "working_dir";
+    validate::volume_path(w, FIELD)?;
+    if !w.starts_with('/') {
+        return Err(Error::invalid(FIELD, format!("`{}` must be an absolute path", w.escape_debug())));
+    }
+    if rootfs.is_none() && !Path::new(w).is_dir() {
+        return Err(Error::missing(FIELD, format!("`{}` is not a directory on the host", w.escape_debug())));
+    }
+    Ok(PathBuf::from(w))
 }
 
 impl Translator<'_> {

@@ -1,6 +1,12 @@
 //! The container's stdout and stderr, appended to `<sandbox>/stdout` and `<sandbox>/stderr` by
 //! the shim (the container never holds the files), rotated by size as Mesos' logrotate
 //! container logger does: `stdout` → `stdout.1` → ... → `stdout.<keep-1>`, the oldest dropped.
+//!
+//! Beside each live file, `.stdout.times` maps offsets to write times so that readers can start
+//! at a point in time (`huskctl logs --since`): a 16-byte record (offset, unix nanoseconds, both
+//! little-endian) is appended before a write when the last record is a second old or more, so
+//! every byte from one record's offset to the next was written within a second of its time.
+//! The times restart with the live file on rotation.
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -75,6 +81,51 @@ pub struct RotatingFile {
     rotation: Rotation,
     file: File,
     size: u64,
+    times: Option<File>,
+    /// Unix nanoseconds of the last time record (0: none in this file yet).
+    last_record_ns: i64,
+}
+
+/// One time record: offset in the live file, unix nanoseconds.
+const TIME_RECORD: usize = 16;
+/// A new time record when the last one is this old.
+const TIME_RECORD_EVERY_NS: i64 = 1_000_000_000;
+
+/// The times file of a log file: `.stdout.times` for `stdout`.
+pub fn times_path(log: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(log.file_name().unwrap_or_default());
+    name.push(".times");
+    log.with_file_name(name)
+}
+
+/// Where to start reading a live log file (as it is `len` bytes long) for output written at or
+/// after `since_ns` (unix nanoseconds), from its times file: the offset of the first record
+/// that may hold such bytes, so the answer includes at most a second of earlier output and
+/// never misses later output. With no usable record, 0 (the whole file). Records are checked,
+/// not trusted: the sandbox is the container's to write.
+pub fn offset_since(times: &[u8], len: u64, since_ns: i64) -> u64 {
+    let mut previous = 0u64;
+    for r in times.chunks_exact(TIME_RECORD) {
+        let offset = u64::from_le_bytes(r[..8].try_into().unwrap());
+        let ns = i64::from_le_bytes(r[8..].try_into().unwrap());
+        if offset < previous || offset > len {
+            return previous.min(len);
+        }
+        if ns.saturating_add(TIME_RECORD_EVERY_NS) > since_ns {
+            return offset;
+        }
+        previous = offset;
+    }
+    // Every record is older: only bytes after the last section, which may be newer, remain.
+    match times.len() >= TIME_RECORD {
+        true => len,
+        false => 0,
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 /// Opens a log file for appending without ever following a link or blocking on a FIFO: the
@@ -110,7 +161,27 @@ impl RotatingFile {
     pub fn open(path: &Path, rotation: Rotation) -> io::Result<RotatingFile> {
         let file = open_log(path)?;
         let size = file.metadata()?.len();
-        Ok(RotatingFile { path: path.to_path_buf(), rotation, file, size })
+        // Without times, --since reads the whole file: worth a warning, not a lost log.
+        let times = open_log(&times_path(path))
+            .inspect_err(|e| eprintln!("husk-shim: {}: {e}", times_path(path).display()))
+            .ok();
+        Ok(RotatingFile { path: path.to_path_buf(), rotation, file, size, times, last_record_ns: 0 })
+    }
+
+    fn record_time(&mut self) {
+        let now = now_ns();
+        if now.saturating_sub(self.last_record_ns) < TIME_RECORD_EVERY_NS {
+            return;
+        }
+        if let Some(t) = &mut self.times {
+            let mut r = [0u8; TIME_RECORD];
+            r[..8].copy_from_slice(&self.size.to_le_bytes());
+            r[8..].copy_from_slice(&now.to_le_bytes());
+            if t.write_all(&r).is_err() {
+                self.times = None;
+            }
+        }
+        self.last_record_ns = now;
     }
 
     fn numbered(&self, n: u32) -> PathBuf {
@@ -133,6 +204,10 @@ impl RotatingFile {
             self.file = open_log(&self.path)?;
         }
         self.size = 0;
+        if let Some(t) = &self.times {
+            let _ = t.set_len(0);
+        }
+        self.last_record_ns = 0;
         Ok(())
     }
 
@@ -142,6 +217,7 @@ impl RotatingFile {
             if self.size >= self.rotation.max_size {
                 self.rotate()?;
             }
+            self.record_time();
             let room = (self.rotation.max_size - self.size) as usize;
             let n = data.len().min(room.max(1));
             self.file.write_all(&data[..n])?;
@@ -197,6 +273,45 @@ mod tests {
         let mut f = RotatingFile::open(&dir.path().join("stdout"), Rotation::default()).unwrap();
         f.write(b"x").unwrap();
         assert!(dir.path().join("stdout").symlink_metadata().unwrap().is_file(), "a FIFO is replaced, not blocked on");
+    }
+
+    fn record(offset: u64, ns: i64) -> Vec<u8> {
+        [offset.to_le_bytes(), ns.to_le_bytes()].concat()
+    }
+
+    #[test]
+    fn offsets_since_a_time() {
+        const S: i64 = 1_000_000_000;
+        let times = [record(0, 10 * S), record(100, 20 * S), record(250, 30 * S)].concat();
+        assert_eq!(offset_since(&times, 300, 0), 0);
+        assert_eq!(offset_since(&times, 300, 10 * S), 0, "bytes at the record's time are included");
+        assert_eq!(offset_since(&times, 300, 10 * S + S / 2), 0, "within a second of a record: included");
+        assert_eq!(offset_since(&times, 300, 11 * S), 100);
+        assert_eq!(offset_since(&times, 300, 25 * S), 250);
+        assert_eq!(offset_since(&times, 300, 40 * S), 300, "everything is older");
+        assert_eq!(offset_since(&[], 300, 40 * S), 0, "no records: the whole file");
+        // Nonsense from the container: offsets going back or past the end stop the search.
+        let bad = [record(100, 10 * S), record(50, 20 * S)].concat();
+        assert_eq!(offset_since(&bad, 300, 30 * S), 100);
+        assert_eq!(offset_since(&record(900, 10 * S), 300, 30 * S), 0);
+    }
+
+    #[test]
+    fn writes_record_their_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdout");
+        let before = now_ns();
+        let mut f = RotatingFile::open(&path, Rotation { max_size: 10, keep: 2 }).unwrap();
+        f.write(b"abc").unwrap();
+        f.write(b"def").unwrap();
+        let times = std::fs::read(times_path(&path)).unwrap();
+        assert_eq!(times.len(), TIME_RECORD, "one record per second at most");
+        assert_eq!(offset_since(&times, 6, before), 0);
+        assert_eq!(offset_since(&times, 6, now_ns() + 2 * TIME_RECORD_EVERY_NS), 6);
+        f.write(b"0123456789").unwrap(); // rotates: the times restart with the live file
+        let times = std::fs::read(times_path(&path)).unwrap();
+        assert_eq!(times.len(), TIME_RECORD);
+        assert_eq!(u64::from_le_bytes(times[..8].try_into().unwrap()), 0);
     }
 
     #[test]

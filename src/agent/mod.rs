@@ -316,7 +316,15 @@ impl Agent {
             let checked = placed.and_then(|root| {
                 let place =
                     husk_oci::Placement { sandbox_dir: dir.join("sandbox"), rootfs: root, ..Default::default() };
-                husk_oci::translate(&req, &self.settings.translation, &place).map_err(status_of)
+                let t = husk_oci::translate(&req, &self.settings.translation, &place).map_err(status_of)?;
+                // A working directory the root filesystem lacks is made in the container's
+                // own layer, never through a link the image holds.
+                if let (Some(root), Some(wd)) = (&place.rootfs, req.working_dir.as_deref().filter(|w| !w.is_empty())) {
+                    husk_oci::fs::mkdir_in_root(root, Path::new(wd.trim_start_matches('/')), 0o755).map_err(|e| {
+                        Status::failed_precondition(format!("working_dir: `{}`: {e}", wd.escape_debug()))
+                    })?;
+                }
+                Ok(t)
             });
             let admitted = checked.and_then(|t| match self.settings.oversubscribe {
                 true => Ok(t),

@@ -167,9 +167,10 @@ impl Containerizer for Service {
     }
 
     async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
-        let with_stats = req.into_inner().include_statistics();
+        let req = req.into_inner();
+        let (with_stats, nested) = (req.include_statistics(), req.show_nested());
         let mut containers = Vec::new();
-        for c in self.0.all() {
+        for c in self.0.all().into_iter().filter(|c| nested || c.launch.container_id.parent.is_none()) {
             let stats = match with_stats && c.terminated().is_none() {
                 true => match shim(&c).await {
                     Ok(mut client) => super::within_deadline(&c, client.stats(shim_pb::StatsRequest {}))
@@ -227,16 +228,24 @@ impl Containerizer for Service {
             ],
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let (tail, follow) = (r.tail, r.follow());
+        let (tail, follow, since) = (r.tail, r.follow(), r.since_ns);
         let mut done = c.termination.subscribe();
         tokio::spawn(async move {
             let mut offsets = Vec::new();
             for (stream, path) in &streams {
                 let data = std::fs::read(path).unwrap_or_default();
-                let start = match tail {
-                    Some(n) => tail_start(&data, n as usize),
+                let from = match since {
+                    Some(ns) => {
+                        let times = std::fs::read(husk_shim::logs::times_path(path)).unwrap_or_default();
+                        husk_shim::logs::offset_since(&times, data.len() as u64, ns) as usize
+                    }
                     None => 0,
                 };
+                let start = from
+                    + match tail {
+                        Some(n) => tail_start(&data[from..], n as usize),
+                        None => 0,
+                    };
                 if start < data.len()
                     && tx
                         .send(Ok(pb::LogChunk { stream: Some(*stream as i32), data: Some(data[start..].to_vec()) }))

@@ -68,7 +68,9 @@ enum Command {
         output: Format,
     },
     /// Print a container's output (stdout and stderr, from its sandbox).
-    #[command(after_help = "Examples:\n  huskctl logs web\n  huskctl logs -f --tail 20 --stream stderr web")]
+    #[command(
+        after_help = "Examples:\n  huskctl logs web\n  huskctl logs -f --tail 20 --stream stderr web\n  huskctl logs --since 10m web"
+    )]
     Logs(LogsArgs),
     /// Resource usage: a table refreshed every --interval seconds, or one with --no-stream.
     #[command(after_help = "Examples:\n  huskctl stats\n  huskctl stats --no-stream -o json web")]
@@ -191,6 +193,9 @@ struct PsArgs {
     /// Only containers with this label (KEY=VALUE, repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// Nested containers too (shown as PARENT.CHILD).
+    #[arg(long)]
+    nested: bool,
     /// Only ids.
     #[arg(short, long)]
     quiet: bool,
@@ -208,6 +213,10 @@ struct LogsArgs {
     /// Only the last N lines.
     #[arg(long, value_name = "N")]
     tail: Option<u64>,
+    /// Only output written since a time: a duration back from now (10m, 1h30m, 2d) or an
+    /// RFC 3339 time (2026-11-21T09:30:00Z). Precise to a second.
+    #[arg(long, value_name = "WHEN", value_parser = ctl::parse_since)]
+    since: Option<i64>,
     #[arg(long, value_enum, default_value = "both")]
     stream: LogStream,
 }
@@ -326,6 +335,10 @@ struct RunArgs {
     /// directory itself is never written).
     #[arg(long, value_name = "DIR")]
     rootfs: Option<PathBuf>,
+    /// Working directory of the command inside the container (absolute; default: the sandbox).
+    /// Created in a --rootfs container when missing; on the host filesystem it must exist.
+    #[arg(short = 'w', long, value_name = "DIR")]
+    workdir: Option<String>,
     #[command(flatten)]
     launch: LaunchFlags,
 }
@@ -676,6 +689,9 @@ async fn run(endpoint: &Api, a: RunArgs) -> Result<u8> {
     if let Some(dir) = &a.rootfs {
         req.rootfs = Some(absolute(dir)?.display().to_string());
     }
+    if a.workdir.is_some() {
+        req.working_dir = a.workdir.clone();
+    }
     let mut client = endpoint.connect().await?;
     // No --timeout here: a launch may fetch URIs and start a shim for longer.
     if let Err(e) = client.launch(req).await {
@@ -762,7 +778,7 @@ async fn ps(api: &Api, a: PsArgs) -> Result<()> {
         }
     }
     let mut client = api.connect().await?;
-    let list = api.call(client.list(pb::ListRequest::default())).await?;
+    let list = api.call(client.list(pb::ListRequest { show_nested: Some(a.nested), ..Default::default() })).await?;
     let shown: Vec<pb::ContainerInfo> = list
         .containers
         .into_iter()
@@ -776,7 +792,7 @@ async fn ps(api: &Api, a: PsArgs) -> Result<()> {
         .collect();
     if a.quiet {
         for c in &shown {
-            println!("{}", c.container_id.value);
+            println!("{}", husk_oci::validate::display_id(&c.container_id));
         }
         return Ok(());
     }
@@ -784,7 +800,7 @@ async fn ps(api: &Api, a: PsArgs) -> Result<()> {
         .iter()
         .map(|c| {
             vec![
-                c.container_id.value.clone(),
+                husk_oci::validate::display_id(&c.container_id),
                 ctl::status(c),
                 ctl::resources(&c.resources),
                 c.runtime.clone().unwrap_or_else(|| "-".into()),
@@ -829,8 +845,13 @@ async fn logs(api: &Api, a: LogsArgs) -> Result<()> {
         LogStream::Stderr => pb::logs_request::Stream::Stderr,
     };
     let mut client = api.connect().await?;
-    let req =
-        pb::LogsRequest { container_id: cid(&a.id), stream: Some(stream as i32), tail: a.tail, follow: Some(a.follow) };
+    let req = pb::LogsRequest {
+        container_id: cid(&a.id),
+        stream: Some(stream as i32),
+        tail: a.tail,
+        follow: Some(a.follow),
+        since_ns: a.since,
+    };
     let mut logs = match a.follow {
         true => client.logs(req).await.map_err(status_error)?.into_inner(),
         false => api.call(client.logs(req)).await?,
