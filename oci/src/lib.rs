@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod fs;
+pub mod image;
 pub mod resources;
 pub mod seccomp;
 pub mod translate;
