@@ -162,6 +162,13 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
     secs.checked_mul(1_000_000_000)?.checked_add(frac_ns)
 }
 
+/// A progress bar `[=====>    ]` of `width` cells for a fraction done.
+pub fn bar(done: f64, width: usize) -> String {
+    let filled = ((done.clamp(0.0, 1.0) * width as f64) as usize).min(width);
+    let head = if filled < width { ">" } else { "" };
+    format!("[{}{head}{}]", "=".repeat(filled), " ".repeat(width - filled - head.len()))
+}
+
 pub fn human(d: Duration) -> String {
     let s = d.as_secs();
     match s {
@@ -246,6 +253,9 @@ mod tests {
         assert_eq!(human(Duration::from_secs(3 * 86400)), "3d");
         assert_eq!(trim_float(0.5), "0.5");
         assert_eq!(trim_float(64.0), "64");
+        assert_eq!(bar(0.5, 10), "[=====>    ]");
+        assert_eq!(bar(1.0, 4), "[====]");
+        assert_eq!(bar(0.0, 4), "[>   ]");
     }
 
     #[test]

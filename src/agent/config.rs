@@ -111,6 +111,20 @@ pub struct Flags {
     /// Serve Prometheus metrics over HTTP at this address (`GET /metrics`), e.g. `127.0.0.1:9464`.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_address: Option<String>,
+    /// How image containers get their root filesystem: `overlay` (default; layers shared, no
+    /// copy) or `copy` (every layer copied, for filesystems overlayfs cannot use).
+    #[arg(long, value_name = "BACKEND")]
+    pub image_backend: Option<String>,
+    /// A registry (`host:port` as in image names) to pull from over plain HTTP (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
+    /// Registry credentials: a Docker `config.json` (`auths`).
+    #[arg(long, value_name = "FILE")]
+    pub registry_config: Option<PathBuf>,
+    /// Keep setuid and setgid bits of image files (dropped by default; with no_new_privs they
+    /// would not take effect anyway).
+    #[arg(long)]
+    pub image_keep_setuid: bool,
 }
 
 /// The config file: the same settings as the flags.
@@ -147,6 +161,10 @@ struct FileConfig {
     gc_disk_headroom: Option<f64>,
     metrics_address: Option<String>,
     isolation: Option<Vec<String>>,
+    image_backend: Option<String>,
+    insecure_registries: Option<Vec<String>>,
+    registry_config: Option<PathBuf>,
+    image_keep_setuid: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -184,6 +202,11 @@ pub struct Settings {
     pub metrics_address: Option<std::net::SocketAddr>,
     /// The isolators' names, in order (checked by [`super::isolators::parse`]).
     pub isolation: Vec<String>,
+    pub image_backend: super::images::Backend,
+    pub insecure_registries: Vec<String>,
+    /// Registry credentials by registry (`user:password`).
+    pub registry_auths: std::collections::HashMap<String, String>,
+    pub image_keep_setuid: bool,
 }
 
 impl Settings {
@@ -298,7 +321,20 @@ impl Settings {
             .or(file.isolation)
             .unwrap_or_else(|| super::isolators::ALL.iter().map(|s| s.to_string()).collect());
         super::isolators::parse(&isolation)?;
+        let image_backend = pick(flags.image_backend.clone(), file.image_backend, "overlay")
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--image-backend: {e}"))?;
+        let mut insecure_registries = flags.insecure_registries.clone();
+        insecure_registries.extend(file.insecure_registries.unwrap_or_default());
+        let registry_auths = match flags.registry_config.clone().or(file.registry_config) {
+            Some(path) => super::registry::load_auths(&path).map_err(|e| anyhow::anyhow!("--registry-config {e}"))?,
+            None => Default::default(),
+        };
         Ok(Settings {
+            image_backend,
+            insecure_registries,
+            registry_auths,
+            image_keep_setuid: flags.image_keep_setuid || file.image_keep_setuid.unwrap_or(false),
             isolation,
             tcp,
             metrics_address,

@@ -31,6 +31,9 @@ pub struct Checkpoint {
     /// When the garbage collector removed the sandbox and bundle (the record stays until Remove).
     #[serde(default)]
     pub collected_ns: Option<i64>,
+    /// The manifest digest of the image the container runs from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 pub struct Container {

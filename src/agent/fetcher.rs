@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use husk_proto::mesos::v1::command_info::Uri;
 
-type HttpClient = hyper_util::client::legacy::Client<
+pub(crate) type HttpClient = hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     Empty<Bytes>,
 >;
@@ -66,14 +66,7 @@ type Failure = String;
 
 impl Fetcher {
     pub fn new(cache_dir: PathBuf, cache_max_bytes: u64, stall: Duration) -> Fetcher {
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let client = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(provider)
-            .map(|b| {
-                let connector = b.https_or_http().enable_http1().build();
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
-            })
-            .map_err(|e| format!("no trusted CA certificates on this node: {e}"));
+        let client = http_client();
         Fetcher { cache_dir, cache_max_bytes, stall, client, cache_lock: tokio::sync::Mutex::new(()) }
     }
 
@@ -214,8 +207,20 @@ impl Fetcher {
     }
 }
 
+/// An HTTP(S) client trusting the system's CAs.
+pub(crate) fn http_client() -> Result<HttpClient, String> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(provider)
+        .map(|b| {
+            let connector = b.https_or_http().enable_http1().build();
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
+        })
+        .map_err(|e| format!("no trusted CA certificates on this node: {e}"))
+}
+
 /// Where a redirect from `from` to `location` (absolute or relative) goes.
-fn redirect(from: &hyper::Uri, location: &str) -> Result<hyper::Uri, Failure> {
+pub(crate) fn redirect(from: &hyper::Uri, location: &str) -> Result<hyper::Uri, Failure> {
     let absolute = if location.starts_with("http://") || location.starts_with("https://") {
         location.to_string()
     } else if location.starts_with('/') {

@@ -5,8 +5,10 @@ pub mod config;
 mod container;
 pub mod fetcher;
 mod gc;
+pub mod images;
 pub mod isolators;
 pub mod metrics;
+pub mod registry;
 mod rootfs;
 pub mod service;
 pub mod sweep;
@@ -51,6 +53,7 @@ pub struct Agent {
     fetcher: fetcher::Fetcher,
     pub metrics: metrics::Metrics,
     isolators: Vec<Box<dyn isolators::Isolator>>,
+    pub images: images::Images,
 }
 
 fn now_ns() -> i64 {
@@ -66,6 +69,49 @@ pub fn status_of(e: husk_oci::Error) -> Status {
         husk_oci::Error::Missing { .. } => Status::failed_precondition(e.to_string()),
         husk_oci::Error::Io { .. } => Status::internal(e.to_string()),
     }
+}
+
+/// The Docker image a launch asks for, and whether a stored copy will do (`Image.cached`).
+fn image_of(req: &LaunchRequest) -> Option<(String, bool)> {
+    use husk_proto::mesos::v1::image::Type;
+    let image = req.container.as_ref()?.mesos.as_ref()?.image.as_ref()?;
+    let name = image.docker.as_ref().map(|d| d.name.clone()).filter(|n| !n.is_empty())?;
+    (image.r#type() == Type::Docker).then_some((name, image.cached()))
+}
+
+/// Variables an image sets (NAME, VALUE), below the user's.
+type ImageEnv = Vec<(String, String)>;
+
+/// The launch as it runs from `image`: the image's command, working directory and user merged
+/// in (Mesos' docker runtime isolator), and the image's environment (below the user's).
+fn with_image<'a>(
+    req: &'a LaunchRequest,
+    image: &images::Provisioned,
+) -> Result<(std::borrow::Cow<'a, LaunchRequest>, ImageEnv), Status> {
+    let cmd = req.command.clone().unwrap_or_default();
+    let applied =
+        husk_oci::image::apply_config(&cmd, &image.config).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let mut effective = req.clone();
+    let mut command = applied.command;
+    if command.user.as_deref().is_none_or(str::is_empty) {
+        command.user = applied.user;
+    }
+    effective.command = Some(command);
+    if effective.working_dir.as_deref().is_none_or(str::is_empty) {
+        effective.working_dir = applied.working_dir;
+    }
+    Ok((std::borrow::Cow::Owned(effective), applied.env))
+}
+
+/// Manifest digests of the images live containers run from, with how many run from each.
+pub fn images_in_use(containers: &[Arc<Container>]) -> HashMap<String, u32> {
+    let mut used = HashMap::new();
+    for c in containers.iter().filter(|c| c.terminated().is_none()) {
+        if let Some(d) = c.checkpoint.lock().unwrap().image.clone() {
+            *used.entry(d).or_insert(0) += 1;
+        }
+    }
+    used
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> Status {
@@ -99,7 +145,17 @@ impl Agent {
             settings.fetcher_cache_bytes,
             settings.fetcher_stall_timeout,
         );
+        let store = husk_oci::image::Store::open(
+            &settings.work_dir.join("images"),
+            husk_oci::image::layer::Options { keep_setuid: settings.image_keep_setuid },
+        )?;
+        let registry = registry::Registry::new(
+            settings.insecure_registries.clone(),
+            settings.registry_auths.clone(),
+            settings.fetcher_stall_timeout,
+        );
         let agent = Arc::new(Agent {
+            images: images::Images::new(store, settings.image_backend, registry),
             isolators: isolators::parse(&settings.isolation)?,
             metrics: metrics::Metrics::default(),
             fetcher,
@@ -202,13 +258,55 @@ impl Agent {
     /// destroyed and its termination (REASON_CONTAINER_LAUNCH_FAILED) stays readable by Wait.
     pub async fn launch(self: &Arc<Self>, req: LaunchRequest) -> Result<Arc<Container>, Status> {
         let started = std::time::Instant::now();
-        let (c, t) = match self.accept(req) {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                self.metrics.launches.get_or_create(&metrics::label("result", "rejected")).inc();
-                return Err(e);
-            }
+        let rejected = |e: Status| {
+            self.metrics.launches.get_or_create(&metrics::label("result", "rejected")).inc();
+            e
         };
+        // An image is provisioned before the container exists (a pull can take long, and the
+        // translation needs the image's config and rootfs). Image removal and pruning wait
+        // until the container is recorded with its image.
+        let wanted = image_of(&req);
+        let _gc = match wanted {
+            Some(_) => Some(self.images.gc.read().await),
+            None => None,
+        };
+        let mut staged = None;
+        let provisioned = match wanted {
+            Some((name, cached)) => {
+                husk_oci::validate::container_id(&req.container_id, "container_id")
+                    .map_err(status_of)
+                    .map_err(rejected)?;
+                if self.containers.lock().unwrap().contains_key(&req.container_id.value) {
+                    return Err(rejected(Status::already_exists(format!(
+                        "container_id: `{}` is already in use",
+                        req.container_id.value
+                    ))));
+                }
+                let p = self.images.provision(&name, cached).await.map_err(rejected)?;
+                if self.images.backend == images::Backend::Copy {
+                    let dir = self.images.store.scratch_dir("rootfs").map_err(|e| images::status("rootfs", e))?;
+                    let (layers, to) = (p.layers.clone(), dir.clone());
+                    let copied = tokio::task::spawn_blocking(move || {
+                        layers.iter().try_for_each(|l| husk_oci::image::layer::apply_copy(l, &to))
+                    })
+                    .await
+                    .map_err(|e| internal("copying the image", e))
+                    .and_then(|r| r.map_err(|e| internal("copying the image's layers", e)));
+                    if let Err(e) = copied {
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return Err(rejected(e));
+                    }
+                    staged = Some(dir);
+                }
+                Some(p)
+            }
+            None => None,
+        };
+        let accepted = self.accept(req, provisioned.as_ref(), staged.as_deref());
+        if let Some(dir) = staged.filter(|d| d.exists()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let (c, t) = accepted.map_err(rejected)?;
         // The launch goes on in its own task: a caller that hangs up (a client deadline, a
         // Ctrl-C) must not abandon a container half made.
         let agent = self.clone();
@@ -267,7 +365,12 @@ impl Agent {
 
     /// Validates a launch, admits it against the node's resources and checkpoints it; nothing
     /// is left of a launch refused here.
-    fn accept(&self, req: LaunchRequest) -> Result<(Arc<Container>, husk_oci::Translation), Status> {
+    fn accept(
+        &self,
+        req: LaunchRequest,
+        image: Option<&images::Provisioned>,
+        staged: Option<&Path>,
+    ) -> Result<(Arc<Container>, husk_oci::Translation), Status> {
         husk_oci::validate::container_id(&req.container_id, "container_id").map_err(status_of)?;
         if req.container_id.parent.is_some() {
             return Err(Status::invalid_argument("container_id.parent: nested containers are not supported yet"));
@@ -297,6 +400,30 @@ impl Agent {
             }
             Some(r) => Some(rootfs::check(r, &self.settings.work_dir)?),
         };
+        if image.is_some() && req.container_id.value.contains([',', ':', '\\']) {
+            return Err(Status::invalid_argument(format!(
+                "container_id: `{}`: a container with an image cannot have `,`, `:` or `\\` in its id \
+                 (its overlay's layer paths hold it)",
+                req.container_id.value.escape_debug()
+            )));
+        }
+        // The layers, top first, as the overlay stacks them.
+        let image_lowers = match image.filter(|_| staged.is_none()) {
+            Some(p) => Some(
+                p.layers
+                    .iter()
+                    .rev()
+                    .map(|l| rootfs::Lower::layer(l))
+                    .collect::<std::io::Result<Vec<_>>>()
+                    .map_err(|e| internal("opening the image's layers", e))?,
+            ),
+            None => None,
+        };
+        // What the translation sees: the launch with the image's config applied.
+        let (effective, image_env) = match image {
+            Some(p) => with_image(&req, p)?,
+            None => (std::borrow::Cow::Borrowed(&req), Vec::new()),
+        };
         let id = req.container_id.value.clone();
         let dir = self.settings.work_dir.join("containers").join(&id);
         let shim_dir = self.settings.runtime_dir.join("shims").join(&id);
@@ -309,17 +436,29 @@ impl Agent {
             // takes the directory away again, so it leaves nothing.
             let placed = std::fs::create_dir_all(dir.join("sandbox"))
                 .map_err(|e| internal("creating the sandbox", e))
-                .and_then(|_| match &lower {
-                    None => Ok(None),
-                    Some(lower) => rootfs::mount(&dir, lower).map(Some).map_err(|e| internal("rootfs", e)),
+                .and_then(|_| match (&lower, &image_lowers, staged) {
+                    (Some(lower), _, _) => {
+                        rootfs::mount(&dir, std::slice::from_ref(lower)).map(Some).map_err(|e| internal("rootfs", e))
+                    }
+                    (None, Some(lowers), _) => rootfs::mount(&dir, lowers).map(Some).map_err(|e| internal("rootfs", e)),
+                    (None, None, Some(copy)) => {
+                        let to = dir.join(rootfs::MOUNT_POINT);
+                        std::fs::rename(copy, &to).map(|_| Some(to)).map_err(|e| internal("rootfs", e))
+                    }
+                    (None, None, None) => Ok(None),
                 });
             let checked = placed.and_then(|root| {
-                let place =
-                    husk_oci::Placement { sandbox_dir: dir.join("sandbox"), rootfs: root, ..Default::default() };
-                let t = husk_oci::translate(&req, &self.settings.translation, &place).map_err(status_of)?;
+                let place = husk_oci::Placement {
+                    sandbox_dir: dir.join("sandbox"),
+                    rootfs: root,
+                    agent_environment: image_env,
+                    ..Default::default()
+                };
+                let t = husk_oci::translate(&effective, &self.settings.translation, &place).map_err(status_of)?;
                 // A working directory the root filesystem lacks is made in the container's
                 // own layer, never through a link the image holds.
-                if let (Some(root), Some(wd)) = (&place.rootfs, req.working_dir.as_deref().filter(|w| !w.is_empty())) {
+                let wd = effective.working_dir.as_deref().filter(|w| !w.is_empty());
+                if let (Some(root), Some(wd)) = (&place.rootfs, wd) {
                     husk_oci::fs::mkdir_in_root(root, Path::new(wd.trim_start_matches('/')), 0o755).map_err(|e| {
                         Status::failed_precondition(format!("working_dir: `{}`: {e}", wd.escape_debug()))
                     })?;
@@ -349,6 +488,7 @@ impl Agent {
                 termination: None,
                 terminated_ns: None,
                 collected_ns: None,
+                image: image.map(|p| p.digest.clone()),
             };
             let json = serde_json::to_vec(&req).map_err(|e| internal("encoding the launch", e))?;
             let saved = husk_oci::checkpoint::write_atomic(&dir.join(LAUNCH_FILE), &json, 0o600)

@@ -60,9 +60,24 @@ pub fn check(value: &str, work_dir: &Path) -> Result<Lower, Status> {
     Ok(Lower { fd, path: real })
 }
 
-/// Mounts the overlay of `lower` for the container whose directory is `dir`; returns the mount
-/// point.
-pub fn mount(dir: &Path, lower: &Lower) -> std::io::Result<PathBuf> {
+impl Lower {
+    /// An image layer of the store (a directory the agent made itself).
+    pub fn layer(path: &Path) -> std::io::Result<Lower> {
+        use nix::fcntl::OFlag;
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        Ok(Lower { fd, path: path.to_path_buf() })
+    }
+}
+
+/// Mounts the overlay of `lowers` (top first) for the container whose directory is `dir`;
+/// returns the mount point. The layers go in as `/proc/self/fd/N` of handles held open, which
+/// keeps the mount options short (a page at most) whatever the store's path, for images of
+/// many layers too.
+pub fn mount(dir: &Path, lowers: &[Lower]) -> std::io::Result<PathBuf> {
     use std::os::fd::AsRawFd;
     let layer = dir.join(LAYER_DIR);
     let (upper, work, target) = (layer.join("upper"), layer.join("work"), dir.join(MOUNT_POINT));
@@ -78,22 +93,15 @@ pub fn mount(dir: &Path, lower: &Lower) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(d)?;
     }
     // The lower layer through the checked handle, not by its path again.
-    let options = format!(
-        "lowerdir=/proc/self/fd/{},upperdir={},workdir={}",
-        lower.fd.as_raw_fd(),
-        upper.display(),
-        work.display()
-    );
+    let lowerdir: Vec<String> = lowers.iter().map(|l| format!("/proc/self/fd/{}", l.fd.as_raw_fd())).collect();
+    let options = format!("lowerdir={},upperdir={},workdir={}", lowerdir.join(":"), upper.display(), work.display());
     if options.len() > 4000 {
         return Err(std::io::Error::other("the overlay's layer paths are too long for one mount"));
     }
     nix::mount::mount(Some("overlay"), &target, Some("overlay"), nix::mount::MsFlags::empty(), Some(options.as_str()))
         .map_err(|e| {
-            std::io::Error::other(format!(
-                "mounting the overlay of {} on {}: {e}",
-                lower.path.display(),
-                target.display()
-            ))
+            let paths: Vec<String> = lowers.iter().map(|l| l.path.display().to_string()).collect();
+            std::io::Error::other(format!("mounting the overlay of {} on {}: {e}", paths.join(":"), target.display()))
         })?;
     Ok(target)
 }

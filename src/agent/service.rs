@@ -317,7 +317,100 @@ impl Containerizer for Service {
             },
             boot_id: Some(self.0.boot_id.clone()),
             isolators: self.0.settings.isolation.clone(),
+            image_store: Some(self.0.images.store.root().display().to_string()),
+            image_store_bytes: {
+                let store = self.0.images.store.clone();
+                tokio::task::spawn_blocking(move || store.disk_usage()).await.ok()
+            },
+            images: self.0.images.store.refs().ok().map(|r| r.len() as u32),
         }))
+    }
+
+    type PullImageStream = Streamed<pb::PullProgress>;
+
+    async fn pull_image(&self, req: Request<pb::PullImageRequest>) -> Result<Response<Self::PullImageStream>, Status> {
+        let name = req.into_inner().name;
+        let reference = husk_oci::image::Reference::parse(&name).map_err(|e| super::images::status("name", e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let agent = self.0.clone();
+        // The pull runs to its end even when the client goes away: what it stored is reused.
+        tokio::spawn(async move {
+            let (progress, mut updates) = tokio::sync::mpsc::channel::<pb::PullProgress>(64);
+            let forward = {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while let Some(p) = updates.recv().await {
+                        let _ = tx.send(Ok(p)).await;
+                    }
+                })
+            };
+            let pulled = {
+                let _gc = agent.images.gc.read().await;
+                agent.images.pull(&reference, Some(&progress)).await
+            };
+            drop(progress);
+            let _ = forward.await;
+            let last = pulled.and_then(|digest| {
+                let used = super::images_in_use(&agent.all());
+                let mut images = agent.images.list(&used, Some(&digest))?;
+                Ok(pb::PullProgress { image: images.pop(), ..Default::default() })
+            });
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn import_image(
+        &self,
+        req: Request<pb::ImportImageRequest>,
+    ) -> Result<Response<pb::ImportImageResponse>, Status> {
+        let r = req.into_inner();
+        if !r.path.starts_with('/') || husk_oci::fs::has_parent_component(&r.path) || r.path.contains('\0') {
+            return Err(Status::invalid_argument(format!(
+                "path: `{}` must be an absolute path on the node, without `..`",
+                r.path.escape_debug()
+            )));
+        }
+        let imported = {
+            let _gc = self.0.images.gc.read().await;
+            self.0.images.import(r.path.into(), r.name.filter(|n| !n.is_empty())).await?
+        };
+        let used = super::images_in_use(&self.0.all());
+        let mut images = Vec::new();
+        for i in imported {
+            if !images.iter().any(|m: &pb::Image| m.digest.as_deref() == Some(&i.digest)) {
+                images.extend(self.0.images.list(&used, Some(&i.digest))?);
+            }
+        }
+        Ok(Response::new(pb::ImportImageResponse { images }))
+    }
+
+    async fn list_images(
+        &self,
+        req: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let only = req.into_inner().name.filter(|n| !n.is_empty());
+        let used = super::images_in_use(&self.0.all());
+        Ok(Response::new(pb::ListImagesResponse { images: self.0.images.list(&used, only.as_deref())? }))
+    }
+
+    async fn remove_image(
+        &self,
+        req: Request<pb::RemoveImageRequest>,
+    ) -> Result<Response<pb::RemoveImageResponse>, Status> {
+        let r = req.into_inner();
+        let keep = super::images_in_use(&self.0.all()).into_keys().collect();
+        let (untagged, bytes) = self.0.images.remove(&r.name, keep, r.force()).await?;
+        Ok(Response::new(pb::RemoveImageResponse { untagged, bytes_freed: Some(bytes) }))
+    }
+
+    async fn prune_images(
+        &self,
+        req: Request<pb::PruneImagesRequest>,
+    ) -> Result<Response<pb::PruneImagesResponse>, Status> {
+        let keep = super::images_in_use(&self.0.all()).into_keys().collect();
+        let (removed, bytes) = self.0.images.prune(keep, req.into_inner().excluded).await?;
+        Ok(Response::new(pb::PruneImagesResponse { removed, bytes_freed: Some(bytes) }))
     }
 }
 

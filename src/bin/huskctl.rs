@@ -49,6 +49,50 @@ enum Command {
         huskctl run -- echo hello\n  \
         huskctl run --id web -d --resources 'cpus:0.5;mem:128' -- 'python3 -m http.server'")]
     Run(Box<RunArgs>),
+    /// Pull an image from its registry into the agent's store, with progress.
+    #[command(after_help = "Examples:\n  huskctl pull busybox\n  huskctl pull localhost:5000/app:v1")]
+    Pull {
+        name: String,
+        /// Print only the digest.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Import images from an archive on this node: an OCI image layout (directory or tar, as
+    /// `skopeo copy` writes it) or a `docker save` archive.
+    #[command(
+        after_help = "Examples:\n  huskctl import busybox.tar\n  huskctl import ./layout --name localhost/busybox"
+    )]
+    Import {
+        path: PathBuf,
+        /// Name for an image the archive does not name (or a new name for its only image).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the images in the agent's store.
+    #[command(after_help = "Examples:\n  huskctl images\n  huskctl images -o json")]
+    Images {
+        /// Only digests.
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Remove images (names or digests); their content goes once no container uses it.
+    #[command(after_help = "Examples:\n  huskctl rmi busybox\n  huskctl rmi -f 3f2a9c1b7d4e")]
+    Rmi {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Remove the name even while a live container runs from the image.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Remove every image no live container uses (Mesos PRUNE_IMAGES).
+    #[command(after_help = "Example:\n  huskctl prune --exclude busybox")]
+    Prune {
+        /// Keep this image (name or digest; repeatable).
+        #[arg(long = "exclude", value_name = "NAME")]
+        excluded: Vec<String>,
+    },
     /// Launch a container from a Mesos launch document and print its id (`run -d -f`).
     #[command(after_help = "Examples:\n  \
         huskctl launch -f launch.json\n  \
@@ -315,7 +359,7 @@ impl LaunchFlags {
     fn request(&self, file_id: Option<&str>, id: &str) -> Result<LaunchRequest> {
         match &self.file {
             Some(file) => husk::launch_file::read(file, file_id, id),
-            None => launch_from_flags(self, id),
+            None => launch_from_flags(self, id, false),
         }
     }
 }
@@ -335,6 +379,14 @@ struct RunArgs {
     /// directory itself is never written).
     #[arg(long, value_name = "DIR")]
     rootfs: Option<PathBuf>,
+    /// Run from this image (a Docker reference: `busybox`, `localhost:5000/app:v1`), pulled
+    /// unless the store has it. Without a command the image's entrypoint and cmd run; a
+    /// command runs through `/bin/sh -c` unless --no-shell (then after the entrypoint).
+    #[arg(long, value_name = "REF", conflicts_with = "rootfs")]
+    image: Option<String>,
+    /// Pull the image even when the store has it (Mesos `Image.cached=false`).
+    #[arg(long, requires = "image")]
+    pull: bool,
     /// Working directory of the command inside the container (absolute; default: the sandbox).
     /// Created in a --rootfs container when missing; on the host filesystem it must exist.
     #[arg(short = 'w', long, value_name = "DIR")]
@@ -392,6 +444,11 @@ fn main() -> ExitCode {
         Command::Info { output } => block_on(info(api, output)),
         Command::Version { output } => block_on(version(api, output)),
         Command::Shim(c) => block_on(shim(c)),
+        Command::Pull { name, quiet } => block_on(pull(api, &name, quiet)),
+        Command::Import { path, name } => block_on(import(api, &path, name)),
+        Command::Images { quiet, output } => block_on(images(api, quiet, output)),
+        Command::Rmi { names, force } => block_on(rmi(api, &names, force)),
+        Command::Prune { excluded } => block_on(prune(api, excluded)),
         Command::Completion { shell } => {
             clap_complete::generate(
                 shell,
@@ -411,8 +468,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn launch_from_flags(args: &LaunchFlags, id: &str) -> Result<LaunchRequest> {
-    if args.command.is_empty() {
+/// The launch the flags describe; with `image_command`, no command: the image's runs.
+fn launch_from_flags(args: &LaunchFlags, id: &str, image_command: bool) -> Result<LaunchRequest> {
+    if args.command.is_empty() && !image_command {
         bail!("give a launch file with -f FILE, or a command after `--`");
     }
     let mut pairs: Vec<(String, String)> = Vec::new();
@@ -437,10 +495,12 @@ fn launch_from_flags(args: &LaunchFlags, id: &str) -> Result<LaunchRequest> {
         .into_iter()
         .map(|(name, value)| environment::Variable { name, value: Some(value), ..Default::default() })
         .collect();
-    let (shell, value, arguments) = if args.no_shell {
-        (false, args.command[0].clone(), args.command.clone())
+    let (shell, value, arguments) = if image_command {
+        (false, None, Vec::new())
+    } else if args.no_shell {
+        (false, Some(args.command[0].clone()), args.command.clone())
     } else {
-        (true, args.command.join(" "), Vec::new())
+        (true, Some(args.command.join(" ")), Vec::new())
     };
     let mut resources = match &args.resources {
         Some(text) => husk_oci::resources::parse(text, "--resources")?,
@@ -469,7 +529,7 @@ fn launch_from_flags(args: &LaunchFlags, id: &str) -> Result<LaunchRequest> {
         container_id: ContainerId { value: id.to_string(), parent: None },
         command: Some(CommandInfo {
             shell: Some(shell),
-            value: Some(value),
+            value,
             arguments,
             user: args.user.clone(),
             environment: (!variables.is_empty()).then_some(Environment { variables }),
@@ -683,7 +743,25 @@ fn cid(id: &str) -> ContainerId {
 async fn run(endpoint: &Api, a: RunArgs) -> Result<u8> {
     // --id, else the launch document's own, else a fresh one.
     let generated = a.launch.id.clone().unwrap_or_else(new_id);
-    let mut req = a.launch.request(a.launch.id.as_deref(), &generated)?;
+    let mut req = match (&a.image, a.launch.command.is_empty() && a.launch.file.is_none()) {
+        // The image's own entrypoint and cmd.
+        (Some(_), true) => launch_from_flags(&a.launch, &generated, true)?,
+        _ => a.launch.request(a.launch.id.as_deref(), &generated)?,
+    };
+    if let Some(name) = &a.image {
+        use husk_proto::mesos::v1::{container_info, image, ContainerInfo, Image};
+        let container = req
+            .container
+            .get_or_insert_with(|| ContainerInfo { r#type: container_info::Type::Mesos as i32, ..Default::default() });
+        container.mesos = Some(container_info::MesosInfo {
+            image: Some(Image {
+                r#type: image::Type::Docker as i32,
+                docker: Some(image::Docker { name: name.clone(), ..Default::default() }),
+                cached: Some(!a.pull),
+                ..Default::default()
+            }),
+        });
+    }
     let id = req.container_id.value.clone();
     req.runtime = a.runtime.clone();
     if let Some(dir) = &a.rootfs {
@@ -1074,6 +1152,10 @@ async fn info(api: &Api, output: Format) -> Result<()> {
             vec!["allocated".into(), ctl::resources(&i.allocated_resources)],
             vec!["available".into(), ctl::resources(&i.available_resources)],
             vec!["isolators".into(), i.isolators.join(",")],
+            vec![
+                "image store".into(),
+                format!("{} ({} images, {})", i.image_store(), i.images(), ctl::bytes(i.image_store_bytes())),
+            ],
         ];
         ctl::table(&["FIELD", "VALUE"], &rows)
     })
@@ -1216,4 +1298,132 @@ async fn shim(c: ShimCommand) -> Result<()> {
             })
         }
     }
+}
+
+fn short_digest(d: &str) -> String {
+    d.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
+async fn pull(api: &Api, name: &str, quiet: bool) -> Result<()> {
+    use std::io::{IsTerminal, Write};
+    let mut client = api.connect().await?;
+    let mut stream =
+        client.pull_image(pb::PullImageRequest { name: name.to_string() }).await.map_err(status_error)?.into_inner();
+    let bars = !quiet && std::io::stderr().is_terminal();
+    let mut last_line = String::new();
+    while let Some(m) = stream.message().await.map_err(status_error)? {
+        if let Some(image) = m.image {
+            if bars && !last_line.is_empty() {
+                eprintln!();
+            }
+            match quiet {
+                true => println!("{}", image.digest()),
+                false => println!("{} {}", image.names.join(","), image.digest()),
+            }
+            return Ok(());
+        }
+        let (bytes, total) = (m.bytes(), m.total().max(1));
+        let done = bytes >= total;
+        let line = format!(
+            "{} {} {}/{}  layers {}/{}",
+            short_digest(m.digest()),
+            ctl::bar(bytes as f64 / total as f64, 30),
+            ctl::bytes(bytes),
+            ctl::bytes(m.total()),
+            m.layers_done(),
+            m.layers_total()
+        );
+        if bars {
+            // One line per blob, redrawn in place.
+            let mut err = std::io::stderr();
+            let _ = write!(err, "\r{line:<last$}", last = last_line.len());
+            if done {
+                let _ = writeln!(err);
+                last_line.clear();
+            } else {
+                last_line = line;
+            }
+            let _ = err.flush();
+        } else if done && !quiet {
+            eprintln!("{line}");
+        }
+    }
+    bail!("the agent ended the pull without naming the image")
+}
+
+async fn import(api: &Api, path: &std::path::Path, name: Option<String>) -> Result<()> {
+    let path = absolute(path)?;
+    let mut client = api.connect().await?;
+    // No --timeout: a large archive takes its time.
+    let r = client
+        .import_image(pb::ImportImageRequest { path: path.display().to_string(), name })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    for i in r.images {
+        println!("{} {}", i.names.join(","), i.digest());
+    }
+    Ok(())
+}
+
+async fn images(api: &Api, quiet: bool, output: Format) -> Result<()> {
+    let mut client = api.connect().await?;
+    let list = api.call(client.list_images(pb::ListImagesRequest::default())).await?;
+    if quiet {
+        for i in &list.images {
+            println!("{}", i.digest());
+        }
+        return Ok(());
+    }
+    ctl::print(&list, output, || {
+        let mut rows = Vec::new();
+        for i in &list.images {
+            for n in &i.names {
+                rows.push(vec![
+                    n.clone(),
+                    short_digest(i.digest()),
+                    ctl::bytes(i.size()),
+                    i.layers().to_string(),
+                    i.containers().to_string(),
+                    ctl::ago(i.created_ns()),
+                ]);
+            }
+        }
+        ctl::table(&["NAME", "DIGEST", "SIZE", "LAYERS", "CONTAINERS", "CREATED"], &rows)
+    })
+}
+
+async fn rmi(api: &Api, names: &[String], force: bool) -> Result<()> {
+    let mut client = api.connect().await?;
+    let mut failed = 0;
+    for name in names {
+        match api.call(client.remove_image(pb::RemoveImageRequest { name: name.clone(), force: Some(force) })).await {
+            Ok(r) => {
+                for u in &r.untagged {
+                    println!("untagged {u}");
+                }
+                if r.bytes_freed() > 0 {
+                    println!("freed {}", ctl::bytes(r.bytes_freed()));
+                }
+            }
+            Err(e) => {
+                eprintln!("huskctl: error: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    match failed {
+        0 => Ok(()),
+        n => bail!("{n} of {} images not removed", names.len()),
+    }
+}
+
+async fn prune(api: &Api, excluded: Vec<String>) -> Result<()> {
+    let mut client = api.connect().await?;
+    let r = api.call(client.prune_images(pb::PruneImagesRequest { excluded })).await?;
+    for name in &r.removed {
+        println!("removed {name}");
+    }
+    println!("freed {}", ctl::bytes(r.bytes_freed()));
+    Ok(())
 }

@@ -555,6 +555,11 @@ fn pick_from_index(data: &[u8], digest: &str) -> Result<Option<String>> {
     Ok(Some(next.to_string()))
 }
 
+/// The host platform's manifest of the index `data` (an error when `data` is no index).
+pub fn pick(data: &[u8], digest: &str) -> Result<String> {
+    pick_from_index(data, digest)?.ok_or_else(|| ImageError::Corrupt(format!("{digest} is a manifest, not an index")))
+}
+
 /// A manifest, checked for what husk can run.
 pub fn parse_manifest(data: &[u8], digest: &str) -> Result<ImageManifest> {
     let m: ImageManifest =

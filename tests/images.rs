@@ -1,0 +1,246 @@
+//! Images end to end against a real agent: OCI layouts and `docker save` archives built here
+//! from busybox-static, imported with huskctl, run through overlay rootfses that share the
+//! unpacked layers, the image config applied, and removal and pruning that never take an image
+//! a live container runs from.
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+#[path = "common/agent.rs"]
+mod fixture;
+
+use common::Output;
+use fixture::Agent;
+
+fn huskctl(agent: &Agent, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_huskctl"));
+    cmd.args(args).env("HUSK_ENDPOINT", format!("unix://{}", agent.socket().display()));
+    let out = common::run_with_deadline(&mut cmd, Duration::from_secs(120));
+    assert!(!out.timed_out, "huskctl {args:?} hung");
+    out
+}
+
+fn ok(agent: &Agent, args: &[&str]) -> String {
+    let out = huskctl(agent, args);
+    assert!(out.status.success(), "huskctl {args:?}: {}{}", out.stdout, out.stderr);
+    out.stdout
+}
+
+fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A tar of `dir`'s tree (symlinks kept as links), entries relative to it.
+fn tar_of(dir: &Path) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    b.append_dir_all(".", dir).unwrap();
+    b.into_inner().unwrap()
+}
+
+/// A tar with whiteouts: `.wh.old` hides the base's `data/old`, an opaque `etc/app.d` hides
+/// the base's directory of that name.
+fn upper_layer() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8], kind: tar::EntryType| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(if kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+        h.set_size(data.len() as u64);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    add("etc/motd", b"layered\n", tar::EntryType::Regular);
+    add("data/.wh.old", b"", tar::EntryType::Regular);
+    add("etc/app.d/", b"", tar::EntryType::Directory);
+    add("etc/app.d/.wh..wh..opq", b"", tar::EntryType::Regular);
+    add("etc/app.d/new.conf", b"new\n", tar::EntryType::Regular);
+    b.into_inner().unwrap()
+}
+
+/// Writes an OCI image layout of `layers` (gzipped) with `config` into `dir`, its index naming
+/// it `tag`.
+fn oci_layout(dir: &Path, layers: &[Vec<u8>], config: serde_json::Value, tag: &str) -> String {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |data: &[u8]| {
+        let hex = sha256(data);
+        std::fs::write(blobs.join(&hex), data).unwrap();
+        (format!("sha256:{hex}"), data.len())
+    };
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for tar in layers {
+        use std::io::Write;
+        diff_ids.push(format!("sha256:{}", sha256(tar)));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(tar).unwrap();
+        let (d, n) = put(&gz.finish().unwrap());
+        descs.push(
+            serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": n}),
+        );
+    }
+    let mut config = config;
+    config["architecture"] = "amd64".into();
+    config["os"] = "linux".into();
+    config["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": diff_ids});
+    let (cd, cn) = put(&serde_json::to_vec(&config).unwrap());
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cn},
+        "layers": descs,
+    }))
+    .unwrap();
+    let (md, mn) = put(&manifest);
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": mn,
+        "annotations": {"org.opencontainers.image.ref.name": tag}}]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    md
+}
+
+fn base_layer(files: &Path) -> Vec<u8> {
+    let root = files.join("base");
+    common::busybox_rootfs(&root);
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::write(root.join("data/old"), "old\n").unwrap();
+    std::fs::write(root.join("data/keep"), "kept\n").unwrap();
+    std::fs::create_dir_all(root.join("etc/app.d")).unwrap();
+    std::fs::write(root.join("etc/app.d/old.conf"), "old\n").unwrap();
+    tar_of(&root)
+}
+
+/// Overlay mounts below `dir` (mountinfo: the mount point is field 5, the type follows `-`).
+fn overlay_mounts_under(dir: &Path) -> usize {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo
+        .lines()
+        .filter(|l| l.split_whitespace().nth(4).is_some_and(|m| Path::new(m).starts_with(dir)))
+        .filter(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("overlay ")))
+        .count()
+}
+
+#[test]
+fn images_import_run_share_layers_and_prune() {
+    require!(false);
+    let agent = Agent::start("images");
+    let files = tempfile::tempdir().unwrap();
+    let layout = files.path().join("layout");
+    let config = serde_json::json!({"config": {
+        "Entrypoint": ["/bin/sh", "-c"],
+        "Cmd": ["echo from the image; cat /etc/motd"],
+        "Env": ["PATH=/bin", "FROM_IMAGE=yes", "MODE=image"],
+        "WorkingDir": "/work",
+    }});
+    let digest = oci_layout(&layout, &[base_layer(files.path()), upper_layer()], config, "1");
+
+    // A bare tag needs a name.
+    let out = huskctl(&agent, &["import", layout.to_str().unwrap()]);
+    assert!(out.status.code() == Some(1) && out.stderr.contains("--name"), "{}", out.stderr);
+    let imported = ok(&agent, &["import", layout.to_str().unwrap(), "--name", "localhost/test"]);
+    assert_eq!(imported, format!("localhost/test:1 {digest}\n"));
+    let listed: serde_json::Value = serde_json::from_str(&ok(&agent, &["images", "-o", "json"])).unwrap();
+    assert_eq!(listed["images"][0]["names"][0], "localhost/test:1", "{listed}");
+    assert_eq!(listed["images"][0]["layers"], 2);
+
+    // The image's entrypoint and cmd, in its working directory.
+    let out = ok(&agent, &["run", "--rm", "--image", "localhost/test:1"]);
+    assert_eq!(out, "from the image\nlayered\n");
+    // A shell command instead; the image's environment below the user's; whiteouts applied;
+    // the rootfs writable.
+    let script = "pwd; echo $FROM_IMAGE $MODE; test -e /data/old || echo whiteout; cat /data/keep; \
+                  ls /etc/app.d; echo new > /data/new && echo writable";
+    let out = ok(&agent, &["run", "--rm", "--image", "localhost/test:1", "-e", "MODE=user", "--", script]);
+    assert_eq!(out, "/work\nyes user\nwhiteout\nkept\nnew.conf\nwritable\n");
+    // Entrypoint plus an argv with --no-shell.
+    let out = ok(&agent, &["run", "--rm", "--image", "localhost/test:1", "--no-shell", "--", "echo argv"]);
+    assert_eq!(out, "argv\n");
+
+    // Two containers share the unpacked layers: overlays over the same directories, no copy.
+    for id in ["one", "two"] {
+        ok(&agent, &["run", "-d", "--id", id, "--image", "localhost/test:1", "--", "touch /written; sleep 300"]);
+    }
+    let layers = agent.path("work/images/layers");
+    assert_eq!(std::fs::read_dir(&layers).unwrap().count(), 2, "each layer unpacked once");
+    for id in ["one", "two"] {
+        let dir = agent.path("work/containers").join(id);
+        assert_eq!(overlay_mounts_under(&dir), 1, "{id} runs on an overlay");
+        for _ in 0..100 {
+            if dir.join("rootfs.layer/upper/written").exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(dir.join("rootfs.layer/upper/written").exists(), "writes land in the container's own layer");
+        assert!(!dir.join("rootfs.layer/upper/bin").exists(), "nothing of the image is copied");
+    }
+    for l in std::fs::read_dir(&layers).unwrap().flatten() {
+        assert!(!l.path().join("written").exists() && !l.path().join("data/new").exists(), "layers untouched");
+    }
+    let listed: serde_json::Value = serde_json::from_str(&ok(&agent, &["images", "-o", "json"])).unwrap();
+    assert_eq!(listed["images"][0]["containers"], 2);
+
+    // In use: rmi refuses, prune keeps it.
+    let out = huskctl(&agent, &["rmi", "localhost/test:1"]);
+    assert!(out.status.code() == Some(1) && out.stderr.contains("used by a live container"), "{}", out.stderr);
+    assert!(!ok(&agent, &["prune"]).contains("removed"));
+    ok(&agent, &["rm", "-f", "one", "two"]);
+    for id in ["one", "two"] {
+        assert_eq!(overlay_mounts_under(&agent.path("work/containers").join(id)), 0, "unmounted with the container");
+    }
+    // Excluded: kept; then removed with its content.
+    assert!(!ok(&agent, &["prune", "--exclude", "localhost/test:1"]).contains("removed"));
+    let out = ok(&agent, &["prune"]);
+    assert!(out.contains("removed localhost/test:1"), "{out}");
+    assert_eq!(ok(&agent, &["images", "-q"]), "");
+    assert_eq!(std::fs::read_dir(&layers).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(agent.path("work/images/blobs/sha256")).unwrap().count(), 0);
+
+    // A launch from an image the store lacks and no registry has fails, and changes nothing.
+    let out = huskctl(&agent, &["run", "--image", "localhost:1/none:1", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("container.mesos.image.docker.name"), "{}", out.stderr);
+    assert_eq!(ok(&agent, &["ps", "-aq"]), "");
+}
+
+#[test]
+fn docker_save_archives_and_the_copy_backend() {
+    require!(false);
+    let agent = Agent::start_with("images-copy", "image_backend = \"copy\"\n");
+    let files = tempfile::tempdir().unwrap();
+    // `docker save` layout: manifest.json, the config, `<id>/layer.tar`.
+    let save = files.path().join("save");
+    std::fs::create_dir_all(save.join("l1")).unwrap();
+    std::fs::create_dir_all(save.join("l2")).unwrap();
+    let (base, upper) = (base_layer(files.path()), upper_layer());
+    std::fs::write(save.join("l1/layer.tar"), &base).unwrap();
+    std::fs::write(save.join("l2/layer.tar"), &upper).unwrap();
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/sh", "-c", "cat /etc/motd; ls /etc/app.d; test -e /data/old || echo whiteout"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha256(&base)), format!("sha256:{}", sha256(&upper))]}});
+    std::fs::write(save.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
+    let list = serde_json::json!([{"Config": "config.json", "RepoTags": ["saved:v2"], "Layers": ["l1/layer.tar", "l2/layer.tar"]}]);
+    std::fs::write(save.join("manifest.json"), serde_json::to_vec(&list).unwrap()).unwrap();
+    let archive = files.path().join("saved.tar");
+    std::fs::write(&archive, tar_of(&save)).unwrap();
+
+    let out = ok(&agent, &["import", archive.to_str().unwrap()]);
+    assert!(out.starts_with("docker.io/library/saved:v2 sha256:"), "{out}");
+    // The copy backend: the same view, as a plain directory.
+    let out = ok(&agent, &["run", "--id", "c", "--image", "saved:v2"]);
+    assert_eq!(out, "layered\nnew.conf\nwhiteout\n");
+    let dir = agent.path("work/containers/c");
+    assert_eq!(overlay_mounts_under(&dir), 0);
+    assert!(dir.join("rootfs/bin/busybox").exists(), "the layers were copied");
+    ok(&agent, &["rm", "c"]);
+    assert!(!dir.exists());
+    assert_eq!(std::fs::read_dir(agent.path("work/images/tmp")).unwrap().count(), 0, "nothing staged is left");
+    let out = ok(&agent, &["rmi", "saved:v2"]);
+    assert!(out.contains("untagged docker.io/library/saved:v2") && out.contains("freed"), "{out}");
+}
