@@ -244,3 +244,90 @@ fn docker_save_archives_and_the_copy_backend() {
     let out = ok(&agent, &["rmi", "saved:v2"]);
     assert!(out.contains("untagged docker.io/library/saved:v2") && out.contains("freed"), "{out}");
 }
+
+/// Debian's `docker-registry` on a loopback port, storing in a temporary directory.
+struct Registry {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    addr: String,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry (apt-get install docker-registry)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                return Registry { child, _dir: dir, addr };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("docker-registry did not listen on {addr}");
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn pull_from_a_registry_on_loopback() {
+    require!(false);
+    for tool in ["docker-registry", "skopeo"] {
+        if common::which(tool).is_none() {
+            if std::env::var("HUSK_ALLOW_SKIP").as_deref() == Ok("1") {
+                eprintln!("SKIPPED: {tool} is not installed");
+                return;
+            }
+            panic!("{tool} is not installed (apt-get install -y docker-registry skopeo)");
+        }
+    }
+    let registry = Registry::start();
+    let files = tempfile::tempdir().unwrap();
+    let layout = files.path().join("layout");
+    let config = serde_json::json!({"config": {"Cmd": ["/bin/sh", "-c", "echo pulled; cat /etc/motd"]}});
+    oci_layout(&layout, &[base_layer(files.path()), upper_layer()], config, "1");
+    let name = format!("{}/team/app:1", registry.addr);
+    let seeded = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:1", layout.display()))
+        .arg(format!("docker://{name}"))
+        .output()
+        .unwrap();
+    assert!(seeded.status.success(), "skopeo: {}", String::from_utf8_lossy(&seeded.stderr));
+
+    let agent = Agent::start_with("images-pull", &format!("insecure_registries = [\"{}\"]\n", registry.addr));
+    let out = ok(&agent, &["pull", &name]);
+    assert!(out.starts_with(&format!("{name} sha256:")), "{out}");
+    // A second pull finds every blob in the store.
+    ok(&agent, &["pull", &name]);
+    assert_eq!(std::fs::read_dir(agent.path("work/images/layers")).unwrap().count(), 2);
+    let out = ok(&agent, &["run", "--rm", "--image", &name]);
+    assert_eq!(out, "pulled\nlayered\n");
+    // Not there: NotFound, nothing named.
+    let out = huskctl(&agent, &["pull", &format!("{}/team/app:nope", registry.addr)]);
+    assert!(out.status.code() == Some(1) && out.stderr.contains("NotFound"), "{}", out.stderr);
+    assert_eq!(ok(&agent, &["images", "-q"]).lines().count(), 1);
+    // Without --insecure-registry the agent speaks TLS, which the registry does not.
+    let strict = Agent::start("images-strict");
+    let out = huskctl(&strict, &["pull", &name]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert_eq!(std::fs::read_dir(strict.path("work/images/blobs/sha256")).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(strict.path("work/images/tmp")).unwrap().count(), 0);
+}
