@@ -269,13 +269,15 @@ impl Registry {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("docker-registry (apt-get install docker-registry)");
+        // Owned (and killed on drop) before anything can fail.
+        let registry = Registry { child, _dir: dir, addr };
         for _ in 0..100 {
-            if std::net::TcpStream::connect(&addr).is_ok() {
-                return Registry { child, _dir: dir, addr };
+            if std::net::TcpStream::connect(&registry.addr).is_ok() {
+                return registry;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("docker-registry did not listen on {addr}");
+        panic!("docker-registry did not listen on {}", registry.addr);
     }
 }
 
