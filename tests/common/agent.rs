@@ -117,6 +117,13 @@ impl Drop for Agent {
                     .output();
             }
         }
+        // Mounts the agent made (rootfs overlays) when the test failed before removing its
+        // containers: deepest first, detached, so the temporary directory can go.
+        let mut mounts = crate::common::mounts_under(self.dir.path());
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
         let leaves: Vec<_> = self
             .cgroups
             .leftovers()
