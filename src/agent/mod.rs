@@ -266,7 +266,7 @@ impl Agent {
         // translation needs the image's config and rootfs). Image removal and pruning wait
         // until the container is recorded with its image.
         let wanted = image_of(&req);
-        let _gc = match wanted {
+        let gc = match wanted {
             Some(_) => Some(self.images.gc.read().await),
             None => None,
         };
@@ -303,6 +303,8 @@ impl Agent {
             None => None,
         };
         let accepted = self.accept(req, provisioned.as_ref(), staged.as_deref());
+        // Recorded with its image (or refused): removal and pruning may go on.
+        drop(gc);
         if let Some(dir) = staged.filter(|d| d.exists()) {
             let _ = std::fs::remove_dir_all(dir);
         }
