@@ -8,23 +8,7 @@ use std::time::Duration;
 #[path = "common/agent.rs"]
 mod fixture;
 
-use common::Output;
-use fixture::Agent;
-
-fn huskctl(agent: &Agent, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_huskctl"));
-    cmd.args(args).env("HUSK_ENDPOINT", format!("unix://{}", agent.socket().display())).env("NO_COLOR", "1");
-    let out = common::run_with_deadline(&mut cmd, Duration::from_secs(60));
-    assert!(!out.timed_out, "huskctl {args:?} hung");
-    out
-}
-
-/// Runs huskctl and requires success; returns stdout.
-fn ok(agent: &Agent, args: &[&str]) -> String {
-    let out = huskctl(agent, args);
-    assert!(out.status.success(), "huskctl {args:?}: {}{}", out.stdout, out.stderr);
-    out.stdout
-}
+use fixture::{huskctl, ok, Agent};
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))

@@ -11,22 +11,7 @@ use std::time::Duration;
 #[path = "common/agent.rs"]
 mod fixture;
 
-use common::Output;
-use fixture::Agent;
-
-fn huskctl(agent: &Agent, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_huskctl"));
-    cmd.args(args).env("HUSK_ENDPOINT", format!("unix://{}", agent.socket().display()));
-    let out = common::run_with_deadline(&mut cmd, Duration::from_secs(120));
-    assert!(!out.timed_out, "huskctl {args:?} hung");
-    out
-}
-
-fn ok(agent: &Agent, args: &[&str]) -> String {
-    let out = huskctl(agent, args);
-    assert!(out.status.success(), "huskctl {args:?}: {}{}", out.stdout, out.stderr);
-    out.stdout
-}
+use fixture::{huskctl, ok, Agent};
 
 fn sha256(data: &[u8]) -> String {
     use sha2::Digest;

@@ -325,18 +325,16 @@ impl Registry {
     ) -> Result<(String, Option<String>), Status> {
         let top = self.manifest(store, r, r.reference()).await?;
         let stored = |e: ImageError| super::images::status(&format!("pulling {r}"), e);
-        let (digest, index) = match store.resolve(&top) {
-            Ok(d) => (d.clone(), (d != top).then(|| top.clone())),
-            Err(ImageError::NotFound(_)) => {
-                let data = store.read_blob(&top, husk_oci::image::MAX_MANIFEST_BYTES).map_err(stored)?;
-                let child = husk_oci::image::store::pick(&data, &top).map_err(stored)?;
+        let data = store.read_blob(&top, husk_oci::image::MAX_MANIFEST_BYTES).map_err(stored)?;
+        let (digest, index) = match husk_oci::image::store::platform_manifest(&data, &top).map_err(stored)? {
+            None => (top, None),
+            Some(child) => {
                 let d = self.manifest(store, r, &child).await?;
                 if d != child {
                     return Err(Status::failed_precondition(format!("pulling {r}: {child} arrived as {d}")));
                 }
                 (d, Some(top))
             }
-            Err(e) => return Err(stored(e)),
         };
         let manifest = store.manifest(&digest).map_err(stored)?;
         let total = manifest.layers().len() as u32;

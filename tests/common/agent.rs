@@ -98,6 +98,22 @@ impl Agent {
     }
 }
 
+/// Runs huskctl against `agent` (with a deadline, so a hang fails the test instead of CI).
+pub fn huskctl(agent: &Agent, args: &[&str]) -> crate::common::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_huskctl"));
+    cmd.args(args).env("HUSK_ENDPOINT", format!("unix://{}", agent.socket().display())).env("NO_COLOR", "1");
+    let out = crate::common::run_with_deadline(&mut cmd, Duration::from_secs(120));
+    assert!(!out.timed_out, "huskctl {args:?} hung");
+    out
+}
+
+/// Runs huskctl and requires success; returns stdout.
+pub fn ok(agent: &Agent, args: &[&str]) -> String {
+    let out = huskctl(agent, args);
+    assert!(out.status.success(), "huskctl {args:?}: {}{}", out.stdout, out.stderr);
+    out.stdout
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();

@@ -106,23 +106,10 @@ fn import_layout(store: &Store, dir: &Path, name: Option<&str>) -> Result<Vec<Im
         copy_blob(store, dir, &top, size)?;
         // Follow an index to this platform's manifest, copying only what that needs.
         let mut digest = top.clone();
-        loop {
+        for _ in 0..4 {
             let data = store.read_blob(&digest, super::MAX_MANIFEST_BYTES)?;
-            let v: serde_json::Value =
-                serde_json::from_slice(&data).map_err(|e| ImageError::Corrupt(format!("{digest}: {e}")))?;
-            if v.get("manifests").is_none() {
-                break;
-            }
-            let next = store.resolve(&digest).or_else(|e| match e {
-                // The picked manifest is not in the store yet: find it in the index.
-                ImageError::NotFound(_) => pick(&v, &digest),
-                e => Err(e),
-            })?;
-            let size = v["manifests"]
-                .as_array()
-                .and_then(|m| m.iter().find(|m| m["digest"] == next.as_str()))
-                .and_then(|m| m["size"].as_u64());
-            copy_blob(store, dir, &next, size)?;
+            let Some(next) = super::store::platform_manifest(&data, &digest)? else { break };
+            copy_blob(store, dir, &next, None)?;
             digest = next;
         }
         let manifest = store.manifest(&digest)?;
@@ -167,17 +154,6 @@ fn import_layout(store: &Store, dir: &Path, name: Option<&str>) -> Result<Vec<Im
 /// Whether a name as given carries its own tag or digest (`app:v1`, `host:5000/app@sha256:..`).
 fn has_tag(name: &str) -> bool {
     name.contains('@') || name.rsplit('/').next().is_some_and(|last| last.contains(':'))
-}
-
-fn pick(index: &serde_json::Value, digest: &str) -> Result<String> {
-    let (os, arch) = super::host_platform();
-    let entries = index["manifests"].as_array().cloned().unwrap_or_default();
-    let chosen = entries
-        .iter()
-        .find(|e| e["platform"]["os"] == os && e["platform"]["architecture"] == arch)
-        .or_else(|| (entries.len() == 1 && entries[0].get("platform").is_none()).then(|| &entries[0]))
-        .ok_or_else(|| ImageError::NotFound(format!("{digest}: no {os}/{arch} image in the index")))?;
-    Ok(descriptor(chosen)?.0)
 }
 
 /// A classic `docker save` archive: the manifest is synthesized (Docker image manifest v2,

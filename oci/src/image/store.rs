@@ -282,7 +282,7 @@ impl Store {
         let mut digest = digest.to_string();
         for _ in 0..4 {
             let data = self.read_blob(&digest, super::MAX_MANIFEST_BYTES)?;
-            match pick_from_index(&data, &digest)? {
+            match platform_manifest(&data, &digest)? {
                 Some(next) => digest = next,
                 None => return Ok(digest),
             }
@@ -520,7 +520,7 @@ fn disk_usage(path: &Path) -> u64 {
 }
 
 /// The host platform's manifest in an index, or `None` when `data` is a manifest.
-fn pick_from_index(data: &[u8], digest: &str) -> Result<Option<String>> {
+pub fn platform_manifest(data: &[u8], digest: &str) -> Result<Option<String>> {
     let v: serde_json::Value =
         serde_json::from_slice(data).map_err(|e| ImageError::Corrupt(format!("{digest}: not JSON: {e}")))?;
     if v.get("layers").is_some() && v.get("config").is_some() {
@@ -553,11 +553,6 @@ fn pick_from_index(data: &[u8], digest: &str) -> Result<Option<String>> {
     let next = chosen.get("digest").and_then(|d| d.as_str()).unwrap_or_default();
     check_digest(next).map_err(|e| ImageError::Corrupt(format!("{digest}: {e}")))?;
     Ok(Some(next.to_string()))
-}
-
-/// The host platform's manifest of the index `data` (an error when `data` is no index).
-pub fn pick(data: &[u8], digest: &str) -> Result<String> {
-    pick_from_index(data, digest)?.ok_or_else(|| ImageError::Corrupt(format!("{digest} is a manifest, not an index")))
 }
 
 /// A manifest, checked for what husk can run.
