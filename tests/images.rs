@@ -114,7 +114,7 @@ fn overlay_mounts_under(dir: &Path) -> usize {
 #[test]
 fn images_import_run_share_layers_and_prune() {
     require!(false);
-    let agent = Agent::start("images");
+    let mut agent = Agent::start("images");
     let files = tempfile::tempdir().unwrap();
     let layout = files.path().join("layout");
     let config = serde_json::json!({"config": {
@@ -171,14 +171,29 @@ fn images_import_run_share_layers_and_prune() {
     let listed: serde_json::Value = serde_json::from_str(&ok(&agent, &["images", "-o", "json"])).unwrap();
     assert_eq!(listed["images"][0]["containers"], 2);
 
+    // An agent killed and restarted: the containers run on, on their overlays, and still hold
+    // their image.
+    agent.kill9();
+    agent.restart();
+    assert_eq!(ok(&agent, &["ps", "-q"]).lines().count(), 2);
+    for id in ["one", "two"] {
+        let dir = agent.path("work/containers").join(id);
+        assert_eq!(overlay_mounts_under(&dir), 1, "{id} kept its rootfs");
+        assert!(dir.join("rootfs.layer/upper/written").exists());
+    }
     // In use: rmi refuses, prune keeps it.
     let out = huskctl(&agent, &["rmi", "localhost/test:1"]);
     assert!(out.status.code() == Some(1) && out.stderr.contains("used by a live container"), "{}", out.stderr);
     assert!(!ok(&agent, &["prune"]).contains("removed"));
+    // Destroyed: the rootfs is unmounted and removed with its layer; the sandbox stays until
+    // the container is removed.
+    ok(&agent, &["stop", "one"]);
+    let one = agent.path("work/containers/one");
+    assert_eq!(overlay_mounts_under(&one), 0, "unmounted with the container");
+    assert!(!one.join("rootfs").exists() && !one.join("rootfs.layer").exists());
+    assert!(one.join("sandbox/stdout").exists());
     ok(&agent, &["rm", "-f", "one", "two"]);
-    for id in ["one", "two"] {
-        assert_eq!(overlay_mounts_under(&agent.path("work/containers").join(id)), 0, "unmounted with the container");
-    }
+    assert_eq!(overlay_mounts_under(&agent.path("work/containers/two")), 0, "unmounted with the container");
     // Excluded: kept; then removed with its content.
     assert!(!ok(&agent, &["prune", "--exclude", "localhost/test:1"]).contains("removed"));
     let out = ok(&agent, &["prune"]);
@@ -218,11 +233,14 @@ fn docker_save_archives_and_the_copy_backend() {
     let out = ok(&agent, &["import", archive.to_str().unwrap()]);
     assert!(out.starts_with("docker.io/library/saved:v2 sha256:"), "{out}");
     // The copy backend: the same view, as a plain directory.
-    let out = ok(&agent, &["run", "--id", "c", "--image", "saved:v2"]);
+    let out = ok(&agent, &["run", "--rm", "--image", "saved:v2"]);
     assert_eq!(out, "layered\nnew.conf\nwhiteout\n");
+    ok(&agent, &["run", "-d", "--id", "c", "--image", "saved:v2", "--", "sleep 300"]);
     let dir = agent.path("work/containers/c");
     assert_eq!(overlay_mounts_under(&dir), 0);
     assert!(dir.join("rootfs/bin/busybox").exists(), "the layers were copied");
+    ok(&agent, &["stop", "-t", "0", "c"]);
+    assert!(!dir.join("rootfs").exists(), "the copy goes when the container is destroyed");
     ok(&agent, &["rm", "c"]);
     assert!(!dir.exists());
     assert_eq!(std::fs::read_dir(agent.path("work/images/tmp")).unwrap().count(), 0, "nothing staged is left");
@@ -317,4 +335,153 @@ fn pull_from_a_registry_on_loopback() {
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert_eq!(std::fs::read_dir(strict.path("work/images/blobs/sha256")).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(strict.path("work/images/tmp")).unwrap().count(), 0);
+}
+
+/// A registry serving an OCI layout anonymously over plain HTTP that, while `stall` is set,
+/// holds every layer's transfer halfway: what a hung registry is to a pull. Each time it starts
+/// holding one it says so on `stalled`.
+struct StallingRegistry {
+    addr: String,
+    stall: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stalled: std::sync::mpsc::Receiver<()>,
+}
+
+impl StallingRegistry {
+    fn start(layout: &Path) -> StallingRegistry {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stall = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (tx, stalled) = std::sync::mpsc::channel();
+        let (layout, held) = (layout.to_path_buf(), stall.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (layout, held, tx) = (layout.clone(), held.clone(), tx.clone());
+                std::thread::spawn(move || Self::serve(conn, &layout, &held, &tx));
+            }
+        });
+        StallingRegistry { addr, stall, stalled }
+    }
+
+    fn serve(
+        mut conn: std::net::TcpStream,
+        layout: &Path,
+        stall: &std::sync::atomic::AtomicBool,
+        stalled: &std::sync::mpsc::Sender<()>,
+    ) {
+        use std::io::{BufRead, Write};
+        let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+        let mut request = String::new();
+        let _ = reader.read_line(&mut request);
+        let mut header = String::new();
+        while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+            header.clear();
+        }
+        let path = request.split_whitespace().nth(1).unwrap_or_default().to_string();
+        let blob = |digest: &str| std::fs::read(layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:")));
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let (body, kind, digest) = if path.contains("/manifests/") {
+            let digest = index["manifests"][0]["digest"].as_str().unwrap().to_string();
+            (blob(&digest).ok(), "application/vnd.oci.image.manifest.v1+json", digest)
+        } else if let Some((_, digest)) = path.split_once("/blobs/") {
+            (blob(digest).ok(), "application/octet-stream", digest.to_string())
+        } else {
+            (None, "", String::new())
+        };
+        let Some(body) = body else {
+            let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            return;
+        };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nDocker-Content-Digest: {digest}\r\n\
+             Connection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = conn.write_all(head.as_bytes());
+        let layer = body.len() > 64 * 1024;
+        if layer && stall.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = conn.write_all(&body[..body.len() / 2]);
+            let _ = conn.flush();
+            let _ = stalled.send(());
+            while stall.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return;
+        }
+        let _ = conn.write_all(&body);
+    }
+
+    /// Waits until a layer's transfer is being held.
+    fn wait_stalled(&self) {
+        self.stalled.recv_timeout(Duration::from_secs(60)).expect("the pull never reached a layer");
+    }
+}
+
+fn entries(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Whether `dir` gets an entry within 30 s.
+fn gets_entries(dir: &Path) -> bool {
+    (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        entries(dir) > 0
+    })
+}
+
+#[test]
+fn a_pull_interrupted_by_kill_or_by_the_agent_dying_leaves_a_reusable_store() {
+    require!(false);
+    let files = tempfile::tempdir().unwrap();
+    let layout = files.path().join("layout");
+    let config = serde_json::json!({"config": {"Cmd": ["/bin/echo", "pulled at last"]}});
+    oci_layout(&layout, &[base_layer(files.path())], config, "1");
+    let registry = StallingRegistry::start(&layout);
+    let name = format!("{}/slow/app:1", registry.addr);
+    let mut agent = Agent::start_with("images-cancel", &format!("insecure_registries = [\"{}\"]\n", registry.addr));
+    let tmp = agent.path("work/images/tmp");
+
+    // A Kill of a launch whose image is on its way: the launch ends ABORTED, the half-written
+    // layer goes, no container is left.
+    let run = fixture::huskctl_command(&agent, &["run", "-d", "--id", "slow", "--image", &name, "--", "true"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    registry.wait_stalled();
+    assert!(gets_entries(&tmp), "the layer is being written under tmp/");
+    // The id is taken meanwhile.
+    let out = huskctl(&agent, &["run", "-d", "--id", "slow", "--", "true"]);
+    assert!(out.status.code() == Some(1) && out.stderr.contains("already in use"), "{}", out.stderr);
+    ok(&agent, &["kill", "slow"]);
+    let out = run.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cancelled") && stderr.contains("image"), "{stderr}");
+    assert_eq!(entries(&tmp), 0, "nothing half-written is left");
+    assert_eq!(ok(&agent, &["ps", "-aq"]), "");
+    assert_eq!(ok(&agent, &["images", "-q"]), "");
+    let out = huskctl(&agent, &["kill", "slow"]);
+    assert!(out.status.code() == Some(1) && out.stderr.contains("NotFound"), "{}", out.stderr);
+
+    // The agent killed during a pull: the next start empties tmp/.
+    let pull = fixture::huskctl_command(&agent, &["pull", &name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    registry.wait_stalled();
+    assert!(gets_entries(&tmp));
+    agent.kill9();
+    let mut pull = pull;
+    assert!(!pull.wait().unwrap().success(), "the pull died with the agent");
+    agent.restart();
+    assert_eq!(entries(&tmp), 0, "the restarted agent discarded the interrupted write");
+
+    // And reuses the store: the pull completes, the container runs.
+    registry.stall.store(false, std::sync::atomic::Ordering::SeqCst);
+    let out = ok(&agent, &["run", "--rm", "--image", &name]);
+    assert_eq!(out, "pulled at last\n");
+    assert_eq!(entries(&agent.path("work/images/layers")), 1);
+    assert_eq!(entries(&tmp), 0);
 }

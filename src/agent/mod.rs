@@ -54,6 +54,23 @@ pub struct Agent {
     pub metrics: metrics::Metrics,
     isolators: Vec<Box<dyn isolators::Isolator>>,
     pub images: images::Images,
+    /// Launches whose image is still being provisioned (pulled, unpacked, copied), by container
+    /// id, with the flag a Kill raises to cancel them: the container does not exist yet, but its
+    /// id is taken and the launch can be stopped.
+    provisioning: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
+}
+
+/// A container id taken by a launch that is provisioning its image; freed when dropped.
+struct Reservation<'a> {
+    agent: &'a Agent,
+    id: String,
+    cancelled: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.agent.provisioning.lock().unwrap().remove(&self.id);
+    }
 }
 
 fn now_ns() -> i64 {
@@ -163,6 +180,7 @@ impl Agent {
             containers: Mutex::new(HashMap::new()),
             events: broadcast::channel(1024).0,
             boot_id,
+            provisioning: Mutex::new(HashMap::new()),
         });
         agent.clone().recover().await;
         husk_oci::checkpoint::write_atomic(&agent.settings.work_dir.join("boot_id"), agent.boot_id.as_bytes(), 0o644)?;
@@ -271,18 +289,25 @@ impl Agent {
             None => None,
         };
         let mut staged = None;
+        let mut reservation = None;
         let provisioned = match wanted {
             Some((name, cached)) => {
                 husk_oci::validate::container_id(&req.container_id, "container_id")
                     .map_err(status_of)
                     .map_err(rejected)?;
-                if self.containers.lock().unwrap().contains_key(&req.container_id.value) {
-                    return Err(rejected(Status::already_exists(format!(
-                        "container_id: `{}` is already in use",
-                        req.container_id.value
-                    ))));
-                }
-                let p = self.images.provision(&name, cached).await.map_err(rejected)?;
+                let r = self.reserve(&req.container_id.value).map_err(rejected)?;
+                let mut cancelled = r.cancelled.clone();
+                reservation = Some(r);
+                let killed = || {
+                    self.metrics.launches.get_or_create(&metrics::label("result", "killed")).inc();
+                    Status::aborted("launch cancelled: killed on request while its image was being provisioned")
+                };
+                // A Kill stops the pull where it is: what it wrote so far is a temporary file
+                // the store discards, and a concurrent launch of the same image pulls on.
+                let p = tokio::select! {
+                    p = self.images.provision(&name, cached) => p.map_err(rejected)?,
+                    _ = cancelled.wait_for(|k| *k) => return Err(killed()),
+                };
                 if self.images.backend == images::Backend::Copy {
                     let dir = self.images.store.scratch_dir("rootfs").map_err(|e| images::status("rootfs", e))?;
                     let (layers, to) = (p.layers.clone(), dir.clone());
@@ -292,9 +317,13 @@ impl Agent {
                     .await
                     .map_err(|e| internal("copying the image", e))
                     .and_then(|r| r.map_err(|e| internal("copying the image's layers", e)));
+                    let copied = match *cancelled.borrow() {
+                        true => Err(killed()),
+                        false => copied.map_err(rejected),
+                    };
                     if let Err(e) = copied {
                         let _ = std::fs::remove_dir_all(&dir);
-                        return Err(rejected(e));
+                        return Err(e);
                     }
                     staged = Some(dir);
                 }
@@ -308,6 +337,16 @@ impl Agent {
         if let Some(dir) = staged.filter(|d| d.exists()) {
             let _ = std::fs::remove_dir_all(dir);
         }
+        if let (Ok((c, _)), Some(r)) = (&accepted, &reservation) {
+            // A Kill that came after the last look at the flag: the launch cancels itself as
+            // soon as it starts, as it would for a Kill that found the container.
+            if *r.cancelled.borrow() {
+                c.set_killed().map_err(|e| internal("checkpointing the kill", e))?;
+                c.cancel.send_replace(true);
+            }
+        }
+        // The container is in the table (or refused): a Kill finds it there from now on.
+        drop(reservation);
         let (c, t) = accepted.map_err(rejected)?;
         // The launch goes on in its own task: a caller that hangs up (a client deadline, a
         // Ctrl-C) must not abandon a container half made.
@@ -363,6 +402,18 @@ impl Agent {
                 Err(Status::failed_precondition(format!("launch failed: {message}")))
             }
         }
+    }
+
+    /// Takes `id` for a launch that provisions its image before its container exists.
+    fn reserve(&self, id: &str) -> Result<Reservation<'_>, Status> {
+        let in_use = || Status::already_exists(format!("container_id: `{id}` is already in use"));
+        let mut provisioning = self.provisioning.lock().unwrap();
+        if provisioning.contains_key(id) || self.containers.lock().unwrap().contains_key(id) {
+            return Err(in_use());
+        }
+        let (tx, cancelled) = tokio::sync::watch::channel(false);
+        provisioning.insert(id.to_string(), tx);
+        Ok(Reservation { agent: self, id: id.to_string(), cancelled })
     }
 
     /// Validates a launch, admits it against the node's resources and checkpoints it; nothing
@@ -430,6 +481,11 @@ impl Agent {
         let dir = self.settings.work_dir.join("containers").join(&id);
         let shim_dir = self.settings.runtime_dir.join("shims").join(&id);
         let accepted = {
+            // Another launch of this id may be provisioning its image (this one's own
+            // reservation, if it has one, is the image it was given).
+            if image.is_none() && self.provisioning.lock().unwrap().contains_key(&id) {
+                return Err(Status::already_exists(format!("container_id: `{id}` is already in use")));
+            }
             let mut map = self.containers.lock().unwrap();
             if map.contains_key(&id) || dir.exists() {
                 return Err(Status::already_exists(format!("container_id: `{id}` is already in use")));
@@ -632,6 +688,11 @@ impl Agent {
             self.metrics.destroy_errors.inc();
             tracing::error!(container = %c.id, "isolator cleanup: {e}");
         }
+        // The root filesystem goes with the container's processes (the sandbox stays).
+        if let Err(e) = tokio::task::block_in_place(|| rootfs::remove(&c.dir)) {
+            self.metrics.destroy_errors.inc();
+            tracing::error!(container = %c.id, "removing the root filesystem: {e}");
+        }
     }
 
     async fn stop_shim(&self, c: &Container) {
@@ -655,6 +716,12 @@ impl Agent {
     /// Signals the container (default SIGKILL); with a grace period, SIGTERM first (or the given
     /// signal), then SIGKILL to every process once it has passed.
     pub async fn kill(self: &Arc<Self>, id: &str, signal: Option<i32>, grace: Option<Duration>) -> Result<(), Status> {
+        // A launch still provisioning its image is first (it leaves that table only once its
+        // container is in the other).
+        if let Some(cancel) = self.provisioning.lock().unwrap().get(id) {
+            cancel.send_replace(true);
+            return Ok(());
+        }
         let c = self.get(id)?;
         let launching = matches!(
             c.state(),

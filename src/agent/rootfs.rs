@@ -1,8 +1,8 @@
 //! Provisioning a container's root filesystem from a directory on the node (`LaunchRequest.rootfs`):
 //! an overlay whose lower layer is that directory and whose upper layer is the container's own,
 //! so the directory is never written and containers share it. The overlay is mounted at
-//! `<container dir>/rootfs` and goes with the container's directory (the filesystem isolator's
-//! cleanup detaches every mount under it).
+//! `<container dir>/rootfs`; destroying the container unmounts it and removes it with the
+//! container's layer, while the sandbox stays until the container is removed.
 use std::path::{Path, PathBuf};
 
 use tonic::Status;
@@ -104,4 +104,11 @@ pub fn mount(dir: &Path, lowers: &[Lower]) -> std::io::Result<PathBuf> {
             std::io::Error::other(format!("mounting the overlay of {} on {}: {e}", paths.join(":"), target.display()))
         })?;
     Ok(target)
+}
+
+/// Unmounts and removes the root filesystem of the container whose directory is `dir` (the
+/// overlay and its upper layer, or a copy): the destroy path's, idempotent.
+pub fn remove(dir: &Path) -> std::io::Result<()> {
+    super::sweep::remove_tree(&dir.join(MOUNT_POINT))?;
+    super::sweep::remove_tree(&dir.join(LAYER_DIR))
 }

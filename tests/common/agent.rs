@@ -100,11 +100,16 @@ impl Agent {
 
 /// Runs huskctl against `agent` (with a deadline, so a hang fails the test instead of CI).
 pub fn huskctl(agent: &Agent, args: &[&str]) -> crate::common::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_huskctl"));
-    cmd.args(args).env("HUSK_ENDPOINT", format!("unix://{}", agent.socket().display())).env("NO_COLOR", "1");
-    let out = crate::common::run_with_deadline(&mut cmd, Duration::from_secs(120));
+    let out = crate::common::run_with_deadline(&mut huskctl_command(agent, args), Duration::from_secs(120));
     assert!(!out.timed_out, "huskctl {args:?} hung");
     out
+}
+
+/// huskctl against `agent`, to run as the caller likes.
+pub fn huskctl_command(agent: &Agent, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_huskctl"));
+    cmd.args(args).env("HUSK_ENDPOINT", format!("unix://{}", agent.socket().display())).env("NO_COLOR", "1");
+    cmd
 }
 
 /// Runs huskctl and requires success; returns stdout.
