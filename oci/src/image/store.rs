@@ -670,6 +670,31 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn zstd_and_plain_layers_unpack_as_gzip_ones_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let tar = TarBuilder::new().file("etc/os", b"zstd\n", 0o644).file("bin/.wh.gone", b"", 0).build();
+        let diff_id = format!("sha256:{}", crate::image::sha256_hex(&tar));
+        let zstd = ruzstd::encoding::compress_to_vec(&tar[..], ruzstd::encoding::CompressionLevel::Fastest);
+        assert_ne!(zstd, tar);
+        let blob = store.put_bytes(&zstd).unwrap();
+        let layer = store.unpack_layer(&blob, "application/vnd.oci.image.layer.v1.tar+zstd", &diff_id).unwrap();
+        assert_eq!(std::fs::read_to_string(layer.join("etc/os")).unwrap(), "zstd\n");
+        assert!(std::fs::symlink_metadata(layer.join("bin/gone")).is_ok(), "the whiteout became overlayfs's");
+        // The same content uncompressed is the same layer (one diff id, one directory).
+        let plain = store.put_bytes(&tar).unwrap();
+        let again = store.unpack_layer(&plain, "application/vnd.docker.image.rootfs.diff.tar", &diff_id).unwrap();
+        assert_eq!(again, layer);
+        // zstd that is not: refused, nothing kept.
+        let bogus = store.put_bytes(b"\x28\xb5\x2f\xfd not really").unwrap();
+        let other = format!("sha256:{}", "3".repeat(64));
+        let r = store.unpack_layer(&bogus, "application/vnd.oci.image.layer.v1.tar+zstd", &other);
+        assert!(matches!(r, Err(ImageError::Corrupt(_))), "{r:?}");
+        assert!(!dir.path().join("layers").join("3".repeat(64)).exists());
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
     fn names_lookup_and_collection() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Default::default()).unwrap();
