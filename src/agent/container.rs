@@ -80,11 +80,18 @@ impl Container {
         ContainerState::try_from(self.checkpoint.lock().unwrap().state).unwrap_or(ContainerState::Unknown)
     }
 
-    /// Records a state change, checkpointed before anyone sees it.
+    /// Records a state change. The states recovery tells apart (RUNNING; PROVISIONING and
+    /// TERMINATED are written by the launch and the termination) are checkpointed before anyone
+    /// sees them; the steps between are not: recovery treats a launch that had not reached
+    /// RUNNING alike whichever step it was in, and a destroy as the RUNNING container it was,
+    /// so their fsyncs would only slow every launch.
     pub fn set_state(&self, state: ContainerState) -> std::io::Result<()> {
         let mut c = self.checkpoint.lock().unwrap();
         c.state = state as i32;
-        save(&self.dir, &c)
+        match state {
+            ContainerState::Running => save(&self.dir, &c),
+            _ => Ok(()),
+        }
     }
 
     pub fn set_killed(&self) -> std::io::Result<()> {
