@@ -42,6 +42,16 @@ fn main() -> ExitCode {
     } else {
         builder.with_ansi(false).init();
     }
+    // One connection per shim, a socket per client: the soft open-file limit (often 1024) would
+    // cap the node near a thousand containers. Raised to the hard limit, as the unit in contrib/
+    // sets both; containers inherit it unless their launch gives `rlimit_info`, as under Mesos.
+    if let Ok((soft, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("raising the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
