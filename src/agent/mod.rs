@@ -65,11 +65,26 @@ struct Reservation<'a> {
     agent: &'a Agent,
     id: String,
     cancelled: tokio::sync::watch::Receiver<bool>,
+    released: bool,
+}
+
+impl Reservation<'_> {
+    /// Frees the id and says whether a Kill came for it. Kill raises the flag under the same
+    /// lock, so no Kill falls between the two: a later one finds the container in the table.
+    fn release(mut self) -> bool {
+        let mut map = self.agent.provisioning.lock().unwrap();
+        map.remove(&self.id);
+        self.released = true;
+        let killed = *self.cancelled.borrow();
+        killed
+    }
 }
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        self.agent.provisioning.lock().unwrap().remove(&self.id);
+        if !self.released {
+            self.agent.provisioning.lock().unwrap().remove(&self.id);
+        }
     }
 }
 
@@ -337,16 +352,16 @@ impl Agent {
         if let Some(dir) = staged.filter(|d| d.exists()) {
             let _ = std::fs::remove_dir_all(dir);
         }
-        if let (Ok((c, _)), Some(r)) = (&accepted, &reservation) {
-            // A Kill that came after the last look at the flag: the launch cancels itself as
-            // soon as it starts, as it would for a Kill that found the container.
-            if *r.cancelled.borrow() {
-                c.set_killed().map_err(|e| internal("checkpointing the kill", e))?;
-                c.cancel.send_replace(true);
+        // The container is in the table (or refused): a Kill finds it there from now on. One
+        // that came after the last look at the flag cancels the launch as soon as it starts, as
+        // a Kill that found the container would.
+        let killed = reservation.map(Reservation::release).unwrap_or(false);
+        if let (Ok((c, _)), true) = (&accepted, killed) {
+            if let Err(e) = c.set_killed() {
+                tracing::error!(container = %c.id, "checkpointing the kill: {e}");
             }
+            c.cancel.send_replace(true);
         }
-        // The container is in the table (or refused): a Kill finds it there from now on.
-        drop(reservation);
         let (c, t) = accepted.map_err(rejected)?;
         // The launch goes on in its own task: a caller that hangs up (a client deadline, a
         // Ctrl-C) must not abandon a container half made.
@@ -413,7 +428,7 @@ impl Agent {
         }
         let (tx, cancelled) = tokio::sync::watch::channel(false);
         provisioning.insert(id.to_string(), tx);
-        Ok(Reservation { agent: self, id: id.to_string(), cancelled })
+        Ok(Reservation { agent: self, id: id.to_string(), cancelled, released: false })
     }
 
     /// Validates a launch, admits it against the node's resources and checkpoints it; nothing
@@ -482,8 +497,10 @@ impl Agent {
         let shim_dir = self.settings.runtime_dir.join("shims").join(&id);
         let accepted = {
             // Another launch of this id may be provisioning its image (this one's own
-            // reservation, if it has one, is the image it was given).
-            if image.is_none() && self.provisioning.lock().unwrap().contains_key(&id) {
+            // reservation, if it has one, is the image it was given). Held until the container
+            // is in the table, so no reservation slips in between (the order `reserve` takes).
+            let provisioning = self.provisioning.lock().unwrap();
+            if image.is_none() && provisioning.contains_key(&id) {
                 return Err(Status::already_exists(format!("container_id: `{id}` is already in use")));
             }
             let mut map = self.containers.lock().unwrap();
@@ -679,7 +696,7 @@ impl Agent {
     /// The destroy path, whatever state the shim is in: `husk-shim cleanup`, then every
     /// isolator's cleanup in reverse order.
     async fn cleanup_shim(&self, c: &Container) {
-        self.stop_shim(c).await;
+        let stopped = self.stop_shim(c).await;
         let cgroups_path = husk_oci::bundle::read_spec(&c.bundle())
             .ok()
             .and_then(|s| s.linux().as_ref().and_then(|l| l.cgroups_path().clone()));
@@ -688,29 +705,34 @@ impl Agent {
             self.metrics.destroy_errors.inc();
             tracing::error!(container = %c.id, "isolator cleanup: {e}");
         }
-        // The root filesystem goes with the container's processes (the sandbox stays).
-        if let Err(e) = tokio::task::block_in_place(|| rootfs::remove(&c.dir)) {
+        // The root filesystem goes with the container's processes (the sandbox stays); while
+        // they may still be alive it stays too, and goes with the container's directory.
+        if !stopped {
+            tracing::warn!(container = %c.id, "the shim's cleanup failed: its root filesystem is kept until Remove");
+        } else if let Err(e) = tokio::task::block_in_place(|| rootfs::remove(&c.dir)) {
             self.metrics.destroy_errors.inc();
             tracing::error!(container = %c.id, "removing the root filesystem: {e}");
         }
     }
 
-    async fn stop_shim(&self, c: &Container) {
+    /// `husk-shim cleanup`: whether the container's processes are known to be gone.
+    async fn stop_shim(&self, c: &Container) -> bool {
         if !c.shim_dir.exists() {
-            return;
+            return true;
         }
         let out = tokio::time::timeout(SHIM_DEADLINE, self.shim_command("cleanup", c).output()).await;
         if !matches!(&out, Ok(Ok(o)) if o.status.success()) {
             self.metrics.destroy_errors.inc();
         }
         match out {
-            Ok(Ok(o)) if o.status.success() => {}
+            Ok(Ok(o)) if o.status.success() => return true,
             Ok(Ok(o)) => {
                 tracing::error!(container = %c.id, "shim cleanup: {}", String::from_utf8_lossy(&o.stderr).trim())
             }
             Ok(Err(e)) => tracing::error!(container = %c.id, "shim cleanup: {e}"),
             Err(_) => tracing::error!(container = %c.id, "shim cleanup did not finish within a minute"),
         }
+        false
     }
 
     /// Signals the container (default SIGKILL); with a grace period, SIGTERM first (or the given

@@ -4,7 +4,7 @@
 //! table and writes the figures as JSON. Run as root:
 //!
 //! ```sh
-//! cargo build --release && target/release/husk-bench
+//! cargo run --release --bin husk-bench     # or: bash .ci/bench, which installs runc and containerd
 //! ```
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -63,7 +63,9 @@ struct Dist {
 impl Dist {
     fn of(mut v: Vec<f64>) -> Dist {
         v.sort_by(|a, b| a.total_cmp(b));
-        let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+        // Nearest rank: the smallest value with at least p of the sample at or below it (of 50
+        // runs, p99 is the slowest).
+        let at = |p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1];
         Dist { p50: at(0.5), p90: at(0.9), p99: at(0.99), mean: v.iter().sum::<f64>() / v.len() as f64 }
     }
 }
@@ -193,8 +195,8 @@ fn floor_once(rootfs: &CString, flags: nix::sched::CloneFlags) -> Result<f64> {
                 // SAFETY: as above.
                 match unsafe { fork() }.ok()? {
                     ForkResult::Child => {
-                        let _ = nix::unistd::chroot(rootfs.as_c_str());
-                        let _ = nix::unistd::chdir("/");
+                        nix::unistd::chroot(rootfs.as_c_str()).ok()?;
+                        nix::unistd::chdir("/").ok()?;
                         let _ = nix::unistd::execv(&argv[0], &argv);
                         None
                     }
@@ -340,6 +342,12 @@ fn phases(sent: &BTreeMap<String, i64>, events: &[pb::ContainerEvent]) -> Vec<(S
     }
 }
 
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
 fn cid(id: &str) -> ContainerId {
     ContainerId { value: id.into(), parent: None }
 }
@@ -351,8 +359,8 @@ async fn launch_and_wait(c: &mut ContainerizerClient<Channel>, req: pb::LaunchRe
     c.launch(req).await.context("Launch")?;
     let t = c.wait(pb::WaitRequest { container_id: id.clone() }).await.context("Wait")?.into_inner();
     let took = ms(start);
-    if t.exit_code() != 0 {
-        bail!("container {} exited {}: {}", id.value, t.exit_code(), t.message());
+    if t.state() != husk_proto::mesos::v1::TaskState::TaskFinished {
+        bail!("container {} ended {:?}: {}", id.value, t.state(), t.message());
     }
     c.remove(pb::RemoveRequest { container_id: id }).await.context("Remove")?;
     Ok(took)
@@ -494,9 +502,21 @@ fn row(name: &str, d: &Dist, runc: Option<&Dist>) {
     println!("  {name:<34} {:>9.2} {:>9.2} {:>9.2} {:>9}", d.p50, d.p90, d.p99, ratio);
 }
 
-/// The directory of husk's binaries: the one husk-bench is in.
+/// The directory of husk's binaries: the one husk-bench is in. Under `cargo run` (which builds
+/// only this package), the workspace's other binaries are built first, so that one command
+/// measures fresh ones.
 fn binaries() -> Result<PathBuf> {
     let dir = std::env::current_exe()?.parent().map(Path::to_path_buf).context("no binary directory")?;
+    if let (Some(cargo), Some(manifest)) = (std::env::var_os("CARGO"), std::env::var_os("CARGO_MANIFEST_DIR")) {
+        let mut build = Command::new(cargo);
+        build.args(["build", "--workspace", "--bins", "--quiet"]).current_dir(manifest);
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        if !build.status().context("running cargo build")?.success() {
+            bail!("cargo build of the workspace failed");
+        }
+    }
     for b in ["husk-agent", "husk-shim", "husk-runtime"] {
         if !dir.join(b).exists() {
             bail!("{} is missing beside husk-bench: build the workspace first (cargo build --release)", b);
@@ -611,9 +631,7 @@ fn main() -> Result<()> {
         }
     });
     agent.kill9();
-    if let Some(Ok(c)) = containerd {
-        c.stop();
-    }
+    drop(containerd);
     cleanup_runc(&work.path().join("state/burst"), &runc);
     result?;
     print_report(&report, args.runs);
@@ -632,7 +650,8 @@ fn cleanup_runc(state: &Path, runc: &Path) {
     }
 }
 
-/// Removes the benchmark's cgroup subtree in every hierarchy, deepest first.
+/// Removes the benchmark's cgroup subtree in every hierarchy (the agent's containers and shims,
+/// runc's and containerd's containers are all in it), deepest first.
 fn remove_cgroups(name: &str) {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for line in mountinfo.lines().filter(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("cgroup"))) {
@@ -646,8 +665,22 @@ fn remove_cgroups(name: &str) {
                 dirs.push(d);
             }
         }
+        // Whatever still runs in them (an agent that died leaves its containers and shims):
+        // killed first, or the directories cannot go.
+        for d in &dirs {
+            for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines() {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                }
+            }
+        }
         for d in dirs.iter().rev() {
-            let _ = std::fs::remove_dir(d);
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 }
@@ -790,7 +823,7 @@ async fn agent_sections(
     if runc_failed > 0 {
         report.notes.push(format!("burst: {runc_failed} of {} `runc run -d` failed", args.burst));
     }
-    let runc_rate = args.burst as f64 / (runc_took / 1000.0);
+    let runc_rate = (args.burst - runc_failed) as f64 / (runc_took / 1000.0);
     report.burst.insert("containers".into(), args.burst.into());
     report.burst.insert("husk_seconds".into(), (took / 1000.0).into());
     report.burst.insert("husk_per_second".into(), husk_rate.into());
@@ -805,8 +838,8 @@ async fn agent_sections(
     }
     let avg = |f: fn(&Mem) -> u64| (shims.iter().map(f).sum::<u64>() as f64 / shims.len() as f64).round();
     let agent_rss_n = memory_of(agent.pid()).rss;
-    report.memory_kib.insert("husk_shim_first_rss".into(), shims[0].rss.into());
-    report.memory_kib.insert("husk_shim_first_pss".into(), shims[0].pss.into());
+    report.memory_kib.insert("husk_shim_one_rss".into(), shims[0].rss.into());
+    report.memory_kib.insert("husk_shim_one_pss".into(), shims[0].pss.into());
     report.memory_kib.insert("husk_shim_avg_rss".into(), avg(|m| m.rss).into());
     report.memory_kib.insert("husk_shim_avg_pss".into(), avg(|m| m.pss).into());
     report.memory_kib.insert("husk_shim_avg_anonymous".into(), avg(|m| m.anon).into());
@@ -961,7 +994,7 @@ mod containerd {
     use super::*;
 
     pub struct Containerd {
-        child: std::cell::RefCell<std::process::Child>,
+        child: std::process::Child,
         dir: PathBuf,
         namespace: String,
     }
@@ -991,15 +1024,11 @@ mod containerd {
                 .stderr(std::fs::File::create(dir.join("containerd.log"))?)
                 .spawn()
                 .context("starting containerd")?;
-            let c = Containerd {
-                child: std::cell::RefCell::new(child),
-                dir: dir.to_path_buf(),
-                namespace: format!("husk-bench-{}", std::process::id()),
-            };
+            let c =
+                Containerd { child, dir: dir.to_path_buf(), namespace: format!("husk-bench-{}", std::process::id()) };
             let deadline = Instant::now() + Duration::from_secs(30);
             while c.ctr(&["version"]).is_err() {
                 if Instant::now() > deadline {
-                    c.stop();
                     bail!("containerd did not answer; see {}", dir.join("containerd.log").display());
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -1010,11 +1039,7 @@ mod containerd {
             let mut tar = tar::Builder::new(Vec::new());
             tar.append_dir_all(".", &layout)?;
             std::fs::write(dir.join("layout.tar"), tar.into_inner()?)?;
-            let imported = c.ctr(&["images", "import", &dir.join("layout.tar").display().to_string()]);
-            if let Err(e) = imported {
-                c.stop();
-                return Err(e);
-            }
+            c.ctr(&["images", "import", &dir.join("layout.tar").display().to_string()])?;
             Ok(c)
         }
 
@@ -1073,10 +1098,13 @@ mod containerd {
             let _ = self.ctr(&["containers", "delete", "sleeper"]);
             measured
         }
+    }
 
-        /// Stops the daemon and takes away what it mounted.
-        pub fn stop(&self) {
-            let mut child = self.child.borrow_mut();
+    /// Stops the daemon, its shims (with whatever container they hold) and takes away what it
+    /// mounted.
+    impl Drop for Containerd {
+        fn drop(&mut self) {
+            let child = &mut self.child;
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(10);
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
@@ -1084,6 +1112,14 @@ mod containerd {
             }
             let _ = child.kill();
             let _ = child.wait();
+            let marker = format!("-namespace\0{}\0", self.namespace);
+            for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+                let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains(&marker) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                }
+            }
             let _ = husk::agent::sweep::unmount_all_under(&self.dir);
         }
     }
@@ -1096,7 +1132,9 @@ mod tests {
     #[test]
     fn percentiles_are_nearest_rank_of_the_sorted_sample() {
         let d = Dist::of((1..=100).rev().map(f64::from).collect());
-        assert_eq!((d.p50, d.p90, d.p99, d.mean), (51.0, 90.0, 99.0, 50.5));
+        assert_eq!((d.p50, d.p90, d.p99, d.mean), (50.0, 90.0, 99.0, 50.5));
+        let fifty = Dist::of((1..=50).map(f64::from).collect());
+        assert_eq!((fifty.p50, fifty.p90, fifty.p99), (25.0, 45.0, 50.0));
         let one = Dist::of(vec![3.0]);
         assert_eq!((one.p50, one.p99), (3.0, 3.0));
     }
