@@ -142,7 +142,16 @@ async fn lifecycle(runtime: &str) {
     let stats = c.stats(pb::StatsRequest {}).await.unwrap().into_inner().statistics.unwrap();
     assert!(stats.processes.unwrap() >= 1);
     assert_eq!(stats.mem_limit_bytes, Some(64 << 20));
-    let pids = c.pids(pb::PidsRequest {}).await.unwrap().into_inner();
+    // `runc start` returns once its init was told to go, which may be just before the init
+    // execs the command (until then it is `runc:[2:INIT]`).
+    let mut pids = Default::default();
+    for _ in 0..200 {
+        pids = c.pids(pb::PidsRequest {}).await.unwrap().into_inner();
+        if pids.processes.iter().any(|p| p.pid == st.pid && p.command == "sh") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
     assert!(pids.processes.iter().any(|p| p.pid == st.pid && p.command == "sh"), "{pids:?}");
 
     c.update(pb::UpdateRequest { memory_limit_bytes: 96 << 20, pids_limit: 50, ..Default::default() }).await.unwrap();
