@@ -83,26 +83,22 @@ struct Mem {
     anon: u64,
 }
 
-fn memory_of(pid: i32) -> Mem {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    let get = |key: &str| {
-        text.lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    Mem { rss: get("Rss:"), pss: get("Pss:"), anon: get("Anonymous:") }
-}
-
-fn mem_available_kib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("MemAvailable:"))
-        .and_then(|l| l.split_whitespace().nth(1))
+/// The number after `key` in a `/proc` table of `Key:   value kB` lines (0 when missing).
+fn kib(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+fn memory_of(pid: i32) -> Mem {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    Mem { rss: kib(&text, "Rss"), pss: kib(&text, "Pss"), anon: kib(&text, "Anonymous") }
+}
+
+fn meminfo_kib(key: &str) -> u64 {
+    kib(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default(), key)
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -481,7 +477,7 @@ fn machine() -> BTreeMap<String, String> {
         .map(|(_, v)| v.trim().to_string())
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let mem = first_line("sh", &["-c", "awk '/MemTotal/ {printf \"%.1f GiB\", $2/1048576}' /proc/meminfo"]);
+    let mem = format!("{:.1} GiB", meminfo_kib("MemTotal") as f64 / 1048576.0);
     let cgroup =
         match (Path::new("/sys/fs/cgroup/cgroup.controllers").exists(), Path::new("/sys/fs/cgroup/unified").exists()) {
             (true, _) => "v2",
@@ -785,7 +781,7 @@ async fn agent_sections(
     report.image_ms.insert("image (overlay of its layers)".into(), Dist::of(img));
 
     // 2. Burst: N launches at once until all run; then runc run -d of N bundles at once.
-    let baseline = mem_available_kib();
+    let baseline = meminfo_kib("MemAvailable");
     let ids: Vec<String> = (0..args.burst).map(|i| format!("s-{i}")).collect();
     let took = launch_sleepers(&c, ids, args.burst as usize).await?;
     let husk_rate = args.burst as f64 / (took / 1000.0);
@@ -911,7 +907,7 @@ async fn agent_sections(
     report.scale.insert("status_ms".into(), serde_json::to_value(Dist::of(status))?);
     report.scale.insert("agent_rss_kib".into(), agent_rss.into());
     report.scale.insert("shims_pss_total_kib".into(), shims.iter().map(|m| m.pss).sum::<u64>().into());
-    report.scale.insert("node_memory_used_kib".into(), baseline.saturating_sub(mem_available_kib()).into());
+    report.scale.insert("node_memory_used_kib".into(), baseline.saturating_sub(meminfo_kib("MemAvailable")).into());
     let start = Instant::now();
     destroy_all(&c).await?;
     report.scale.insert("destroy_all_seconds".into(), (ms(start) / 1000.0).into());
@@ -1128,6 +1124,13 @@ mod containerd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_tables_are_read_by_key() {
+        let text = "Rss:                4468 kB\nPss:                2280 kB\nPss_Anon:            494 kB\n";
+        assert_eq!((kib(text, "Rss"), kib(text, "Pss"), kib(text, "Pss_Anon")), (4468, 2280, 494));
+        assert_eq!(kib(text, "Anonymous"), 0);
+    }
 
     #[test]
     fn percentiles_are_nearest_rank_of_the_sorted_sample() {
