@@ -465,3 +465,58 @@ fn only_namespaced_sysctls_are_set() {
     assert!(out.stderr.contains("linux.sysctl: kernel.panic is not scoped by a namespace"), "{}", out.stderr);
     f.assert_gone("hostwide");
 }
+
+/// `exec` as runc users call it: the process joins the container's pid, uts and mount
+/// namespaces and its cgroup, runs as asked, and its status is the command's; a failure before
+/// the exec comes back as text.
+#[test]
+fn exec_runs_inside_the_container() {
+    require!(false);
+    let f = Fixture::new("exec");
+    let bundle = f.bundle("exec", "exec sleep 60", |spec| spec["hostname"] = "inside".into());
+    let out = f.runtime(&["run", "-d", "--bundle", bundle.to_str().unwrap(), "exec"]);
+    assert!(out.status.success(), "run -d: {}", out.stderr);
+    let init = f.state_of("exec")["pid"].as_i64().unwrap();
+
+    let out =
+        f.runtime(&["exec", "exec", "sh", "-c", "hostname; tr '\\0' ' ' < /proc/1/cmdline; echo; ls /bin/busybox"]);
+    assert!(out.status.success(), "exec: {}", out.stderr);
+    assert_eq!(out.stdout, "inside\nsleep 60 \n/bin/busybox\n");
+    let out = f.runtime(&["exec", "exec", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{}", out.stderr);
+    let out = f.runtime(&[
+        "exec",
+        "--user",
+        "1000:1000",
+        "--env",
+        "GREETING=hi",
+        "--cwd",
+        "/tmp",
+        "exec",
+        "sh",
+        "-c",
+        "id -u; id -g; echo $GREETING; pwd",
+    ]);
+    assert_eq!(out.stdout, "1000\n1000\nhi\n/tmp\n", "{}", out.stderr);
+    let out = f.runtime(&["exec", "exec", "no-such-program"]);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("exec no-such-program: executable file not found in $PATH"), "{}", out.stderr);
+
+    let pid_file = f.path("exec.pid");
+    let out = f.runtime(&["exec", "-d", "--pid-file", pid_file.to_str().unwrap(), "exec", "sleep", "30"]);
+    assert!(out.status.success(), "exec -d: {}", out.stderr);
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+    let ns = |pid: i64, t: &str| std::fs::read_link(format!("/proc/{pid}/ns/{t}")).unwrap();
+    for t in ["pid", "mnt", "uts", "ipc", "cgroup"] {
+        assert_eq!(ns(pid as i64, t), ns(init, t), "{t} namespace");
+    }
+    let cgroup_of = |pid: i64| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert_eq!(cgroup_of(pid as i64), cgroup_of(init));
+
+    assert!(f.runtime(&["kill", "exec", "KILL"]).status.success());
+    wait_for_status(&f, "exec", "stopped");
+    let out = f.runtime(&["exec", "exec", "true"]);
+    assert!(out.stderr.contains("is stopped: only a running container runs new processes"), "{}", out.stderr);
+    assert!(f.runtime(&["delete", "--force", "exec"]).status.success());
+    f.assert_gone("exec");
+}

@@ -78,8 +78,53 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Run a new process inside a running container; exits with its status (as runc exec).
+    Exec(ExecArgs),
     /// Print what this runtime supports, as OCI features JSON.
     Features,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:\n  husk-runtime exec web ps\n  \
+    husk-runtime exec --detach --pid-file /run/x.pid --process process.json web")]
+struct ExecArgs {
+    /// The process as runtime-spec `process` JSON; replaces COMMAND and the options below.
+    #[arg(short, long, value_name = "FILE")]
+    process: Option<PathBuf>,
+    /// Unix socket to send the master of the process' terminal to (with --tty).
+    #[arg(long, value_name = "PATH")]
+    console_socket: Option<PathBuf>,
+    /// Write the process' pid to this file once it runs.
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// Return once the process runs instead of waiting for it.
+    #[arg(short, long)]
+    detach: bool,
+    /// Give the process a terminal (its master goes to --console-socket).
+    #[arg(short, long)]
+    tty: bool,
+    /// Working directory in the container (default: the container's).
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<PathBuf>,
+    /// Set an environment variable (NAME=VALUE; repeatable), over the container's.
+    #[arg(short, long, value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Run as UID[:GID] (default: the container's user).
+    #[arg(short, long, value_name = "UID[:GID]")]
+    user: Option<String>,
+    /// Add a capability (e.g. CAP_NET_ADMIN; repeatable) to the container's.
+    #[arg(long, value_name = "CAP")]
+    cap: Vec<String>,
+    /// Set no_new_privs for the process.
+    #[arg(long)]
+    no_new_privs: bool,
+    /// Extra descriptors to pass (not supported: must be 0).
+    #[arg(long, default_value_t = 0)]
+    preserve_fds: u32,
+    id: String,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -176,9 +221,89 @@ fn run(cli: &Cli) -> Result<u8, Error> {
             runtime::delete(&cli.root, &opts.id, true)?;
             return Ok(code);
         }
+        Command::Exec(a) => {
+            let opts = runtime::ExecOptions {
+                process: exec_process(cli, a)?,
+                console: a.console_socket.clone().map(husk_shim::runtime::console::ConsoleSocket::Path),
+                pid_file: a.pid_file.clone(),
+            };
+            let (pid, warnings) = runtime::exec(&cli.root, &a.id, &opts)?;
+            warn(&warnings);
+            if a.detach {
+                return Ok(0);
+            }
+            husk_shim::forward_signals_to(pid);
+            return Ok(wait_for(pid));
+        }
         Command::Features => println!("{}", features()),
     }
     Ok(0)
+}
+
+/// The process an exec runs: `--process` as given, else the container's own process with the
+/// command and options of the command line.
+fn exec_process(cli: &Cli, a: &ExecArgs) -> Result<oci_spec::runtime::Process, Error> {
+    if a.preserve_fds != 0 {
+        return Err(Error::Bundle("--preserve-fds is not supported".into()));
+    }
+    if let Some(path) = &a.process {
+        let text = std::fs::read(path).map_err(|e| Error::Bundle(format!("--process {}: {e}", path.display())))?;
+        return serde_json::from_slice(&text)
+            .map_err(|e| Error::Bundle(format!("--process {}: not a runtime-spec process: {e}", path.display())));
+    }
+    if a.command.is_empty() {
+        return Err(Error::Bundle("exec needs a COMMAND (or --process)".into()));
+    }
+    let st = runtime::state(&cli.root, &a.id)?;
+    let spec = husk_oci::bundle::read_spec(&st.bundle).map_err(|e| Error::Bundle(e.to_string()))?;
+    let mut p = spec.process().clone().ok_or_else(|| Error::Bundle("config.json has no process".into()))?;
+    p.set_args(Some(a.command.clone()));
+    p.set_terminal(Some(a.tty));
+    p.set_console_size(None);
+    if let Some(cwd) = &a.cwd {
+        p.set_cwd(cwd.clone());
+    }
+    if !a.env.is_empty() {
+        let mut env = p.env().clone().unwrap_or_default();
+        for kv in &a.env {
+            let name = kv.split_once('=').map(|(n, _)| n).unwrap_or(kv);
+            env.retain(|e| e.split_once('=').map(|(n, _)| n) != Some(name));
+            env.push(if kv.contains('=') { kv.clone() } else { format!("{kv}=") });
+        }
+        p.set_env(Some(env));
+    }
+    if let Some(u) = &a.user {
+        let bad = || Error::Bundle(format!("--user `{u}`: use UID or UID:GID (numbers)"));
+        let (uid, gid) = match u.split_once(':') {
+            Some((uid, gid)) => (uid.parse().map_err(|_| bad())?, gid.parse().map_err(|_| bad())?),
+            None => (u.parse().map_err(|_| bad())?, 0),
+        };
+        let mut user = p.user().clone();
+        user.set_uid(uid);
+        user.set_gid(gid);
+        user.set_additional_gids(None);
+        p.set_user(user);
+    }
+    if !a.cap.is_empty() {
+        let mut caps = p.capabilities().clone().unwrap_or_default();
+        for name in &a.cap {
+            let cap = husk_oci::caps::to_oci(name)
+                .map_err(|_| Error::Bundle(format!("--cap: unknown capability `{name}`")))?;
+            let add = |s: &Option<oci_spec::runtime::Capabilities>| {
+                let mut s = s.clone().unwrap_or_default();
+                s.insert(cap);
+                Some(s)
+            };
+            caps.set_bounding(add(caps.bounding()));
+            caps.set_effective(add(caps.effective()));
+            caps.set_permitted(add(caps.permitted()));
+        }
+        p.set_capabilities(Some(caps));
+    }
+    if a.no_new_privs {
+        p.set_no_new_privileges(Some(true));
+    }
+    Ok(p)
 }
 
 /// Waits for the init (our child: we are its subreaper) and returns the shell's exit status.

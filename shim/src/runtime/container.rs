@@ -15,7 +15,7 @@ use crate::cgroups::{Cgroup, Layout, Resources};
 use crate::sys::{fork, Fork};
 
 /// How long `create` waits for the init to report, and `start` for the exec.
-const INIT_DEADLINE: Duration = Duration::from_secs(60);
+pub(super) const INIT_DEADLINE: Duration = Duration::from_secs(60);
 /// How long killing and removing a container's cgroup may take.
 const DESTROY_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -108,14 +108,14 @@ impl Drop for Cleanup {
 }
 
 /// Reads the init's messages, one JSON line each, until `deadline`.
-struct Messages {
-    fd: OwnedFd,
-    buf: Vec<u8>,
-    deadline: Instant,
+pub(super) struct Messages {
+    pub fd: OwnedFd,
+    pub buf: Vec<u8>,
+    pub deadline: Instant,
 }
 
 impl Messages {
-    fn next(&mut self) -> Result<Option<Msg>, Error> {
+    pub fn next(&mut self) -> Result<Option<Msg>, Error> {
         loop {
             if let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=nl).collect();
@@ -374,7 +374,7 @@ pub fn list(root: &Path) -> Result<Vec<OciState>, Error> {
     Ok(out)
 }
 
-fn cgroup_of(st: &State) -> Result<Cgroup, Error> {
+pub(super) fn cgroup_of(st: &State) -> Result<Cgroup, Error> {
     let layout = Layout::detect().map_err(|e| Error::io("finding the cgroup hierarchies", e))?;
     Cgroup::new(layout, &st.cgroups_path).map_err(|e| Error::io(st.cgroups_path.display(), e))
 }

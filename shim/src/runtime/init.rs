@@ -49,22 +49,27 @@ pub(super) struct Child {
 
 impl Child {
     fn send(&self, msg: &Msg) {
-        let mut line = serde_json::to_vec(msg).unwrap_or_default();
-        line.push(b'\n');
-        let mut f = std::fs::File::from(self.to_parent.try_clone().expect("dup of the message pipe"));
-        let _ = f.write_all(&line);
+        send(&self.to_parent, msg)
     }
+}
+
+/// Sends one message to the runtime on the other end of `to`.
+pub(super) fn send(to: &OwnedFd, msg: &Msg) {
+    let mut line = serde_json::to_vec(msg).unwrap_or_default();
+    line.push(b'\n');
+    let mut f = std::fs::File::from(to.try_clone().expect("dup of the message pipe"));
+    let _ = f.write_all(&line);
 }
 
 fn errno_text(e: nix::errno::Errno) -> String {
     e.desc().to_lowercase()
 }
 
-fn fail(what: impl std::fmt::Display, e: nix::errno::Errno) -> Error {
+pub(super) fn fail(what: impl std::fmt::Display, e: nix::errno::Errno) -> Error {
     Error::Process(format!("{what}: {}", errno_text(e)))
 }
 
-fn flag(t: LinuxNamespaceType) -> Option<CloneFlags> {
+pub(super) fn flag(t: LinuxNamespaceType) -> Option<CloneFlags> {
     Some(match t {
         LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
         LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
@@ -181,55 +186,10 @@ fn init(child: &Child) -> Result<Never, Error> {
         let size = process.console_size().map(|b| (b.height() as u16, b.width() as u16));
         super::console::setup(socket, size, process.user().uid(), process.user().gid())?;
     }
-    if let Some(adj) = process.oom_score_adj() {
-        oom_score_adj(child, adj)?;
-    }
-    for r in process.rlimits().iter().flatten() {
-        rlimit(child, r.typ(), r.soft(), r.hard())?;
-    }
-
-    let env: Vec<CString> = process
-        .env()
-        .iter()
-        .flatten()
-        .map(|kv| CString::new(kv.as_bytes()))
-        .collect::<Result<_, _>>()
-        .map_err(|_| Error::Bundle("process.env: NUL byte".into()))?;
-    let args = process.args().clone().unwrap_or_default();
-    let program = args.first().ok_or_else(|| Error::Bundle("process.args is empty".into()))?;
-    let path_var = process
-        .env()
-        .iter()
-        .flatten()
-        .find_map(|kv| kv.strip_prefix("PATH="))
-        .unwrap_or(husk_oci::config::DEFAULT_PATH)
-        .to_string();
-    let cwd = process.cwd();
-    nix::unistd::chdir(cwd).map_err(|e| fail(format!("chdir {}", cwd.display()), e))?;
-    let executable = find_executable(program, &path_var)?;
-    let mut argv: Vec<CString> = args
-        .iter()
-        .map(|a| CString::new(a.as_bytes()))
-        .collect::<Result<_, _>>()
-        .map_err(|_| Error::Bundle("process.args: NUL byte".into()))?;
+    let mut ready = prepare_process(process, &child.seccomp, &mut |w| child.send(&Msg::Warning(w)))?;
     if let Some(argv0) = spec.annotations().as_ref().and_then(|a| a.get(husk_oci::ANNOTATION_ARGV0)) {
-        argv[0] = CString::new(argv0.as_bytes()).map_err(|_| Error::Bundle("argv0 annotation: NUL byte".into()))?;
-    }
-
-    // Nothing the runtime or its caller opened reaches the command (checked before seccomp,
-    // which might refuse close_range).
-    crate::sys::cloexec_from(3).map_err(|e| Error::Process(format!("closing inherited descriptors: {e}")))?;
-    let nnp = process.no_new_privileges().unwrap_or(false);
-    if !nnp {
-        // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we have it.
-        super::seccomp::load(&child.seccomp)?;
-    }
-    set_user_and_capabilities(process)?;
-    if nnp {
-        nix::sys::prctl::set_no_new_privs().map_err(|e| fail("no_new_privileges", e))?;
-    }
-    if nnp {
-        super::seccomp::load(&child.seccomp)?;
+        ready.argv[0] =
+            CString::new(argv0.as_bytes()).map_err(|_| Error::Bundle("argv0 annotation: NUL byte".into()))?;
     }
     child.send(&Msg::Created);
 
@@ -265,11 +225,82 @@ fn init(child: &Child) -> Result<Never, Error> {
             }
         }
     }
-    crate::sys::reset_signals();
-    let e = nix::unistd::execve(&executable, &argv, &env).unwrap_err();
-    let text = format!("exec {}: {}", program, errno_text(e));
+    let text = ready.exec().to_string();
     let _ = fifo_w.write_all(text.as_bytes());
     exit_child(127)
+}
+
+/// A process ready to exec: everything of `process` applied but the exec itself.
+pub(super) struct Ready {
+    pub executable: CString,
+    pub argv: Vec<CString>,
+    pub env: Vec<CString>,
+    pub program: String,
+}
+
+impl Ready {
+    /// Execs the command with clean signal state; returns only the reason it failed.
+    pub fn exec(&self) -> Error {
+        crate::sys::reset_signals();
+        let e = nix::unistd::execve(&self.executable, &self.argv, &self.env).unwrap_err();
+        Error::Process(format!("exec {}: {}", self.program, errno_text(e)))
+    }
+}
+
+/// Applies the OCI `process` to the calling process (oom score, rlimits, working directory,
+/// user, capabilities, no_new_privs, seccomp) and resolves what to exec. Shared by the
+/// container's init and by `exec`. Requests that had to be adjusted go to `warn`.
+pub(super) fn prepare_process(
+    process: &oci_spec::runtime::Process,
+    seccomp: &[BpfProgram],
+    warn: &mut dyn FnMut(String),
+) -> Result<Ready, Error> {
+    if let Some(adj) = process.oom_score_adj() {
+        oom_score_adj(adj, warn)?;
+    }
+    for r in process.rlimits().iter().flatten() {
+        rlimit(r.typ(), r.soft(), r.hard(), warn)?;
+    }
+
+    let env: Vec<CString> = process
+        .env()
+        .iter()
+        .flatten()
+        .map(|kv| CString::new(kv.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| Error::Bundle("process.env: NUL byte".into()))?;
+    let args = process.args().clone().unwrap_or_default();
+    let program = args.first().ok_or_else(|| Error::Bundle("process.args is empty".into()))?;
+    let path_var = process
+        .env()
+        .iter()
+        .flatten()
+        .find_map(|kv| kv.strip_prefix("PATH="))
+        .unwrap_or(husk_oci::config::DEFAULT_PATH)
+        .to_string();
+    let cwd = process.cwd();
+    nix::unistd::chdir(cwd).map_err(|e| fail(format!("chdir {}", cwd.display()), e))?;
+    let executable = find_executable(program, &path_var)?;
+    let argv: Vec<CString> = args
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| Error::Bundle("process.args: NUL byte".into()))?;
+
+    // Nothing the runtime or its caller opened reaches the command (checked before seccomp,
+    // which might refuse close_range).
+    crate::sys::cloexec_from(3).map_err(|e| Error::Process(format!("closing inherited descriptors: {e}")))?;
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    if !nnp {
+        // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we have it.
+        super::seccomp::load(seccomp)?;
+    }
+    set_user_and_capabilities(process)?;
+    if nnp {
+        nix::sys::prctl::set_no_new_privs().map_err(|e| fail("no_new_privileges", e))?;
+        super::seccomp::load(seccomp)?;
+    }
+    Ok(Ready { executable, argv, env, program: program.clone() })
 }
 
 /// Reads one line (without its newline) from `create`; empty at EOF.
@@ -337,17 +368,17 @@ fn find_executable(program: &str, path_var: &str) -> Result<CString, Error> {
 
 /// Lowering oom_score_adj below the caller's needs CAP_SYS_RESOURCE: without it the value is
 /// clamped to the caller's and reported, as containerd's restrict_oom_score_adj does.
-fn oom_score_adj(child: &Child, adj: i32) -> Result<(), Error> {
+fn oom_score_adj(adj: i32, warn: &mut dyn FnMut(String)) -> Result<(), Error> {
     let path = "/proc/self/oom_score_adj";
     if std::fs::write(path, adj.to_string()).is_ok() {
         return Ok(());
     }
     let current = std::fs::read_to_string(path).unwrap_or_default();
-    child.send(&Msg::Warning(format!("oom_score_adj {adj} not permitted here; kept {}", current.trim())));
+    warn(format!("oom_score_adj {adj} not permitted here; kept {}", current.trim()));
     Ok(())
 }
 
-fn rlimit(child: &Child, typ: PosixRlimitType, soft: u64, hard: u64) -> Result<(), Error> {
+fn rlimit(typ: PosixRlimitType, soft: u64, hard: u64, warn: &mut dyn FnMut(String)) -> Result<(), Error> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let r = match typ {
         PosixRlimitType::RlimitCpu => Resource::RLIMIT_CPU,
@@ -374,7 +405,7 @@ fn rlimit(child: &Child, typ: PosixRlimitType, soft: u64, hard: u64) -> Result<(
             let (_, current_hard) = getrlimit(r).map_err(|e| fail("getrlimit", e))?;
             let (s, h) = (soft.min(current_hard), hard.min(current_hard));
             setrlimit(r, s, h).map_err(|e| fail(format!("setrlimit {typ:?}"), e))?;
-            child.send(&Msg::Warning(format!("{typ:?} {soft}/{hard} above the host's hard limit; clamped to {s}/{h}")));
+            warn(format!("{typ:?} {soft}/{hard} above the host's hard limit; clamped to {s}/{h}"));
             Ok(())
         }
         Err(e) => Err(fail(format!("setrlimit {typ:?}"), e)),

@@ -7,6 +7,7 @@
 //! `create` or `start` as text.
 pub mod console;
 mod container;
+mod exec;
 mod hooks;
 mod init;
 pub mod mounts;
@@ -15,6 +16,7 @@ pub mod seccomp;
 pub mod state;
 
 pub use container::{create, delete, kill, list, start, state, CreateOptions};
+pub use exec::{exec, ExecOptions};
 pub use state::{OciState, State, Status};
 
 /// What went wrong, in words an operator can act on.
