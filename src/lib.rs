@@ -5,3 +5,5 @@ pub mod agent;
 pub mod client;
 pub mod ctl;
 pub mod launch_file;
+pub mod session;
+pub mod terminal;

@@ -234,7 +234,7 @@ fn rootfs_or_host(rootfs: &Option<PathBuf>) -> &Path {
 /// full argv (argv[0] included), as Mesos execs it. OCI has no separate executable field: the
 /// executable takes argv[0]'s place, and the requested argv[0] is kept in an annotation for
 /// runtimes that honor it.
-fn process_args(cmd: &CommandInfo, annotations: &mut HashMap<String, String>) -> Vec<String> {
+pub(crate) fn process_args(cmd: &CommandInfo, annotations: &mut HashMap<String, String>) -> Vec<String> {
     let value = cmd.value().to_string();
     if cmd.shell() {
         return vec!["/bin/sh".into(), "-c".into(), value];

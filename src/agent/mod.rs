@@ -3,6 +3,7 @@
 //! and recovers it all after a restart.
 pub mod config;
 mod container;
+mod exec;
 pub mod fetcher;
 mod gc;
 pub mod images;
@@ -601,6 +602,9 @@ impl Agent {
             .arg(format!("/{}/{SHIM_CGROUP}", self.settings.translation.cgroup_root.trim_matches('/')));
         if self.settings.init && runtime == "husk" {
             cmd.arg("--init");
+        }
+        if c.launch.stdin() {
+            cmd.arg("--stdin");
         }
         cmd.kill_on_drop(true);
         let out = tokio::time::timeout(SHIM_DEADLINE, cmd.output())

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use super::container::Container;
 use super::Agent;
 
-type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 pub struct Service(pub Arc<Agent>);
 
@@ -219,67 +219,29 @@ impl Containerizer for Service {
     async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         let r = req.into_inner();
         let c = self.0.get(&id_of(&r.container_id)?)?;
-        let streams: Vec<(pb::logs_request::Stream, std::path::PathBuf)> = match r.stream() {
-            pb::logs_request::Stream::Stdout => vec![(pb::logs_request::Stream::Stdout, c.sandbox().join("stdout"))],
-            pb::logs_request::Stream::Stderr => vec![(pb::logs_request::Stream::Stderr, c.sandbox().join("stderr"))],
-            pb::logs_request::Stream::Both => vec![
-                (pb::logs_request::Stream::Stdout, c.sandbox().join("stdout")),
-                (pb::logs_request::Stream::Stderr, c.sandbox().join("stderr")),
-            ],
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let (tail, follow, since) = (r.tail, r.follow(), r.since_ns);
-        let mut done = c.termination.subscribe();
-        tokio::spawn(async move {
-            let mut offsets = Vec::new();
-            for (stream, path) in &streams {
-                let data = std::fs::read(path).unwrap_or_default();
-                let from = match since {
-                    Some(ns) => {
-                        let times = std::fs::read(husk_shim::logs::times_path(path)).unwrap_or_default();
-                        husk_shim::logs::offset_since(&times, data.len() as u64, ns) as usize
-                    }
-                    None => 0,
-                };
-                let start = from
-                    + match tail {
-                        Some(n) => tail_start(&data[from..], n as usize),
-                        None => 0,
-                    };
-                if start < data.len()
-                    && tx
-                        .send(Ok(pb::LogChunk { stream: Some(*stream as i32), data: Some(data[start..].to_vec()) }))
-                        .await
-                        .is_err()
-                {
-                    return;
-                }
-                offsets.push(data.len());
-            }
-            if !follow {
-                return;
-            }
-            loop {
-                let finished = done.borrow().is_some();
-                for (i, (stream, path)) in streams.iter().enumerate() {
-                    let data = std::fs::read(path).unwrap_or_default();
-                    // A rotation starts the file anew.
-                    let from = if data.len() < offsets[i] { 0 } else { offsets[i] };
-                    if from < data.len() {
-                        let chunk = pb::LogChunk { stream: Some(*stream as i32), data: Some(data[from..].to_vec()) };
-                        if tx.send(Ok(chunk)).await.is_err() {
-                            return;
-                        }
-                    }
-                    offsets[i] = data.len();
-                }
-                if finished {
-                    return;
-                }
-                let _ = tokio::time::timeout(Duration::from_millis(100), done.changed()).await;
-            }
-        });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(logs(&c, r.stream(), r.tail, r.follow(), r.since_ns)))
+    }
+
+    type ExecStream = Streamed<pb::ExecResponse>;
+
+    async fn exec(
+        &self,
+        req: Request<tonic::Streaming<pb::ExecRequest>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        Ok(Response::new(super::exec::exec(self.0.clone(), req.into_inner()).await?))
+    }
+
+    async fn exec_sync(&self, req: Request<pb::ExecSyncRequest>) -> Result<Response<pb::ExecSyncResponse>, Status> {
+        Ok(Response::new(super::exec::exec_sync(self.0.clone(), req.into_inner()).await?))
+    }
+
+    type AttachStream = Streamed<pb::LogChunk>;
+
+    async fn attach(
+        &self,
+        req: Request<tonic::Streaming<pb::AttachRequest>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        Ok(Response::new(super::exec::attach(self.0.clone(), req.into_inner()).await?))
     }
 
     async fn version(&self, _: Request<pb::VersionRequest>) -> Result<Response<pb::VersionResponse>, Status> {
@@ -411,6 +373,79 @@ impl Containerizer for Service {
         let keep = super::images_in_use(&self.0.all()).into_keys().collect();
         let (removed, bytes) = self.0.images.prune(keep, req.into_inner().excluded).await?;
         Ok(Response::new(pb::PruneImagesResponse { removed, bytes_freed: Some(bytes) }))
+    }
+}
+
+/// The container's output: from `since` (or the last `tail` lines), then, with `follow`, as it
+/// is written until the container terminates.
+pub fn logs(
+    c: &Container,
+    stream: pb::logs_request::Stream,
+    tail: Option<u64>,
+    follow: bool,
+    since: Option<i64>,
+) -> Streamed<pb::LogChunk> {
+    {
+        let streams: Vec<(pb::logs_request::Stream, std::path::PathBuf)> = match stream {
+            pb::logs_request::Stream::Stdout => vec![(pb::logs_request::Stream::Stdout, c.sandbox().join("stdout"))],
+            pb::logs_request::Stream::Stderr => vec![(pb::logs_request::Stream::Stderr, c.sandbox().join("stderr"))],
+            pb::logs_request::Stream::Both => vec![
+                (pb::logs_request::Stream::Stdout, c.sandbox().join("stdout")),
+                (pb::logs_request::Stream::Stderr, c.sandbox().join("stderr")),
+            ],
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut done = c.termination.subscribe();
+        tokio::spawn(async move {
+            let mut offsets = Vec::new();
+            for (stream, path) in &streams {
+                let data = std::fs::read(path).unwrap_or_default();
+                let from = match since {
+                    Some(ns) => {
+                        let times = std::fs::read(husk_shim::logs::times_path(path)).unwrap_or_default();
+                        husk_shim::logs::offset_since(&times, data.len() as u64, ns) as usize
+                    }
+                    None => 0,
+                };
+                let start = from
+                    + match tail {
+                        Some(n) => tail_start(&data[from..], n as usize),
+                        None => 0,
+                    };
+                if start < data.len()
+                    && tx
+                        .send(Ok(pb::LogChunk { stream: Some(*stream as i32), data: Some(data[start..].to_vec()) }))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                offsets.push(data.len());
+            }
+            if !follow {
+                return;
+            }
+            loop {
+                let finished = done.borrow().is_some();
+                for (i, (stream, path)) in streams.iter().enumerate() {
+                    let data = std::fs::read(path).unwrap_or_default();
+                    // A rotation starts the file anew.
+                    let from = if data.len() < offsets[i] { 0 } else { offsets[i] };
+                    if from < data.len() {
+                        let chunk = pb::LogChunk { stream: Some(*stream as i32), data: Some(data[from..].to_vec()) };
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                    offsets[i] = data.len();
+                }
+                if finished {
+                    return;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(100), done.changed()).await;
+            }
+        });
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
 }
 

@@ -181,9 +181,52 @@ enum Command {
     /// agent is down).
     #[command(subcommand)]
     Shim(ShimCommand),
+    /// Run a command inside a running container (its namespaces, cgroups and root), exiting
+    /// with its status.
+    #[command(after_help = "Examples:\n  huskctl exec web -- ps\n  huskctl exec -it web -- sh\n  \
+        huskctl exec -u app -w /tmp -e DEBUG=1 web -- sh -c 'echo $DEBUG'")]
+    Exec(ExecArgs),
+    /// Follow a running container's output; with -i also send it your input (a container
+    /// launched with -t or -i). Detach with Ctrl-P Ctrl-Q; exits with the container's status
+    /// when it ends.
+    #[command(after_help = "Examples:\n  huskctl attach web\n  huskctl attach -i shell")]
+    Attach {
+        id: String,
+        /// Send stdin to the container's terminal or open stdin.
+        #[arg(short, long)]
+        interactive: bool,
+    },
     /// Print a shell completion script.
     #[command(after_help = "Example:\n  huskctl completion bash > /etc/bash_completion.d/huskctl")]
     Completion { shell: clap_complete::Shell },
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    /// Stream stdin to the command.
+    #[arg(short, long)]
+    interactive: bool,
+    /// Give the command a terminal (raw mode here while it runs; window size followed).
+    #[arg(short, long)]
+    tty: bool,
+    /// User to run as (name, uid, name:group or uid:gid), resolved in the container's
+    /// /etc/passwd. Default: the container's.
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Working directory (absolute). Default: the container's.
+    #[arg(short = 'w', long, value_name = "DIR")]
+    workdir: Option<String>,
+    /// Environment variable NAME=VALUE over the container's (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// The command's capabilities instead of the container's (e.g. NET_ADMIN; repeatable).
+    #[arg(long = "cap", value_name = "CAP")]
+    caps: Vec<String>,
+    /// The container.
+    id: String,
+    /// The command and its arguments (exec'd directly: use `sh -c '...'` for a script).
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -444,6 +487,8 @@ fn main() -> ExitCode {
         Command::Info { output } => block_on(info(api, output)),
         Command::Version { output } => block_on(version(api, output)),
         Command::Shim(c) => block_on(shim(c)),
+        Command::Exec(a) => return finish(block_on(exec(api, a))),
+        Command::Attach { id, interactive } => return finish(block_on(attach(api, &id, interactive))),
         Command::Pull { name, quiet } => block_on(pull(api, &name, quiet)),
         Command::Import { path, name } => block_on(import(api, &path, name)),
         Command::Images { quiet, output } => block_on(images(api, quiet, output)),
@@ -819,6 +864,60 @@ async fn follow_logs(logs: &mut tonic::Streaming<pb::LogChunk>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+async fn exec(api: &Api, a: ExecArgs) -> Result<u8> {
+    let mut variables = Vec::new();
+    for kv in &a.env {
+        let (name, value) = kv.split_once('=').with_context(|| format!("--env `{kv}` is not NAME=VALUE"))?;
+        variables.push(environment::Variable { name: name.into(), value: Some(value.into()), ..Default::default() });
+    }
+    let capabilities = match a.caps.is_empty() {
+        true => None,
+        false => Some(husk_proto::mesos::v1::CapabilityInfo {
+            capabilities: a
+                .caps
+                .iter()
+                .map(|c| {
+                    let canonical = husk_oci::caps::parse_name(c, "--cap")?;
+                    husk_proto::mesos::v1::capability_info::Capability::from_str_name(
+                        canonical.trim_start_matches("CAP_"),
+                    )
+                    .map(|c| c as i32)
+                    .with_context(|| format!("{canonical} has no Mesos capability value"))
+                })
+                .collect::<Result<_>>()?,
+        }),
+    };
+    let start = pb::ExecProcess {
+        container_id: cid(&a.id),
+        command: CommandInfo {
+            shell: Some(false),
+            value: Some(a.command[0].clone()),
+            arguments: a.command.clone(),
+            user: a.user.clone(),
+            environment: (!variables.is_empty()).then_some(Environment { variables }),
+            uris: Vec::new(),
+        },
+        working_dir: a.workdir.clone(),
+        tty: Some(a.tty),
+        window_size: None,
+        stdin: Some(a.interactive),
+        capabilities,
+    };
+    let mut client = api.connect().await?;
+    husk::session::exec(&mut client, start).await.with_context(|| format!("exec in `{}`", a.id))
+}
+
+async fn attach(api: &Api, id: &str, interactive: bool) -> Result<u8> {
+    let mut client = api.connect().await?;
+    match husk::session::attach(&mut client, cid(id), interactive).await.with_context(|| format!("attach to `{id}`"))? {
+        husk::session::Attached::Detached => Ok(0),
+        husk::session::Attached::Ended => {
+            let t = api.call(client.wait(pb::WaitRequest { container_id: cid(id) })).await?;
+            Ok(exit_status(&t))
+        }
+    }
 }
 
 async fn wait(endpoint: &Api, id: &str, output: Format) -> Result<u8> {

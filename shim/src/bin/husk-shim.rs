@@ -52,6 +52,9 @@ struct Common {
     /// orphaned processes (built-in runtime only).
     #[arg(long)]
     init: bool,
+    /// Keep the container's stdin open, for clients to attach to (without a terminal).
+    #[arg(long)]
+    stdin: bool,
     /// Move the shim itself into this cgroup (a path like `/husk/shims`, created if missing).
     #[arg(long, value_name = "PATH")]
     shim_cgroup: Option<PathBuf>,
@@ -70,6 +73,7 @@ fn options(c: &Common) -> Options {
         state_dir: c.state_dir.clone(),
         backend,
         init: c.init,
+        stdin: c.stdin,
         shim_cgroup: c.shim_cgroup.clone(),
     }
 }

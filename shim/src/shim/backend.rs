@@ -62,6 +62,12 @@ impl Backend {
     }
 
     fn command(&self, args: &[&str]) -> Command {
+        self.command_logging_to(args, None)
+    }
+
+    /// A runtime command line; `log` replaces the shared runtime log (an exec's own log keeps
+    /// its error apart from concurrent ones).
+    fn command_logging_to(&self, args: &[&str], log_to: Option<&Path>) -> Command {
         let (binary, root, log) = match self {
             Backend::External { binary, root, log } => (binary.clone(), root, log.clone()),
             // After create, the shim drives its own runtime through the husk-runtime binary
@@ -69,6 +75,7 @@ impl Backend {
             // the shim whose reaper collects every child.
             Backend::BuiltIn { root } => (builtin_binary(), root, root.join("husk-runtime.log")),
         };
+        let log = log_to.map(Path::to_path_buf).unwrap_or(log);
         let mut cmd = Command::new(binary);
         cmd.arg("--root").arg(root).arg("--log").arg(log).args(["--log-format", "json"]).args(args);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
@@ -81,16 +88,44 @@ impl Backend {
             Backend::External { log, .. } => log.clone(),
             Backend::BuiltIn { root } => root.join("husk-runtime.log"),
         };
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        text.lines()
-            .rev()
-            .find_map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).ok()?;
-                (v["level"] == "error").then(|| v["msg"].as_str().unwrap_or_default().to_string())
-            })
-            .unwrap_or_else(|| "the runtime failed without logging why".into())
+        last_error_in(&log)
     }
 
+    /// `exec --detach` of the process in `process` (runtime-spec JSON), as containerd's runc
+    /// shim runs it: the runtime writes the pid to `pid_file` and exits once the process runs;
+    /// the process stays, a child of the shim (its subreaper). Stdio is the command's own.
+    pub fn exec_command(
+        &self,
+        id: &str,
+        process: &Path,
+        pid_file: &Path,
+        console: Option<&Path>,
+        log: &Path,
+    ) -> Command {
+        let (process, pid_file) = (process.display().to_string(), pid_file.display().to_string());
+        let mut args = vec!["exec", "--detach", "--pid-file", &pid_file, "--process", &process];
+        let console = console.map(|c| c.display().to_string());
+        if let Some(c) = &console {
+            args.extend(["--console-socket", c]);
+        }
+        args.push(id);
+        self.command_logging_to(&args, Some(log))
+    }
+}
+
+/// The last error logged to `log`, a runtime's JSON log.
+pub fn last_error_in(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .rev()
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["level"] == "error").then(|| v["msg"].as_str().unwrap_or_default().to_string())
+        })
+        .unwrap_or_else(|| "the runtime failed without logging why".into())
+}
+
+impl Backend {
     /// Creates the container with `stdio` as its stdin/stdout/stderr (or, with `terminal`, a
     /// pty whose master is returned). Runs before the shim has threads (the built-in runtime
     /// forks).

@@ -2,6 +2,7 @@
 //! its init, writes its output to the sandbox, records its exit in `exit.json` before anyone
 //! hears of it, serves `husk.shim.v1` on a unix socket, and outlives whoever started it.
 mod backend;
+mod exec;
 mod reaper;
 mod service;
 
@@ -44,6 +45,9 @@ pub struct Options {
     pub backend: Backend,
     /// Run husk's init as the container's pid 1 (built-in runtime only).
     pub init: bool,
+    /// Keep the container's stdin open for Attach (without a terminal; with one, the terminal
+    /// takes input).
+    pub stdin: bool,
     /// A cgroup for the shim itself (e.g. the agent's `/husk/shims`), so shims are accounted
     /// apart from the containers and from the process that started them.
     pub shim_cgroup: Option<PathBuf>,
@@ -203,6 +207,8 @@ struct Prepared {
     init_status: Option<OwnedFd>,
     /// The container's terminal, kept open for as long as the shim runs.
     terminal_master: Option<OwnedFd>,
+    /// The write end of the container's open stdin.
+    stdin_w: Option<OwnedFd>,
 }
 
 /// Everything that must happen before the shim has threads: detach, become the subreaper,
@@ -235,7 +241,14 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
     let env = spec.process().as_ref().and_then(|p| p.env().clone()).unwrap_or_default();
     let (stdout_r, stdout_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
     let (stderr_r, stderr_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
-    let stdin: OwnedFd = null.into();
+    let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+    let (stdin, stdin_w): (OwnedFd, _) = match opts.stdin && !terminal {
+        true => {
+            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
+            (r, Some(w))
+        }
+        false => (null.into(), None),
+    };
     let created_ns = now_ns();
     let (status_r, status_w) = match opts.init {
         true => {
@@ -245,7 +258,6 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         }
         false => (None, None),
     };
-    let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
     let created = opts.backend.create(
         &opts.id,
         &opts.bundle,
@@ -282,6 +294,7 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         env,
         init_status: status_r,
         terminal_master,
+        stdin_w,
     })
 }
 
@@ -335,8 +348,16 @@ fn serve(opts: Options, p: Prepared, ready: &mut Option<std::fs::File>) -> Resul
 
         let (exit_tx, exit_rx) = watch::channel(ExitRecord::load(&opts.state_dir).ok().flatten());
         let reaper = reaper::Reaper::default();
+        let input = match (&p.terminal_master, p.stdin_w) {
+            (Some(master), _) => Some(exec::Input { to: master.try_clone().ok(), terminal: true }),
+            (None, Some(w)) => Some(exec::Input { to: Some(w), terminal: false }),
+            (None, None) => None,
+        };
         let shared = Arc::new(service::Shared {
             id: opts.id.clone(),
+            state_dir: opts.state_dir.clone(),
+            execs: Default::default(),
+            input: Arc::new(tokio::sync::Mutex::new(input)),
             bundle: opts.bundle.clone(),
             backend: opts.backend.clone(),
             reaper: reaper.clone(),

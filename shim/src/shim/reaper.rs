@@ -21,6 +21,25 @@ pub fn raw_status(ws: &WaitStatus) -> Option<(i32, i32)> {
 #[derive(Default)]
 struct Table {
     waiting: HashMap<i32, oneshot::Sender<i32>>,
+    /// While an exec is being started (its pid not known yet), the statuses of unknown pids
+    /// are kept here: the exec'd process may exit, and be reaped, before its pid is read.
+    early: HashMap<i32, i32>,
+    holds: usize,
+}
+
+/// Keeps unknown exits while alive (see [`Reaper::hold`]).
+pub struct Hold {
+    table: Arc<Mutex<Table>>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap();
+        t.holds -= 1;
+        if t.holds == 0 {
+            t.early.clear();
+        }
+    }
 }
 
 #[derive(Clone, Default)]
@@ -42,6 +61,30 @@ impl Reaper {
         Ok(rx)
     }
 
+    /// Keeps the statuses of unknown children until the hold is dropped, so that a process
+    /// whose pid is learnt after it started (an exec, through the runtime's pid file) can still
+    /// be [`claim`](Self::claim)ed if it has already exited.
+    pub fn hold(&self) -> Hold {
+        self.table.lock().unwrap().holds += 1;
+        Hold { table: self.table.clone() }
+    }
+
+    /// A receiver for the status of `pid`, a child (or orphan) of the shim started under a
+    /// [`hold`](Self::hold).
+    pub fn claim(&self, pid: i32) -> oneshot::Receiver<i32> {
+        let mut t = self.table.lock().unwrap();
+        let (tx, rx) = oneshot::channel();
+        match t.early.remove(&pid) {
+            Some(status) => {
+                let _ = tx.send(status);
+            }
+            None => {
+                t.waiting.insert(pid, tx);
+            }
+        }
+        rx
+    }
+
     /// Reaps every exited child. `on_init` gets the status of `init` if it is among them; a
     /// spawned command's goes to its receiver; the container's orphans are just reaped.
     pub fn reap(&self, init: i32, mut on_init: impl FnMut(i32)) {
@@ -55,6 +98,8 @@ impl Reaper {
                         on_init(status);
                     } else if let Some(tx) = t.waiting.remove(&pid) {
                         let _ = tx.send(status);
+                    } else if t.holds > 0 {
+                        t.early.insert(pid, status);
                     }
                 }
                 Err(nix::errno::Errno::EINTR) => continue,

@@ -23,6 +23,7 @@ const DESTROY_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct Shared {
     pub id: String,
+    pub state_dir: std::path::PathBuf,
     pub bundle: std::path::PathBuf,
     pub backend: Backend,
     pub reaper: Reaper,
@@ -33,6 +34,10 @@ pub struct Shared {
     pub started: AtomicBool,
     pub deleted: AtomicBool,
     pub shutdown: Notify,
+    /// Execs started so far (names their files).
+    pub execs: std::sync::atomic::AtomicU64,
+    /// The container's terminal or open stdin, for Attach (one client at a time).
+    pub input: Arc<tokio::sync::Mutex<Option<super::exec::Input>>>,
 }
 
 impl Shared {
@@ -40,7 +45,7 @@ impl Shared {
         self.exit.borrow().clone()
     }
 
-    fn init_alive(&self) -> bool {
+    pub(super) fn init_alive(&self) -> bool {
         self.exited().is_none()
             && matches!(process_start_time(self.init_pid), Some((t, false)) if t == self.init_start_time)
     }
@@ -262,6 +267,40 @@ impl Shim for Service {
         }
         s.deleted.store(true, Ordering::SeqCst);
         Ok(Response::new(pb::DeleteResponse { exit: exit.as_ref().map(exit_to_pb) }))
+    }
+
+    type ExecStream = super::exec::Outputs;
+
+    async fn exec(&self, req: Request<tonic::Streaming<pb::ExecInput>>) -> Result<Response<Self::ExecStream>, Status> {
+        Ok(Response::new(super::exec::exec(self.0.clone(), req.into_inner()).await?))
+    }
+
+    type AttachStream = tokio_stream::wrappers::ReceiverStream<Result<pb::AttachResponse, Status>>;
+
+    async fn attach(
+        &self,
+        req: Request<tonic::Streaming<pb::AttachInput>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let mut input = self
+            .0
+            .input
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| Status::failed_precondition("another client is attached to the container's input"))?;
+        if input.is_none() {
+            return Err(Status::failed_precondition("the container has no terminal or open stdin to attach to"));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let _ = tx.send(Ok(pb::AttachResponse {})).await;
+        let stream = req.into_inner();
+        tokio::spawn(async move {
+            if let Some(input) = input.as_mut() {
+                if let Err(e) = super::exec::attach(input, stream).await {
+                    let _ = tx.send(Err(e)).await;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
     async fn shutdown(&self, _: Request<pb::ShutdownRequest>) -> Result<Response<pb::ShutdownResponse>, Status> {

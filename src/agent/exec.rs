@@ -1,0 +1,242 @@
+//! Exec, ExecSync and Attach: the agent checks the request, turns it into a runtime-spec
+//! process (husk-oci) and relays the streams to and from the container's shim, which starts the
+//! process through the runtime and owns its stdio.
+use std::sync::Arc;
+use std::time::Duration;
+
+use husk_proto::agent::v1 as pb;
+use husk_proto::shim::v1 as shim_pb;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tonic::{Status, Streaming};
+
+use super::container::Container;
+use super::service::Streamed;
+use super::Agent;
+
+/// How long the first message of a stream may take.
+const FIRST_MESSAGE: Duration = Duration::from_secs(30);
+/// ExecSync keeps at most this much of each stream.
+pub const SYNC_OUTPUT_LIMIT: usize = 16 << 20;
+/// After ExecSync's timeout has killed the process group, how long the shim gets to report the
+/// exit before the call returns without it.
+const AFTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn id_of(id: &husk_proto::mesos::v1::ContainerId, field: &str) -> Result<String, Status> {
+    husk_oci::validate::container_id(id, field).map_err(super::status_of)?;
+    Ok(husk_oci::validate::display_id(id))
+}
+
+/// The container, if it runs.
+fn running(agent: &Agent, id: &husk_proto::mesos::v1::ContainerId, field: &str) -> Result<Arc<Container>, Status> {
+    let c = agent.get(&id_of(id, field)?)?;
+    let state = c.state();
+    if state != pb::ContainerState::Running || c.terminated().is_some() {
+        return Err(Status::failed_precondition(format!(
+            "{field}: `{}` is {}, not RUNNING",
+            c.id,
+            state.as_str_name()
+        )));
+    }
+    Ok(c)
+}
+
+/// Input for the shim's exec stream and the stream of its output.
+type ShimExec = (mpsc::Sender<shim_pb::ExecInput>, Streaming<shim_pb::ExecOutput>);
+
+/// Starts `p` in its container through the shim.
+async fn start(agent: &Agent, p: &pb::ExecProcess) -> Result<ShimExec, Status> {
+    let c = running(agent, &p.container_id, "start.container_id")?;
+    let mut client = super::shim_client(&c).await?;
+    let state = super::within_deadline(&c, client.state(shim_pb::StateRequest {})).await?;
+    let spec = husk_oci::bundle::read_spec(&c.bundle())
+        .map_err(|e| Status::internal(format!("container_id: `{}`: its bundle: {e}", c.id)))?;
+    let base = spec.process().clone().ok_or_else(|| Status::internal("the container's bundle has no process"))?;
+    // The container's root as it sees it, wherever it comes from.
+    let root = std::path::PathBuf::from(format!("/proc/{}/root", state.pid));
+    let process = husk_oci::exec::exec_process(&base, p, &root).map_err(super::status_of)?;
+    let process_json = serde_json::to_string(&process).map_err(|e| Status::internal(e.to_string()))?;
+    let (tx, rx) = mpsc::channel(16);
+    let start = shim_pb::exec_input::Input::Start(shim_pb::ExecStart { process_json, stdin: p.stdin() });
+    let _ = tx.send(shim_pb::ExecInput { input: Some(start) }).await;
+    // The shim answers once the process runs (or the runtime said why it could not).
+    let outputs =
+        tokio::time::timeout(Duration::from_secs(90), client.exec(tokio_stream::wrappers::ReceiverStream::new(rx)))
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!("container_id: `{}`: the exec did not start in time", c.id))
+            })??
+            .into_inner();
+    tracing::info!(container = %c.id, args = ?process.args(), "exec");
+    Ok((tx, outputs))
+}
+
+fn exit_of(e: &shim_pb::ExitStatus) -> pb::ExecExit {
+    pb::ExecExit { status: Some(e.wait_status), exit_code: e.exit_code, signal: e.signal }
+}
+
+fn response_of(o: shim_pb::ExecOutput) -> Option<pb::ExecResponse> {
+    use pb::exec_response::Response as R;
+    use shim_pb::exec_output::Output as O;
+    let r = match o.output? {
+        O::Pid(p) => R::Pid(p),
+        O::Stdout(d) => R::Stdout(d),
+        O::Stderr(d) => R::Stderr(d),
+        O::Exit(e) => R::Exit(exit_of(&e)),
+    };
+    Some(pb::ExecResponse { response: Some(r) })
+}
+
+fn window(size: husk_proto::mesos::v1::tty_info::WindowSize) -> shim_pb::WindowSize {
+    shim_pb::WindowSize { rows: size.rows, columns: size.columns }
+}
+
+pub async fn exec(
+    agent: Arc<Agent>,
+    mut input: Streaming<pb::ExecRequest>,
+) -> Result<Streamed<pb::ExecResponse>, Status> {
+    let first = tokio::time::timeout(FIRST_MESSAGE, input.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded(format!("no `start` within {FIRST_MESSAGE:?}")))??;
+    let Some(pb::ExecRequest { request: Some(pb::exec_request::Request::Start(p)) }) = first else {
+        return Err(Status::invalid_argument("start: the first message of an exec must be `start`"));
+    };
+    let (tx, outputs) = start(&agent, &p).await?;
+    tokio::spawn(async move {
+        use pb::exec_request::Request as R;
+        use shim_pb::exec_input::Input as I;
+        while let Ok(Some(m)) = input.message().await {
+            let forwarded = match m.request {
+                Some(R::Stdin(d)) => I::Stdin(d),
+                Some(R::CloseStdin(c)) => I::CloseStdin(c),
+                Some(R::Resize(size)) => I::Resize(window(size)),
+                Some(R::Signal(n)) => I::Signal(n as u32),
+                Some(R::Start(_)) | None => continue,
+            };
+            if tx.send(shim_pb::ExecInput { input: Some(forwarded) }).await.is_err() {
+                return;
+            }
+        }
+        // The client's side ended (its input with it); the shim's stream closes with `tx`.
+    });
+    Ok(Box::pin(outputs.filter_map(|r| match r {
+        Ok(o) => response_of(o).map(Ok),
+        Err(e) => Some(Err(e)),
+    })))
+}
+
+pub async fn exec_sync(agent: Arc<Agent>, req: pb::ExecSyncRequest) -> Result<pb::ExecSyncResponse, Status> {
+    let mut p = req.process;
+    p.stdin = Some(req.stdin.is_some());
+    if p.tty() {
+        return Err(Status::invalid_argument("process.tty: ExecSync collects output: use Exec for a terminal"));
+    }
+    let timeout = match &req.timeout {
+        Some(d) if d.nanoseconds <= 0 => {
+            return Err(Status::invalid_argument("timeout: must be positive (leave it unset for none)"))
+        }
+        Some(d) => Some(Duration::from_nanos(d.nanoseconds as u64)),
+        None => None,
+    };
+    let (tx, mut outputs) = start(&agent, &p).await.map_err(|e| rename(e, "start.", "process."))?;
+    if let Some(data) = req.stdin {
+        use shim_pb::exec_input::Input as I;
+        let _ = tx.send(shim_pb::ExecInput { input: Some(I::Stdin(data)) }).await;
+        let _ = tx.send(shim_pb::ExecInput { input: Some(I::CloseStdin(true)) }).await;
+    }
+    let mut out = pb::ExecSyncResponse::default();
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let keep = |buf: &mut Vec<u8>, data: Vec<u8>, truncated: &mut Option<bool>| {
+        let room = SYNC_OUTPUT_LIMIT.saturating_sub(buf.len());
+        if data.len() > room {
+            *truncated = Some(true);
+        }
+        buf.extend_from_slice(&data[..data.len().min(room)]);
+    };
+    let expiry = tokio::time::sleep(timeout.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(expiry);
+    let mut deadline_after_kill = None;
+    loop {
+        let next = tokio::select! {
+            m = outputs.message() => m,
+            _ = &mut expiry, if timeout.is_some() && out.timed_out.is_none() => {
+                out.timed_out = Some(true);
+                use shim_pb::exec_input::Input as I;
+                let _ = tx.send(shim_pb::ExecInput { input: Some(I::Signal(libc::SIGKILL as u32)) }).await;
+                deadline_after_kill = Some(tokio::time::Instant::now() + AFTER_TIMEOUT);
+                continue;
+            }
+            _ = tokio::time::sleep_until(deadline_after_kill.unwrap_or_else(tokio::time::Instant::now)),
+                if deadline_after_kill.is_some() => break,
+        };
+        use shim_pb::exec_output::Output as O;
+        match next? {
+            None => break,
+            Some(o) => match o.output {
+                Some(O::Stdout(d)) => keep(&mut stdout, d, &mut out.truncated),
+                Some(O::Stderr(d)) => keep(&mut stderr, d, &mut out.truncated),
+                Some(O::Exit(e)) => out.exit = Some(exit_of(&e)),
+                Some(O::Pid(_)) | None => {}
+            },
+        }
+    }
+    out.stdout = Some(stdout);
+    out.stderr = Some(stderr);
+    Ok(out)
+}
+
+/// `start.x` errors of the shared start path, as `process.x` for ExecSync's request shape.
+fn rename(e: Status, from: &str, to: &str) -> Status {
+    match e.message().strip_prefix(from) {
+        Some(rest) => Status::new(e.code(), format!("{to}{rest}")),
+        None => e,
+    }
+}
+
+pub async fn attach(
+    agent: Arc<Agent>,
+    mut input: Streaming<pb::AttachRequest>,
+) -> Result<Streamed<pb::LogChunk>, Status> {
+    let first = tokio::time::timeout(FIRST_MESSAGE, input.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded(format!("no `start` within {FIRST_MESSAGE:?}")))??;
+    let Some(pb::AttachRequest { request: Some(pb::attach_request::Request::Start(start)) }) = first else {
+        return Err(Status::invalid_argument("start: the first message of an attach must be `start`"));
+    };
+    let c = running(&agent, &start.container_id, "start.container_id")?;
+    if start.input() {
+        if c.launch.container.as_ref().and_then(|i| i.tty_info.as_ref()).is_none() && !c.launch.stdin() {
+            return Err(Status::failed_precondition(format!(
+                "start.input: `{}` was launched without a terminal (container.tty_info) or open stdin (stdin)",
+                c.id
+            )));
+        }
+        let mut client = super::shim_client(&c).await?;
+        let (tx, rx) = mpsc::channel(16);
+        let mut answers =
+            super::within_deadline(&c, client.attach(tokio_stream::wrappers::ReceiverStream::new(rx))).await?;
+        // The first answer: the input is ours (or why not).
+        super::within_deadline(&c, async { answers.message().await.map(tonic::Response::new) }).await?;
+        let id = c.id.clone();
+        tokio::spawn(async move {
+            use pb::attach_request::Request as R;
+            use shim_pb::attach_input::Input as I;
+            while let Ok(Some(m)) = input.message().await {
+                let forwarded = match m.request {
+                    Some(R::Stdin(d)) => I::Stdin(d),
+                    Some(R::CloseStdin(c)) => I::CloseStdin(c),
+                    Some(R::Resize(size)) => I::Resize(window(size)),
+                    Some(R::Start(_)) | None => continue,
+                };
+                if tx.send(shim_pb::AttachInput { input: Some(forwarded) }).await.is_err() {
+                    break;
+                }
+            }
+            drop(tx);
+            if let Err(e) = answers.message().await {
+                tracing::warn!(container = %id, "attach input: {}", e.message());
+            }
+        });
+    }
+    Ok(super::service::logs(&c, start.stream(), Some(0), true, None))
+}
