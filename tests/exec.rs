@@ -418,5 +418,11 @@ async fn huskctl_exec_and_attach() {
     let out = fixture::huskctl(&agent, &["attach", "talk"]);
     assert_eq!(out.status.code(), Some(3), "{}", out.stderr);
     assert_eq!(out.stdout, "late\n");
+    // Nested containers by `PARENT.ID`.
+    fixture::ok(&agent, &["run", "-d", "--parent", "web", "--id", "kid", "--", "exec sleep 600"]);
+    assert_eq!(fixture::ok(&agent, &["ps", "--nested", "-q"]).lines().collect::<Vec<_>>(), ["web", "web.kid"]);
+    let out = fixture::huskctl(&agent, &["exec", "web.kid", "--", "sh", "-c", "exit 6"]);
+    assert_eq!(out.status.code(), Some(6), "{}", out.stderr);
     fixture::ok(&agent, &["rm", "-f", "web", "talk"]);
+    assert_eq!(fixture::ok(&agent, &["ps", "-a", "--nested", "-q"]), "");
 }

@@ -82,8 +82,5 @@ pub struct ParentContext {
     pub uts_ns: PathBuf,
     pub pid_ns: PathBuf,
     pub ipc_ns: PathBuf,
-    /// The parent's root as the host sees it (`/proc/<pid>/root`), for what a child shares
-    /// from its parent's filesystem (its `/dev/shm` with a shared IPC namespace).
-    pub root_dir: PathBuf,
     pub cgroups_path: String,
 }

@@ -507,7 +507,10 @@ impl Translator<'_> {
                 &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
             )?,
         ];
-        if self.ipc_private()? {
+        // A nested container sharing its parent's IPC namespace shares its SysV IPC and message
+        // queues; its parent's /dev/shm is a tmpfs inside the parent's mount namespace, which
+        // the kernel does not let another namespace bind, so it gets a /dev/shm of its own.
+        if self.ipc_private()? || self.place.parent.is_some() {
             let shm_mb = self.linux.shm_size.unwrap_or(self.cfg.default_shm_size_mb);
             if shm_mb == 0 {
                 return Err(Error::invalid("container.linux_info.shm_size", "must be at least 1 (MB)"));
@@ -516,14 +519,8 @@ impl Translator<'_> {
             mounts.push(m("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", &size])?);
             mounts.push(m("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?);
         } else {
-            // The shared IPC namespace's /dev/shm: the parent's for a nested container, else the
-            // host's.
-            let shm = match &self.place.parent {
-                Some(p) => p.root_dir.join("dev/shm"),
-                None => PathBuf::from("/dev/shm"),
-            };
-            let shm = shm.display().to_string();
-            mounts.push(m("/dev/shm", "bind", &shm, &["rbind", "nosuid", "noexec", "nodev"])?);
+            // The host's IPC namespace, and its /dev/shm.
+            mounts.push(m("/dev/shm", "bind", "/dev/shm", &["rbind", "nosuid", "noexec", "nodev"])?);
         }
         if self.has_own_network()? {
             mounts.push(m("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?);

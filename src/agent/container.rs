@@ -31,6 +31,10 @@ pub struct Checkpoint {
     /// When the garbage collector removed the sandbox and bundle (the record stays until Remove).
     #[serde(default)]
     pub collected_ns: Option<i64>,
+    /// A nested container's sandbox (`<parent sandbox>/containers/<id>`); a top-level
+    /// container's is `sandbox/` in its directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<PathBuf>,
     /// The manifest digest of the image the container runs from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -65,7 +69,12 @@ impl Container {
     }
 
     pub fn sandbox(&self) -> PathBuf {
-        self.dir.join("sandbox")
+        self.checkpoint.lock().unwrap().sandbox.clone().unwrap_or_else(|| self.dir.join("sandbox"))
+    }
+
+    /// The agent's key of the parent of a nested container.
+    pub fn parent(&self) -> Option<String> {
+        self.launch.container_id.parent.as_deref().map(husk_oci::validate::display_id)
     }
 
     pub fn bundle(&self) -> PathBuf {

@@ -15,7 +15,7 @@ pub mod service;
 pub mod sweep;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,6 +87,14 @@ impl Drop for Reservation<'_> {
             self.agent.provisioning.lock().unwrap().remove(&self.id);
         }
     }
+}
+
+/// A nested container's parent: its key, what the translation needs of it and its root
+/// filesystem (a child without a root of its own runs on it).
+struct Parent {
+    id: String,
+    context: husk_oci::ParentContext,
+    rootfs: Option<PathBuf>,
 }
 
 fn now_ns() -> i64 {
@@ -209,7 +217,7 @@ impl Agent {
     /// The resources that containers not yet terminated asked for.
     pub fn allocated(map: &HashMap<String, Arc<Container>>) -> husk_oci::resources::Amounts {
         let mut a = husk_oci::resources::Amounts::default();
-        for c in map.values().filter(|c| c.terminated().is_none()) {
+        for c in map.values().filter(|c| c.terminated().is_none() && c.launch.container_id.parent.is_none()) {
             let r = husk_oci::resources::Amounts::of(&c.launch.resources);
             for (slot, v) in [(&mut a.cpus, r.cpus), (&mut a.mem_mb, r.mem_mb), (&mut a.disk_mb, r.disk_mb)] {
                 if let Some(v) = v {
@@ -311,7 +319,7 @@ impl Agent {
                 husk_oci::validate::container_id(&req.container_id, "container_id")
                     .map_err(status_of)
                     .map_err(rejected)?;
-                let r = self.reserve(&req.container_id.value).map_err(rejected)?;
+                let r = self.reserve(&husk_oci::validate::display_id(&req.container_id)).map_err(rejected)?;
                 let mut cancelled = r.cancelled.clone();
                 reservation = Some(r);
                 let killed = || {
@@ -347,7 +355,11 @@ impl Agent {
             }
             None => None,
         };
-        let accepted = self.accept(req, provisioned.as_ref(), staged.as_deref());
+        let parent = match &req.container_id.parent {
+            Some(_) => Some(self.parent_of(&req).await.map_err(rejected)?),
+            None => None,
+        };
+        let accepted = self.accept(req, provisioned.as_ref(), staged.as_deref(), parent);
         // Recorded with its image (or refused): removal and pruning may go on.
         drop(gc);
         if let Some(dir) = staged.filter(|d| d.exists()) {
@@ -420,6 +432,82 @@ impl Agent {
         }
     }
 
+    /// What a nested container needs of its parent, which must be running.
+    async fn parent_of(&self, req: &LaunchRequest) -> Result<Parent, Status> {
+        husk_oci::validate::container_id(&req.container_id, "container_id").map_err(status_of)?;
+        let parent_id = req.container_id.parent.as_deref().map(husk_oci::validate::display_id).unwrap_or_default();
+        let p = self
+            .containers
+            .lock()
+            .unwrap()
+            .get(&parent_id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("container_id.parent: no container `{parent_id}`")))?;
+        if p.state() != ContainerState::Running || p.terminated().is_some() {
+            return Err(Status::failed_precondition(format!(
+                "container_id.parent: `{parent_id}` is {}, not RUNNING",
+                p.state().as_str_name()
+            )));
+        }
+        let mut client = shim_client(&p).await?;
+        let init = within_deadline(&p, client.state(shim_pb::StateRequest {})).await?.pid;
+        let spec = husk_oci::bundle::read_spec(&p.bundle())
+            .map_err(|e| internal(&format!("container_id.parent: `{parent_id}`'s bundle"), e))?;
+        let cgroups_path = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().clone())
+            .ok_or_else(|| Status::internal(format!("container_id.parent: `{parent_id}` has no cgroup")))?;
+        let proc = PathBuf::from(format!("/proc/{init}"));
+        let rootfs = p.dir.join(rootfs::MOUNT_POINT);
+        Ok(Parent {
+            id: parent_id,
+            context: husk_oci::ParentContext {
+                sandbox_dir: p.sandbox(),
+                net_ns: proc.join("ns/net"),
+                uts_ns: proc.join("ns/uts"),
+                pid_ns: proc.join("ns/pid"),
+                ipc_ns: proc.join("ns/ipc"),
+                cgroups_path: cgroups_path.display().to_string(),
+            },
+            rootfs: rootfs.is_dir().then_some(rootfs),
+        })
+    }
+
+    /// The live nested containers directly under `id`.
+    fn children_of(&self, id: &str) -> Vec<Arc<Container>> {
+        let map = self.containers.lock().unwrap();
+        map.values().filter(|c| c.parent().as_deref() == Some(id) && c.terminated().is_none()).cloned().collect()
+    }
+
+    /// Kills every nested container under `id` (theirs first) and waits until each has been
+    /// destroyed, within a bound: a parent's destroy never hangs on a child.
+    fn destroy_children<'a>(
+        self: &'a Arc<Self>,
+        id: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            // Launches may still add children until the parent's state says otherwise: look
+            // again until none is left.
+            for _ in 0..10 {
+                let children = self.children_of(id);
+                if children.is_empty() {
+                    return;
+                }
+                for child in children {
+                    tracing::info!(container = %child.id, parent = %id, "destroying a nested container with its parent");
+                    if let Err(e) = self.kill(&child.id, Some(libc::SIGKILL), None).await {
+                        tracing::debug!(container = %child.id, "kill: {}", e.message());
+                    }
+                    let mut done = child.termination.subscribe();
+                    if tokio::time::timeout(SHIM_DEADLINE, done.wait_for(|t| t.is_some())).await.is_err() {
+                        tracing::error!(container = %child.id, "the nested container was not destroyed in time");
+                    }
+                }
+            }
+        })
+    }
+
     /// Takes `id` for a launch that provisions its image before its container exists.
     fn reserve(&self, id: &str) -> Result<Reservation<'_>, Status> {
         let in_use = || Status::already_exists(format!("container_id: `{id}` is already in use"));
@@ -439,10 +527,11 @@ impl Agent {
         req: LaunchRequest,
         image: Option<&images::Provisioned>,
         staged: Option<&Path>,
+        parent: Option<Parent>,
     ) -> Result<(Arc<Container>, husk_oci::Translation), Status> {
         husk_oci::validate::container_id(&req.container_id, "container_id").map_err(status_of)?;
-        if req.container_id.parent.is_some() {
-            return Err(Status::invalid_argument("container_id.parent: nested containers are not supported yet"));
+        if req.container_id.parent.is_some() && parent.is_none() {
+            return Err(Status::internal("container_id.parent: the parent's context is missing"));
         }
         if let Some(runtime) = req.runtime.as_deref().filter(|r| !r.is_empty()) {
             if !RUNTIMES.contains(&runtime) {
@@ -493,8 +582,13 @@ impl Agent {
             Some(p) => with_image(&req, p)?,
             None => (std::borrow::Cow::Borrowed(&req), Vec::new()),
         };
-        let id = req.container_id.value.clone();
+        let id = husk_oci::validate::display_id(&req.container_id);
         let dir = self.settings.work_dir.join("containers").join(&id);
+        // Mesos' layout: a nested container's sandbox is in its parent's.
+        let sandbox = match &parent {
+            Some(p) => p.context.sandbox_dir.join("containers").join(&req.container_id.value),
+            None => dir.join("sandbox"),
+        };
         let shim_dir = self.settings.runtime_dir.join("shims").join(&id);
         let accepted = {
             // Another launch of this id may be provisioning its image (this one's own
@@ -508,9 +602,27 @@ impl Agent {
             if map.contains_key(&id) || dir.exists() {
                 return Err(Status::already_exists(format!("container_id: `{id}` is already in use")));
             }
+            // Checked under the table's lock: a parent being destroyed has its children
+            // collected under it too, so none slips in after that.
+            if let Some(p) = &parent {
+                let alive = map.get(&p.id).is_some_and(|pc| pc.state() == ContainerState::Running);
+                if !alive {
+                    return Err(Status::failed_precondition(format!(
+                        "container_id.parent: `{}` is no longer running",
+                        p.id
+                    )));
+                }
+                if sandbox.exists() {
+                    return Err(Status::already_exists(format!(
+                        "container_id: the sandbox {} is already in use",
+                        sandbox.display()
+                    )));
+                }
+            }
             // Translate once, against the real sandbox (the spec names it); a rejected request
             // takes the directory away again, so it leaves nothing.
-            let placed = std::fs::create_dir_all(dir.join("sandbox"))
+            let placed = std::fs::create_dir_all(&dir)
+                .and_then(|_| std::fs::create_dir_all(&sandbox))
                 .map_err(|e| internal("creating the sandbox", e))
                 .and_then(|_| match (&lower, &image_lowers, staged) {
                     (Some(lower), _, _) => {
@@ -521,14 +633,15 @@ impl Agent {
                         let to = dir.join(rootfs::MOUNT_POINT);
                         std::fs::rename(copy, &to).map(|_| Some(to)).map_err(|e| internal("rootfs", e))
                     }
-                    (None, None, None) => Ok(None),
+                    // A nested container without a root of its own runs on its parent's.
+                    (None, None, None) => Ok(parent.as_ref().and_then(|p| p.rootfs.clone())),
                 });
             let checked = placed.and_then(|root| {
                 let place = husk_oci::Placement {
-                    sandbox_dir: dir.join("sandbox"),
+                    sandbox_dir: sandbox.clone(),
                     rootfs: root,
                     agent_environment: image_env,
-                    ..Default::default()
+                    parent: parent.as_ref().map(|p| p.context.clone()),
                 };
                 let t = husk_oci::translate(&effective, &self.settings.translation, &place).map_err(status_of)?;
                 // A working directory the root filesystem lacks is made in the container's
@@ -541,7 +654,8 @@ impl Agent {
                 }
                 Ok(t)
             });
-            let admitted = checked.and_then(|t| match self.settings.oversubscribe {
+            // A nested container runs on its parent's resources (as in Mesos).
+            let admitted = checked.and_then(|t| match self.settings.oversubscribe || parent.is_some() {
                 true => Ok(t),
                 false => self.admit(&map, &t.requests).map(|_| t),
             });
@@ -553,6 +667,9 @@ impl Agent {
                 Ok(t) => t,
                 Err(e) => {
                     let _ = sweep::remove_tree(&dir);
+                    if parent.is_some() {
+                        let _ = sweep::remove_tree(&sandbox);
+                    }
                     return Err(e);
                 }
             };
@@ -565,12 +682,16 @@ impl Agent {
                 terminated_ns: None,
                 collected_ns: None,
                 image: image.map(|p| p.digest.clone()),
+                sandbox: parent.is_some().then(|| sandbox.clone()),
             };
             let json = serde_json::to_vec(&req).map_err(|e| internal("encoding the launch", e))?;
             let saved = husk_oci::checkpoint::write_atomic(&dir.join(LAUNCH_FILE), &json, 0o600)
                 .and_then(|_| container::save(&dir, &checkpoint));
             if let Err(e) = saved {
                 let _ = sweep::remove_tree(&dir);
+                if parent.is_some() {
+                    let _ = sweep::remove_tree(&sandbox);
+                }
                 return Err(internal("checkpointing the launch", e));
             }
             let c = Arc::new(Container::new(&id, dir, shim_dir, req, checkpoint));
@@ -657,6 +778,7 @@ impl Agent {
             return;
         }
         self.transition(&c, ContainerState::Destroying).ok();
+        self.destroy_children(&c.id).await;
         // The shim went away without answering: what it recorded on disk, if anything.
         let exit = exit.or_else(|| ExitRecord::load(&c.shim_dir).ok().flatten());
         self.cleanup_shim(&c).await;
@@ -782,6 +904,15 @@ impl Agent {
             return Err(Status::invalid_argument(format!("signal: {first} is not a signal")));
         }
         c.set_killed().map_err(|e| internal("checkpointing the kill", e))?;
+        // Nested containers go first, as Mesos destroys them.
+        if !self.children_of(id).is_empty() {
+            drop(_op);
+            self.destroy_children(id).await;
+            let _op = c.op.lock().await;
+            if c.terminated().is_some() {
+                return Ok(());
+            }
+        }
         let mut client = shim_client(&c).await?;
         within_deadline(&c, client.kill(shim_pb::KillRequest { signal: first as u32, all: false })).await.map_err(
             |e| match e.code() {
@@ -815,7 +946,31 @@ impl Agent {
                 c.state().as_str_name()
             )));
         }
-        for dir in [c.shim_dir.clone(), c.dir.clone()] {
+        // Its nested containers go with it (they terminated before it did).
+        let descendants: Vec<Arc<Container>> = {
+            let map = self.containers.lock().unwrap();
+            let prefix = format!("{id}.");
+            map.values().filter(|d| d.id.starts_with(&prefix)).cloned().collect()
+        };
+        if let Some(live) = descendants.iter().find(|d| d.terminated().is_none()) {
+            return Err(Status::failed_precondition(format!(
+                "container_id: `{id}` has a nested container `{}` that is {}",
+                live.id,
+                live.state().as_str_name()
+            )));
+        }
+        let mut dirs = Vec::new();
+        for d in descendants.iter().chain(std::iter::once(&c)) {
+            dirs.push(d.shim_dir.clone());
+            dirs.push(d.dir.clone());
+            if d.launch.container_id.parent.is_some() {
+                dirs.push(d.sandbox());
+            }
+        }
+        for d in &descendants {
+            self.containers.lock().unwrap().remove(&d.id);
+        }
+        for dir in dirs.into_iter().filter(|d| d.exists()) {
             let removed = tokio::task::spawn_blocking({
                 let dir = dir.clone();
                 move || sweep::remove_tree(&dir)

@@ -17,9 +17,10 @@ pub type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 pub struct Service(pub Arc<Agent>);
 
+/// The agent's key of a container: its id, or for a nested one `parent.child` (ids hold no `.`).
 fn id_of(id: &ContainerId) -> Result<String, Status> {
     husk_oci::validate::container_id(id, "container_id").map_err(super::status_of)?;
-    Ok(id.value.clone())
+    Ok(husk_oci::validate::display_id(id))
 }
 
 async fn shim(
@@ -189,13 +190,13 @@ impl Containerizer for Service {
     type WatchStream = Streamed<pb::ContainerEvent>;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let only: Vec<String> = req.into_inner().container_ids.into_iter().map(|i| i.value).collect();
+        let only: Vec<String> = req.into_inner().container_ids.iter().map(husk_oci::validate::display_id).collect();
         let mut events = self.0.events.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             loop {
                 match events.recv().await {
-                    Ok(e) if only.is_empty() || only.contains(&e.container_id.value) => {
+                    Ok(e) if only.is_empty() || only.contains(&husk_oci::validate::display_id(&e.container_id)) => {
                         if tx.send(Ok(e)).await.is_err() {
                             return;
                         }

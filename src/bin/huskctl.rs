@@ -427,6 +427,17 @@ struct RunArgs {
     /// command runs through `/bin/sh -c` unless --no-shell (then after the entrypoint).
     #[arg(long, value_name = "REF", conflicts_with = "rootfs")]
     image: Option<String>,
+    /// Launch a nested container under this running one: it joins the parent's network and
+    /// hostname (and its pid and IPC namespaces as its launch asks), gets its sandbox under the
+    /// parent's, is destroyed before it, and is addressed as `PARENT.ID`.
+    #[arg(long, value_name = "ID")]
+    parent: Option<String>,
+    /// Keep the command's stdin open and attach to it (with --tty, a terminal).
+    #[arg(short, long)]
+    interactive: bool,
+    /// Give the command a terminal of this terminal's size.
+    #[arg(short, long)]
+    tty: bool,
     /// Pull the image even when the store has it (Mesos `Image.cached=false`).
     #[arg(long, requires = "image")]
     pull: bool,
@@ -781,8 +792,13 @@ impl Api {
     }
 }
 
+/// A container id as operators write it: `web`, or `web.debug` for a nested container.
 fn cid(id: &str) -> ContainerId {
-    ContainerId { value: id.to_string(), parent: None }
+    id.split('.')
+        .fold(None, |parent: Option<ContainerId>, value| {
+            Some(ContainerId { value: value.to_string(), parent: parent.map(Box::new) })
+        })
+        .unwrap_or_else(|| ContainerId { value: String::new(), parent: None })
 }
 
 async fn run(endpoint: &Api, a: RunArgs) -> Result<u8> {
@@ -807,7 +823,20 @@ async fn run(endpoint: &Api, a: RunArgs) -> Result<u8> {
             }),
         });
     }
-    let id = req.container_id.value.clone();
+    if let Some(parent) = &a.parent {
+        req.container_id.parent = Some(Box::new(cid(parent)));
+    }
+    if a.tty {
+        use husk_proto::mesos::v1::{tty_info, TtyInfo};
+        let size = husk::terminal::window_size().map(|(rows, columns)| tty_info::WindowSize { rows, columns });
+        req.container
+            .get_or_insert_with(|| ContainerInfo { r#type: container_info::Type::Mesos as i32, ..Default::default() })
+            .tty_info = Some(TtyInfo { window_size: size });
+    }
+    if a.interactive {
+        req.stdin = Some(true);
+    }
+    let id = husk_oci::validate::display_id(&req.container_id);
     req.runtime = a.runtime.clone();
     if let Some(dir) = &a.rootfs {
         req.rootfs = Some(absolute(dir)?.display().to_string());
@@ -829,6 +858,23 @@ async fn run(endpoint: &Api, a: RunArgs) -> Result<u8> {
         return Ok(0);
     }
     let container_id = cid(&id);
+    if a.interactive {
+        // The output from here on and the input, as `attach -i` gives them.
+        if let husk::session::Attached::Detached =
+            husk::session::attach(&mut client, container_id.clone(), true).await?
+        {
+            return Ok(0);
+        }
+        let t = client
+            .wait(pb::WaitRequest { container_id: container_id.clone() })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        if a.rm {
+            endpoint.call(client.remove(pb::RemoveRequest { container_id })).await?;
+        }
+        return Ok(exit_status(&t));
+    }
     let mut logs = client
         .logs(pb::LogsRequest { container_id: container_id.clone(), follow: Some(true), ..Default::default() })
         .await
@@ -994,7 +1040,7 @@ async fn inspect(api: &Api, id: &str, output: Format) -> Result<()> {
     let info = st.info.context("the agent sent no container info")?;
     ctl::print(&info, output, || {
         let mut rows = vec![
-            vec!["id".into(), info.container_id.value.clone()],
+            vec!["id".into(), husk_oci::validate::display_id(&info.container_id)],
             vec!["status".into(), ctl::status(&info)],
             vec![
                 "pid".into(),
@@ -1061,7 +1107,7 @@ async fn stats(api: &Api, a: StatsArgs) -> Result<()> {
                 .containers
                 .into_iter()
                 .filter(|c| c.state() == pb::ContainerState::Running)
-                .map(|c| c.container_id.value)
+                .map(|c| husk_oci::validate::display_id(&c.container_id))
                 .collect(),
         };
         let mut rows = Vec::new();
