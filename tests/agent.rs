@@ -155,6 +155,9 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
     cases.push((r, tonic::Code::FailedPrecondition, "command.user: no user `nosuchuser-husk`"));
     let mut r = launch("nested", "true");
     r.container_id.parent = Some(Box::new(cid("p")));
+    cases.push((r, tonic::Code::NotFound, "container_id.parent: no container `p`"));
+    let mut r = launch("nested-bad", "true");
+    r.container_id.parent = Some(Box::new(cid("../p")));
     cases.push((r, tonic::Code::InvalidArgument, "container_id.parent"));
     let mut r = launch("runtime", "true");
     r.runtime = Some("/bin/evil".into());

@@ -247,3 +247,51 @@ async fn a_child_without_an_image_runs_on_its_parents_root() {
     c.remove(pb::RemoveRequest { container_id: cid("img") }).await.unwrap();
     assert!(common::mounts_under(agent.dir.path()).is_empty(), "{:?}", common::mounts_under(agent.dir.path()));
 }
+
+#[tokio::test]
+async fn a_session_container_lives_as_long_as_its_stream() {
+    require!(false);
+    let agent = Agent::start("session");
+    let mut c = agent.client().await;
+    c.launch(launch(cid("host"), "exec sleep 600")).await.unwrap();
+
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let send = |r: pb::session_request::Request| pb::SessionRequest { request: Some(r) };
+    tx.send(send(pb::session_request::Request::Launch(launch(
+        child_id("host", "dbg"),
+        "while read l; do echo echo:$l; done",
+    ))))
+    .await
+    .unwrap();
+    let mut out = c.launch_session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(send(pb::session_request::Request::Stdin(b"ping\n".to_vec()))).await.unwrap();
+    let mut seen = String::new();
+    while !seen.contains("echo:ping\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(60), out.message()).await.unwrap().unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk.data.unwrap_or_default()));
+    }
+    let dbg = init_pid(&mut c, child_id("host", "dbg")).await;
+    // The client goes away: so does the session's container (its parent stays).
+    drop(out);
+    drop(tx);
+    let t = wait(&mut c, child_id("host", "dbg")).await;
+    assert_eq!(t.state(), TaskState::TaskKilled, "{t:?}");
+    assert!(std::fs::read_to_string(format!("/proc/{dbg}/stat")).map(|s| s.contains(") Z")).unwrap_or(true));
+    let st = c.status(pb::StatusRequest { container_id: cid("host") }).await.unwrap().into_inner();
+    assert_eq!(st.info.unwrap().state(), pb::ContainerState::Running);
+
+    // A session is a nested container, and only LaunchSession makes one.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(send(pb::session_request::Request::Launch(launch(cid("top"), "true")))).await.unwrap();
+    let e = c.launch_session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("launch.container_id.parent"), "{}", e.message());
+    let mut r = launch(child_id("host", "fake"), "true");
+    r.session = Some(true);
+    let e = c.launch(r).await.unwrap_err();
+    assert!(e.message().contains("session: set by LaunchSession only"), "{}", e.message());
+
+    c.kill(pb::KillRequest { container_id: cid("host"), ..Default::default() }).await.unwrap();
+    wait(&mut c, cid("host")).await;
+    c.remove(pb::RemoveRequest { container_id: cid("host") }).await.unwrap();
+}

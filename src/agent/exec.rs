@@ -211,32 +211,129 @@ pub async fn attach(
                 c.id
             )));
         }
-        let mut client = super::shim_client(&c).await?;
-        let (tx, rx) = mpsc::channel(16);
-        let mut answers =
-            super::within_deadline(&c, client.attach(tokio_stream::wrappers::ReceiverStream::new(rx))).await?;
-        // The first answer: the input is ours (or why not).
-        super::within_deadline(&c, async { answers.message().await.map(tonic::Response::new) }).await?;
-        let id = c.id.clone();
-        tokio::spawn(async move {
+        relay_input(&c, input, |m: pb::AttachRequest| {
             use pb::attach_request::Request as R;
             use shim_pb::attach_input::Input as I;
-            while let Ok(Some(m)) = input.message().await {
-                let forwarded = match m.request {
-                    Some(R::Stdin(d)) => I::Stdin(d),
-                    Some(R::CloseStdin(c)) => I::CloseStdin(c),
-                    Some(R::Resize(size)) => I::Resize(window(size)),
-                    Some(R::Start(_)) | None => continue,
-                };
-                if tx.send(shim_pb::AttachInput { input: Some(forwarded) }).await.is_err() {
-                    break;
-                }
+            match m.request {
+                Some(R::Stdin(d)) => Some(I::Stdin(d)),
+                Some(R::CloseStdin(c)) => Some(I::CloseStdin(c)),
+                Some(R::Resize(size)) => Some(I::Resize(window(size))),
+                Some(R::Start(_)) | None => None,
             }
-            drop(tx);
-            if let Err(e) = answers.message().await {
-                tracing::warn!(container = %id, "attach input: {}", e.message());
-            }
-        });
+        })
+        .await?;
     }
     Ok(super::service::logs(&c, start.stream(), Some(0), true, None))
+}
+
+/// Takes the container's input (its terminal or open stdin) through its shim and feeds it what
+/// `input` brings, converted by `convert`, until `input` ends. Returns once the input is ours.
+/// Reports whether the client's stream ended cleanly (`true`) or broke.
+async fn relay_input<T: Send + 'static>(
+    c: &Container,
+    mut input: Streaming<T>,
+    convert: fn(T) -> Option<shim_pb::attach_input::Input>,
+) -> Result<tokio::sync::oneshot::Receiver<bool>, Status> {
+    let mut client = super::shim_client(c).await?;
+    let (tx, rx) = mpsc::channel(16);
+    let mut answers = super::within_deadline(c, client.attach(tokio_stream::wrappers::ReceiverStream::new(rx))).await?;
+    // The first answer: the input is ours (or why not).
+    super::within_deadline(c, async { answers.message().await.map(tonic::Response::new) }).await?;
+    let id = c.id.clone();
+    let (ended_tx, ended) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let clean = loop {
+            match input.message().await {
+                Ok(Some(m)) => {
+                    if let Some(forwarded) = convert(m) {
+                        if tx.send(shim_pb::AttachInput { input: Some(forwarded) }).await.is_err() {
+                            break true;
+                        }
+                    }
+                }
+                Ok(None) => break true,
+                Err(_) => break false,
+            }
+        };
+        let _ = ended_tx.send(clean);
+        drop(tx);
+        if let Err(e) = answers.message().await {
+            tracing::warn!(container = %id, "attach input: {}", e.message());
+        }
+    });
+    Ok(ended)
+}
+
+pub async fn launch_session(
+    agent: Arc<Agent>,
+    mut input: Streaming<pb::SessionRequest>,
+) -> Result<Streamed<pb::LogChunk>, Status> {
+    let first = tokio::time::timeout(FIRST_MESSAGE, input.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded(format!("no `launch` within {FIRST_MESSAGE:?}")))??;
+    let Some(pb::SessionRequest { request: Some(pb::session_request::Request::Launch(mut req)) }) = first else {
+        return Err(Status::invalid_argument("launch: the first message of a session must be `launch`"));
+    };
+    if req.container_id.parent.is_none() {
+        return Err(Status::invalid_argument(
+            "launch.container_id.parent: a session is a nested container: name its parent",
+        ));
+    }
+    if req.container.as_ref().and_then(|i| i.tty_info.as_ref()).is_none() {
+        req.stdin = Some(true);
+    }
+    req.session = Some(true);
+    let c = agent.launch(req).await?;
+    let ended = relay_input(&c, input, |m: pb::SessionRequest| {
+        use pb::session_request::Request as R;
+        use shim_pb::attach_input::Input as I;
+        match m.request {
+            Some(R::Stdin(d)) => Some(I::Stdin(d)),
+            Some(R::CloseStdin(c)) => Some(I::CloseStdin(c)),
+            Some(R::Resize(size)) => Some(I::Resize(window(size))),
+            Some(R::Launch(_)) | None => None,
+        }
+    })
+    .await;
+    let ended = match ended {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = agent.kill(&c.id, Some(libc::SIGKILL), None).await;
+            return Err(e);
+        }
+    };
+    let mut output = super::service::logs(&c, pb::logs_request::Stream::Both, None, true, None);
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        // The session lives as long as its client: a client that goes away (its output stream
+        // dropped, or its input broken) takes the container with it.
+        let mut ended = ended;
+        let mut input_open = true;
+        let gone = loop {
+            tokio::select! {
+                chunk = output.next() => match chunk {
+                    Some(chunk) => {
+                        if tx.send(chunk).await.is_err() {
+                            break true;
+                        }
+                    }
+                    None => break false,
+                },
+                clean = &mut ended, if input_open => {
+                    input_open = false;
+                    if !clean.unwrap_or(false) {
+                        break true;
+                    }
+                }
+                _ = tx.closed() => break true,
+            }
+        };
+        if gone && c.terminated().is_none() {
+            tracing::info!(container = %c.id, "the session's client went away: destroying its container");
+            if let Err(e) = agent.kill(&c.id, Some(libc::SIGKILL), None).await {
+                tracing::warn!(container = %c.id, "destroying the session's container: {}", e.message());
+            }
+        }
+    });
+    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }

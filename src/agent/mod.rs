@@ -1028,7 +1028,14 @@ impl Agent {
                     if connected && c.state() == ContainerState::Running {
                         tracing::info!(container = %id, "re-attached to its shim");
                         self.recovered("reattached");
+                        let session = c.launch.session();
                         tokio::spawn(self.clone().follow(c));
+                        if session {
+                            // Its client's stream did not survive the restart: nor does it.
+                            tracing::info!(container = %id, "destroying a session container left by the last agent");
+                            let agent = self.clone();
+                            tokio::spawn(async move { agent.kill(&id, Some(libc::SIGKILL), None).await });
+                        }
                     } else if ExitRecord::load(&c.shim_dir).ok().flatten().is_some() {
                         // Exited while we were away: follow() reads exit.json and cleans up.
                         self.recovered("exited");

@@ -72,7 +72,11 @@ async fn init_pid(c: &Container) -> Option<u32> {
 #[tonic::async_trait]
 impl Containerizer for Service {
     async fn launch(&self, req: Request<pb::LaunchRequest>) -> Result<Response<pb::LaunchResponse>, Status> {
-        let c = self.0.launch(req.into_inner()).await?;
+        let req = req.into_inner();
+        if req.session.is_some() {
+            return Err(Status::invalid_argument("session: set by LaunchSession only"));
+        }
+        let c = self.0.launch(req).await?;
         Ok(Response::new(pb::LaunchResponse {
             state: Some(c.state() as i32),
             sandbox_directory: Some(c.sandbox().display().to_string()),
@@ -243,6 +247,15 @@ impl Containerizer for Service {
         req: Request<tonic::Streaming<pb::AttachRequest>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         Ok(Response::new(super::exec::attach(self.0.clone(), req.into_inner()).await?))
+    }
+
+    type LaunchSessionStream = Streamed<pb::LogChunk>;
+
+    async fn launch_session(
+        &self,
+        req: Request<tonic::Streaming<pb::SessionRequest>>,
+    ) -> Result<Response<Self::LaunchSessionStream>, Status> {
+        Ok(Response::new(super::exec::launch_session(self.0.clone(), req.into_inner()).await?))
     }
 
     async fn version(&self, _: Request<pb::VersionRequest>) -> Result<Response<pb::VersionResponse>, Status> {
