@@ -85,7 +85,9 @@ async fn nested_containers_share_their_parent_and_go_before_it() {
     let r = c.launch(req).await.unwrap().into_inner();
     assert_eq!(r.state(), pb::ContainerState::Running);
     let pod_sandbox = agent.path("work/containers/pod/sandbox");
-    assert_eq!(r.sandbox_directory.as_deref(), Some(pod_sandbox.join("containers/app").to_str().unwrap()));
+    // Its own sandbox in its own directory: never a path its parent can redirect.
+    let app_sandbox = agent.path("work/containers/pod.app/sandbox");
+    assert_eq!(r.sandbox_directory.as_deref(), Some(app_sandbox.to_str().unwrap()));
     let app = init_pid(&mut c, child_id("pod", "app")).await;
     assert_eq!(ns(app, "net"), ns(pod, "net"));
     assert_eq!(ns(app, "uts"), ns(pod, "uts"));
@@ -93,13 +95,13 @@ async fn nested_containers_share_their_parent_and_go_before_it() {
     assert_ne!(ns(app, "pid"), ns(pod, "pid"), "its own pid namespace unless it asks");
     assert_ne!(ns(app, "mnt"), ns(pod, "mnt"));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !pod_sandbox.join("containers/app/own").exists() || !pod_sandbox.join("shared/note").exists() {
+    while !app_sandbox.join("own").exists() || !pod_sandbox.join("shared/note").exists() {
         assert!(std::time::Instant::now() < deadline, "the child never wrote its files");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(std::fs::read_to_string(pod_sandbox.join("shared/note")).unwrap(), "from-child\n");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(std::fs::read_to_string(pod_sandbox.join("containers/app/own")).unwrap(), "podhost\n");
+    assert_eq!(std::fs::read_to_string(app_sandbox.join("own")).unwrap(), "podhost\n");
 
     // One sharing the parent's pid namespace sees the parent's processes; exec reaches it.
     let mut req = launch(child_id("pod", "peek"), "exec sleep 600");
@@ -137,9 +139,8 @@ async fn nested_containers_share_their_parent_and_go_before_it() {
     // A terminated nested container is removed on its own; its parent lives on.
     c.launch(launch(child_id("pod", "once"), "exit 4")).await.unwrap();
     assert_eq!(wait(&mut c, child_id("pod", "once")).await.exit_code, Some(4));
-    assert!(pod_sandbox.join("containers/once").is_dir());
+    assert!(agent.path("work/containers/pod.once/sandbox").is_dir());
     c.remove(pb::RemoveRequest { container_id: child_id("pod", "once") }).await.unwrap();
-    assert!(!pod_sandbox.join("containers/once").exists());
     assert!(!agent.path("work/containers/pod.once").exists());
 
     // Bad nested launches.
@@ -151,7 +152,7 @@ async fn nested_containers_share_their_parent_and_go_before_it() {
     let e = c.launch(bad).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("container.hostname"), "{}", e.message());
-    assert!(!pod_sandbox.join("containers/named").exists(), "a refused launch leaves nothing");
+    assert!(!agent.path("work/containers/pod.named").exists(), "a refused launch leaves nothing");
     let e = c.launch(launch(child_id("pod", "app"), "true")).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists);
 
@@ -168,10 +169,7 @@ async fn nested_containers_share_their_parent_and_go_before_it() {
         .collect();
     assert_eq!(running.len(), 3, "{running:?}");
     let st = c.status(pb::StatusRequest { container_id: child_id("pod", "app") }).await.unwrap().into_inner();
-    assert_eq!(
-        st.info.unwrap().sandbox_directory.as_deref(),
-        Some(pod_sandbox.join("containers/app").to_str().unwrap())
-    );
+    assert_eq!(st.info.unwrap().sandbox_directory.as_deref(), Some(app_sandbox.to_str().unwrap()));
 
     // Destroying the parent destroys its children first.
     let mut events = c.watch(pb::WatchRequest::default()).await.unwrap().into_inner();
@@ -239,7 +237,7 @@ async fn a_child_without_an_image_runs_on_its_parents_root() {
     .unwrap();
     let t = wait(&mut c, child_id("img", "kid")).await;
     assert_eq!(t.exit_code, Some(0), "{t:?}");
-    let kid = agent.path("work/containers/img/sandbox/containers/kid");
+    let kid = agent.path("work/containers/img.kid/sandbox");
     assert_eq!(std::fs::read_to_string(kid.join("seen")).unwrap(), "parent-wrote\n");
     assert!(std::fs::read_to_string(kid.join("ls")).unwrap().contains("seen"), "its own sandbox is its MESOS_SANDBOX");
     c.kill(pb::KillRequest { container_id: cid("img"), ..Default::default() }).await.unwrap();

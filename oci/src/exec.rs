@@ -69,11 +69,17 @@ pub fn exec_process(base: &Process, req: &ExecProcess, root: &Path) -> Result<Pr
         p.set_console_size(Some(b));
     }
     if let Some(info) = &req.capabilities {
+        // Never more than the container has: its bounding set is what the agent allowed it.
+        let bounding = base.capabilities().as_ref().and_then(|c| c.bounding().clone()).unwrap_or_default();
         let mut set = Capabilities::new();
         for (i, c) in info.capabilities.iter().enumerate() {
             let at = format!("start.capabilities.capabilities[{i}]");
             let name = caps::from_mesos(*c, &at)?;
-            set.insert(caps::to_oci(&name).map_err(|_| Error::invalid(&at, format!("unknown capability {name}")))?);
+            let cap = caps::to_oci(&name).map_err(|_| Error::invalid(&at, format!("unknown capability {name}")))?;
+            if !bounding.contains(&cap) {
+                return Err(Error::invalid(&at, format!("{name} is not in the container's bounding set")));
+            }
+            set.insert(cap);
         }
         let mut c = LinuxCapabilities::default();
         c.set_bounding(Some(set.clone()));
@@ -96,6 +102,9 @@ mod tests {
         p.set_args(Some(vec!["/bin/sh".into(), "-c".into(), "sleep 100".into()]));
         p.set_env(Some(vec!["PATH=/bin".into(), "MESOS_SANDBOX=/sb".into(), "KEEP=1".into()]));
         p.set_cwd("/sb".into());
+        let mut caps = LinuxCapabilities::default();
+        caps.set_bounding(Some([oci_spec::runtime::Capability::NetRaw, oci_spec::runtime::Capability::Chown].into()));
+        p.set_capabilities(Some(caps));
         p
     }
 
@@ -190,6 +199,15 @@ mod tests {
                     ..req(CommandInfo { value: Some("true".into()), ..Default::default() })
                 },
                 "start.window_size: needs `tty`",
+            ),
+            (
+                ExecProcess {
+                    capabilities: Some(CapabilityInfo {
+                        capabilities: vec![husk_proto::mesos::v1::capability_info::Capability::SysAdmin as i32],
+                    }),
+                    ..req(CommandInfo { value: Some("true".into()), ..Default::default() })
+                },
+                "start.capabilities.capabilities[0]: CAP_SYS_ADMIN is not in the container's bounding set",
             ),
             (
                 req(CommandInfo {

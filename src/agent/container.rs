@@ -31,10 +31,6 @@ pub struct Checkpoint {
     /// When the garbage collector removed the sandbox and bundle (the record stays until Remove).
     #[serde(default)]
     pub collected_ns: Option<i64>,
-    /// A nested container's sandbox (`<parent sandbox>/containers/<id>`); a top-level
-    /// container's is `sandbox/` in its directory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sandbox: Option<PathBuf>,
     /// The manifest digest of the image the container runs from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -69,7 +65,7 @@ impl Container {
     }
 
     pub fn sandbox(&self) -> PathBuf {
-        self.checkpoint.lock().unwrap().sandbox.clone().unwrap_or_else(|| self.dir.join("sandbox"))
+        self.dir.join("sandbox")
     }
 
     /// The agent's key of the parent of a nested container.

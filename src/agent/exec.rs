@@ -283,6 +283,28 @@ pub async fn launch_session(
         req.stdin = Some(true);
     }
     req.session = Some(true);
+    // The setup runs in a task of its own that destroys the container if the caller went away
+    // before the stream was handed over (the request cancelled mid-launch).
+    let (caller, mut left) = tokio::sync::oneshot::channel::<()>();
+    let setup = tokio::spawn(async move {
+        let started = start_session(agent.clone(), req, input).await;
+        if let Ok((c, _)) = &started {
+            if left.try_recv() == Err(tokio::sync::oneshot::error::TryRecvError::Closed) {
+                let _ = agent.kill(&c.id, Some(libc::SIGKILL), None).await;
+            }
+        }
+        started.map(|(_, stream)| stream)
+    });
+    let result = setup.await.map_err(|e| Status::internal(format!("the session: {e}")))?;
+    drop(caller);
+    result
+}
+
+async fn start_session(
+    agent: Arc<Agent>,
+    req: pb::LaunchRequest,
+    input: Streaming<pb::SessionRequest>,
+) -> Result<(Arc<Container>, Streamed<pb::LogChunk>), Status> {
     let c = agent.launch(req).await?;
     let ended = relay_input(&c, input, |m: pb::SessionRequest| {
         use pb::session_request::Request as R;
@@ -304,6 +326,7 @@ pub async fn launch_session(
     };
     let mut output = super::service::logs(&c, pb::logs_request::Stream::Both, None, true, None);
     let (tx, rx) = mpsc::channel(16);
+    let session = c.clone();
     tokio::spawn(async move {
         // The session lives as long as its client: a client that goes away (its output stream
         // dropped, or its input broken) takes the container with it.
@@ -328,12 +351,12 @@ pub async fn launch_session(
                 _ = tx.closed() => break true,
             }
         };
-        if gone && c.terminated().is_none() {
-            tracing::info!(container = %c.id, "the session's client went away: destroying its container");
-            if let Err(e) = agent.kill(&c.id, Some(libc::SIGKILL), None).await {
-                tracing::warn!(container = %c.id, "destroying the session's container: {}", e.message());
+        if gone && session.terminated().is_none() {
+            tracing::info!(container = %session.id, "the session's client went away: destroying its container");
+            if let Err(e) = agent.kill(&session.id, Some(libc::SIGKILL), None).await {
+                tracing::warn!(container = %session.id, "destroying the session's container: {}", e.message());
             }
         }
     });
-    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    Ok((c, Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
 }

@@ -584,11 +584,11 @@ impl Agent {
         };
         let id = husk_oci::validate::display_id(&req.container_id);
         let dir = self.settings.work_dir.join("containers").join(&id);
-        // Mesos' layout: a nested container's sandbox is in its parent's.
-        let sandbox = match &parent {
-            Some(p) => p.context.sandbox_dir.join("containers").join(&req.container_id.value),
-            None => dir.join("sandbox"),
-        };
+        // A nested container's sandbox is in its own directory, not in its parent's sandbox
+        // (Mesos' layout): the parent writes there, so every later use of such a path (chown,
+        // the bind mount, the log files, its removal) could be sent through a link of its
+        // making to anywhere on the node.
+        let sandbox = dir.join("sandbox");
         let shim_dir = self.settings.runtime_dir.join("shims").join(&id);
         let accepted = {
             // Another launch of this id may be provisioning its image (this one's own
@@ -612,19 +612,11 @@ impl Agent {
                         p.id
                     )));
                 }
-                if sandbox.exists() {
-                    return Err(Status::already_exists(format!(
-                        "container_id: the sandbox {} is already in use",
-                        sandbox.display()
-                    )));
-                }
             }
             // Translate once, against the real sandbox (the spec names it); a rejected request
             // takes the directory away again, so it leaves nothing.
-            let placed = std::fs::create_dir_all(&dir)
-                .and_then(|_| std::fs::create_dir_all(&sandbox))
-                .map_err(|e| internal("creating the sandbox", e))
-                .and_then(|_| match (&lower, &image_lowers, staged) {
+            let placed = std::fs::create_dir_all(&sandbox).map_err(|e| internal("creating the sandbox", e)).and_then(
+                |_| match (&lower, &image_lowers, staged) {
                     (Some(lower), _, _) => {
                         rootfs::mount(&dir, std::slice::from_ref(lower)).map(Some).map_err(|e| internal("rootfs", e))
                     }
@@ -635,7 +627,8 @@ impl Agent {
                     }
                     // A nested container without a root of its own runs on its parent's.
                     (None, None, None) => Ok(parent.as_ref().and_then(|p| p.rootfs.clone())),
-                });
+                },
+            );
             let checked = placed.and_then(|root| {
                 let place = husk_oci::Placement {
                     sandbox_dir: sandbox.clone(),
@@ -667,9 +660,6 @@ impl Agent {
                 Ok(t) => t,
                 Err(e) => {
                     let _ = sweep::remove_tree(&dir);
-                    if parent.is_some() {
-                        let _ = sweep::remove_tree(&sandbox);
-                    }
                     return Err(e);
                 }
             };
@@ -682,16 +672,12 @@ impl Agent {
                 terminated_ns: None,
                 collected_ns: None,
                 image: image.map(|p| p.digest.clone()),
-                sandbox: parent.is_some().then(|| sandbox.clone()),
             };
             let json = serde_json::to_vec(&req).map_err(|e| internal("encoding the launch", e))?;
             let saved = husk_oci::checkpoint::write_atomic(&dir.join(LAUNCH_FILE), &json, 0o600)
                 .and_then(|_| container::save(&dir, &checkpoint));
             if let Err(e) = saved {
                 let _ = sweep::remove_tree(&dir);
-                if parent.is_some() {
-                    let _ = sweep::remove_tree(&sandbox);
-                }
                 return Err(internal("checkpointing the launch", e));
             }
             let c = Arc::new(Container::new(&id, dir, shim_dir, req, checkpoint));
@@ -905,14 +891,17 @@ impl Agent {
         }
         c.set_killed().map_err(|e| internal("checkpointing the kill", e))?;
         // Nested containers go first, as Mesos destroys them.
-        if !self.children_of(id).is_empty() {
+        let _op = if self.children_of(id).is_empty() {
+            _op
+        } else {
             drop(_op);
             self.destroy_children(id).await;
-            let _op = c.op.lock().await;
+            let op = c.op.lock().await;
             if c.terminated().is_some() {
                 return Ok(());
             }
-        }
+            op
+        };
         let mut client = shim_client(&c).await?;
         within_deadline(&c, client.kill(shim_pb::KillRequest { signal: first as u32, all: false })).await.map_err(
             |e| match e.code() {
@@ -963,9 +952,6 @@ impl Agent {
         for d in descendants.iter().chain(std::iter::once(&c)) {
             dirs.push(d.shim_dir.clone());
             dirs.push(d.dir.clone());
-            if d.launch.container_id.parent.is_some() {
-                dirs.push(d.sandbox());
-            }
         }
         for d in &descendants {
             self.containers.lock().unwrap().remove(&d.id);

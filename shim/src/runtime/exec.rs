@@ -138,6 +138,10 @@ fn stage1(
     programs: &[BpfProgram],
 ) -> ! {
     let result = (|| -> Result<(), Error> {
+        // Until it execs, this process is the runtime's binary inside the container's pid
+        // namespace: non-dumpable, its /proc/<pid>/exe and memory are out of the container's
+        // reach (runc's CVE-2019-5736). The exec of the command resets it.
+        nix::sys::prctl::set_dumpable(false).map_err(|e| init::fail("PR_SET_DUMPABLE", e))?;
         cgroup
             .add(std::process::id() as i32)
             .map_err(|e| Error::Process(format!("joining the container's cgroup: {}", super::describe(e))))?;

@@ -86,6 +86,22 @@ pub(super) fn flag(t: LinuxNamespaceType) -> Option<CloneFlags> {
 /// cgroup namespace waits until the init is in its cgroup), and forks the init, which is the
 /// first process of a new pid namespace.
 pub(super) fn stage1(child: Child) -> ! {
+    // A joined pid namespace (a nested container's parent's) holds processes that can see the
+    // init: until the command's exec, it is the runtime's (or the shim's) binary, which they
+    // must not reach through /proc/<pid>/exe (runc's CVE-2019-5736). In a new pid namespace
+    // nothing else exists yet.
+    let joins_pid = child
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_some()));
+    if joins_pid {
+        if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+            child.send(&Msg::Error(format!("PR_SET_DUMPABLE: {}", errno_text(e))));
+            exit_child(1)
+        }
+    }
     match enter_namespaces(&child.spec) {
         Err(e) => child.send(&Msg::Error(e.to_string())),
         Ok(()) => match fork() {
@@ -193,6 +209,12 @@ fn init(child: &Child) -> Result<Never, Error> {
     }
     child.send(&Msg::Created);
 
+    // A non-dumpable process' /proc/self belongs to root: a command that runs as another user
+    // reopens its fifo there, so it becomes dumpable again first (a window only for a nested
+    // container that shares its parent's pid namespace and runs as a user other than root).
+    if !nix::unistd::geteuid().is_root() {
+        let _ = nix::sys::prctl::set_dumpable(true);
+    }
     // Blocks until `start` opens the fifo for reading; exec closes it (O_CLOEXEC), which tells
     // `start` the exec happened. A failed exec writes its reason into the fifo instead.
     let mut fifo_w = nix::fcntl::open(

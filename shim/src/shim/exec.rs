@@ -120,13 +120,56 @@ pub async fn exec(s: Arc<Shared>, mut input: Streaming<pb::ExecInput>) -> Result
     // Our copies of the child's ends go, so the output reads EOF when the process' copies do.
     drop(cmd);
 
+    // The rest runs in a task of its own: a caller that goes away mid-start (its request
+    // cancelled) must not leave a process nobody follows. Any failure from here on kills what
+    // the runtime may have started.
+    let io = StartIo { listener, stdin_w, out_r, err_r, terminal };
+    let task = tokio::spawn(async move {
+        let result = finish_start(&s, &files, &mut runtime, &hold, io, input).await;
+        if result.is_err() {
+            abandon(&files, &mut runtime).await;
+        }
+        drop(hold);
+        result
+    });
+    task.await.map_err(|e| internal("the exec", e))?
+}
+
+/// What an exec's stdio is made of while it starts.
+struct StartIo {
+    listener: Option<tokio::net::UnixListener>,
+    stdin_w: Option<OwnedFd>,
+    out_r: Option<OwnedFd>,
+    err_r: Option<OwnedFd>,
+    terminal: bool,
+}
+
+/// After a failed start: the runtime is given its time to finish, and a process it started
+/// goes (with its group).
+async fn abandon(files: &Files, runtime: &mut tokio::sync::oneshot::Receiver<i32>) {
+    if !runtime.is_terminated() {
+        let _ = tokio::time::timeout(START_DEADLINE, runtime).await;
+    }
+    if let Some(pid) = std::fs::read_to_string(&files.pid).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+        signal_group(pid, Signal::SIGKILL);
+    }
+}
+
+async fn finish_start(
+    s: &Arc<Shared>,
+    files: &Files,
+    runtime: &mut tokio::sync::oneshot::Receiver<i32>,
+    hold: &super::reaper::Hold,
+    io: StartIo,
+    input: Streaming<pb::ExecInput>,
+) -> Result<Outputs, Status> {
     let failed = |files: &Files| Status::failed_precondition(super::backend::last_error_in(&files.log));
-    let master = match listener {
+    let master = match io.listener {
         None => None,
         Some(l) => {
             let accepted = tokio::select! {
                 a = l.accept() => a.map_err(|e| internal("console socket", e))?.0,
-                _ = &mut runtime => return Err(failed(&files)),
+                _ = &mut *runtime => return Err(failed(files)),
                 _ = tokio::time::sleep(START_DEADLINE) => {
                     return Err(Status::deadline_exceeded("the runtime sent no terminal in time"));
                 }
@@ -140,32 +183,30 @@ pub async fn exec(s: Arc<Shared>, mut input: Streaming<pb::ExecInput>) -> Result
             Some(master)
         }
     };
-    let status = match tokio::time::timeout(START_DEADLINE, &mut runtime).await {
+    let status = match tokio::time::timeout(START_DEADLINE, &mut *runtime).await {
         Ok(status) => status.unwrap_or(-1),
         Err(_) => return Err(Status::deadline_exceeded(format!("{} exec did not finish in time", s.backend.name()))),
     };
     if status != 0 {
-        return Err(failed(&files));
+        return Err(failed(files));
     }
     let pid: i32 = std::fs::read_to_string(&files.pid)
         .ok()
         .and_then(|p| p.trim().parse().ok())
         .ok_or_else(|| Status::internal(format!("{} wrote no pid file", s.backend.name())))?;
-    let exited = s.reaper.claim(pid);
-    drop(hold);
-    drop(files);
-
-    let (tx, rx) = mpsc::channel(64);
-    let _ = tx.send(Ok(pb::ExecOutput { output: Some(pb::exec_output::Output::Pid(pid as u32)) })).await;
     let mut outputs = Vec::new();
-    let mut input_to = stdin_w;
+    let mut input_to = io.stdin_w;
     if let Some(m) = master {
         input_to = Some(m.try_clone().map_err(|e| internal("dup", e))?);
         outputs.push((m, false));
     }
-    outputs.extend(out_r.map(|fd| (fd, false)));
-    outputs.extend(err_r.map(|fd| (fd, true)));
-    tokio::spawn(follow(pid, exited, outputs, Input { to: input_to, terminal }, input, tx));
+    outputs.extend(io.out_r.map(|fd| (fd, false)));
+    outputs.extend(io.err_r.map(|fd| (fd, true)));
+    let feed_to = Input::new(input_to, io.terminal).map_err(|e| internal("the process' input", e))?;
+    let exited = s.reaper.claim(pid, hold);
+    let (tx, rx) = mpsc::channel(64);
+    let _ = tx.send(Ok(pb::ExecOutput { output: Some(pb::exec_output::Output::Pid(pid as u32)) })).await;
+    tokio::spawn(follow(pid, exited, outputs, feed_to, input, tx));
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
@@ -216,34 +257,36 @@ fn signal_group(pid: i32, sig: Signal) {
     let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
 }
 
-/// Where input goes: a pipe to the process' stdin, or its terminal.
+/// Where input goes: a pipe to the process' stdin, or its terminal. Writes wait for room and
+/// may be abandoned at any await (the descriptor stays registered), so a client that goes away
+/// never leaves a write pending.
 pub struct Input {
-    pub to: Option<OwnedFd>,
-    pub terminal: bool,
+    to: Option<AsyncFd<OwnedFd>>,
+    terminal: bool,
 }
 
 impl Input {
+    pub fn new(to: Option<OwnedFd>, terminal: bool) -> std::io::Result<Input> {
+        Ok(Input { to: to.map(nonblocking).transpose()?, terminal })
+    }
+
     async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
-        let Some(fd) = self.to.take() else { return Ok(()) };
-        let afd = nonblocking(fd)?;
+        let Some(afd) = &self.to else { return Ok(()) };
         let mut rest = data;
-        let result = loop {
-            if rest.is_empty() {
-                break Ok(());
-            }
+        while !rest.is_empty() {
             let mut guard = afd.writable().await?;
             match nix::unistd::write(afd.get_ref(), rest) {
                 Ok(n) => rest = &rest[n..],
                 Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
                 Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => break Err(std::io::Error::from(e)),
+                Err(e) => {
+                    // A reader that went away (EPIPE) ends the input, nothing else.
+                    self.to = None;
+                    return Err(std::io::Error::from(e));
+                }
             }
-        };
-        // A reader that went away (EPIPE) ends the input, nothing else.
-        if result.is_ok() {
-            self.to = Some(afd.into_inner());
         }
-        result
+        Ok(())
     }
 
     async fn close(&mut self) {
@@ -263,7 +306,7 @@ impl Input {
             return Err(Status::invalid_argument("resize: rows and columns must fit in 16 bits"));
         };
         if let Some(fd) = &self.to {
-            crate::sys::set_window_size(fd.as_raw_fd(), rows, cols).map_err(|e| internal("resize", e))?;
+            crate::sys::set_window_size(fd.get_ref().as_raw_fd(), rows, cols).map_err(|e| internal("resize", e))?;
         }
         Ok(())
     }
@@ -295,18 +338,31 @@ async fn feed(pid: i32, mut input: Input, mut stream: Streaming<pb::ExecInput>) 
     }
 }
 
-/// Feeds the container's terminal or open stdin from an attach stream.
-pub async fn attach(input: &mut Input, mut stream: Streaming<pb::AttachInput>) -> Result<(), Status> {
+/// Feeds the container's terminal or open stdin from an attach stream until it ends or the
+/// client goes away (`gone`).
+pub async fn attach(
+    input: &mut Input,
+    mut stream: Streaming<pb::AttachInput>,
+    gone: impl std::future::Future<Output = ()>,
+) -> Result<(), Status> {
     use pb::attach_input::Input as In;
-    while let Some(msg) = stream.message().await? {
-        match msg.input {
-            Some(In::Stdin(data)) => input.write(&data).await.map_err(|e| internal("writing the input", e))?,
-            Some(In::CloseStdin(true)) => input.close().await,
-            Some(In::Resize(size)) => input.resize(&size)?,
-            Some(In::CloseStdin(false)) | None => {}
+    tokio::pin!(gone);
+    loop {
+        let step = async {
+            let Some(msg) = stream.message().await? else { return Ok(false) };
+            match msg.input {
+                Some(In::Stdin(data)) => input.write(&data).await.map_err(|e| internal("writing the input", e))?,
+                Some(In::CloseStdin(true)) => input.close().await,
+                Some(In::Resize(size)) => input.resize(&size)?,
+                Some(In::CloseStdin(false)) | None => {}
+            }
+            Ok::<bool, Status>(true)
+        };
+        tokio::select! {
+            more = step => if !more? { return Ok(()) },
+            _ = &mut gone => return Ok(()),
         }
     }
-    Ok(())
 }
 
 fn nonblocking(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {

@@ -349,10 +349,12 @@ fn serve(opts: Options, p: Prepared, ready: &mut Option<std::fs::File>) -> Resul
         let (exit_tx, exit_rx) = watch::channel(ExitRecord::load(&opts.state_dir).ok().flatten());
         let reaper = reaper::Reaper::default();
         let input = match (&p.terminal_master, p.stdin_w) {
-            (Some(master), _) => Some(exec::Input { to: master.try_clone().ok(), terminal: true }),
-            (None, Some(w)) => Some(exec::Input { to: Some(w), terminal: false }),
+            (Some(master), _) => Some(exec::Input::new(master.try_clone().ok(), true)),
+            (None, Some(w)) => Some(exec::Input::new(Some(w), false)),
             (None, None) => None,
-        };
+        }
+        .transpose()
+        .map_err(|e| format!("the container's input: {e}"))?;
         let shared = Arc::new(service::Shared {
             id: opts.id.clone(),
             state_dir: opts.state_dir.clone(),

@@ -295,7 +295,11 @@ impl Shim for Service {
         let stream = req.into_inner();
         tokio::spawn(async move {
             if let Some(input) = input.as_mut() {
-                if let Err(e) = super::exec::attach(input, stream).await {
+                let gone = {
+                    let tx = tx.clone();
+                    async move { tx.closed().await }
+                };
+                if let Err(e) = super::exec::attach(input, stream, gone).await {
                     let _ = tx.send(Err(e)).await;
                 }
             }
