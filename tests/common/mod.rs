@@ -118,9 +118,25 @@ pub fn cgroup_mounts() -> Vec<PathBuf> {
 }
 
 impl Drop for CgroupRoot {
+    /// Also after a failed test: whatever still runs in the subtree (a shim killed a moment ago,
+    /// a container's process) is killed, and removal is retried while it exits.
     fn drop(&mut self) {
-        for dir in self.leftovers() {
-            let _ = std::fs::remove_dir(&dir);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = self.leftovers();
+            for dir in &left {
+                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+            for dir in &left {
+                let _ = std::fs::remove_dir(dir);
+            }
+            if self.leftovers().is_empty() || Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
