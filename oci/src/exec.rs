@@ -58,15 +58,7 @@ pub fn exec_process(base: &Process, req: &ExecProcess, root: &Path) -> Result<Pr
         if !req.tty() {
             return Err(Error::invalid("start.window_size", "needs `tty`"));
         }
-        if size.rows > u16::MAX as u32 || size.columns > u16::MAX as u32 {
-            return Err(Error::invalid("start.window_size", "rows and columns must fit in 16 bits"));
-        }
-        let b = oci_spec::runtime::BoxBuilder::default()
-            .height(size.rows as u64)
-            .width(size.columns as u64)
-            .build()
-            .map_err(|e| Error::invalid("start.window_size", e.to_string()))?;
-        p.set_console_size(Some(b));
+        p.set_console_size(Some(crate::translate::console_size(size, "start.window_size")?));
     }
     if let Some(info) = &req.capabilities {
         // Never more than the container has: its bounding set is what the agent allowed it.

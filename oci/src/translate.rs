@@ -140,15 +140,7 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
         .build()
         .map_err(internal)?;
     if let Some(size) = info.tty_info.as_ref().and_then(|t| t.window_size.as_ref()) {
-        if size.rows > u16::MAX as u32 || size.columns > u16::MAX as u32 {
-            return Err(Error::invalid("container.tty_info.window_size", "rows and columns must fit in 16 bits"));
-        }
-        let console = oci_spec::runtime::BoxBuilder::default()
-            .height(size.rows as u64)
-            .width(size.columns as u64)
-            .build()
-            .map_err(internal)?;
-        process.set_console_size(Some(console));
+        process.set_console_size(Some(console_size(size, "container.tty_info.window_size")?));
     }
 
     let mut hostname = None;
@@ -220,6 +212,21 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
         requests,
         limits,
     })
+}
+
+/// A terminal's size as the runtime spec holds it; the kernel's are 16 bits each.
+pub(crate) fn console_size(
+    size: &husk_proto::mesos::v1::tty_info::WindowSize,
+    field: &str,
+) -> Result<oci_spec::runtime::Box> {
+    if size.rows > u16::MAX as u32 || size.columns > u16::MAX as u32 {
+        return Err(Error::invalid(field, "rows and columns must fit in 16 bits"));
+    }
+    oci_spec::runtime::BoxBuilder::default()
+        .height(size.rows as u64)
+        .width(size.columns as u64)
+        .build()
+        .map_err(internal)
 }
 
 fn internal(e: oci_spec::OciSpecError) -> Error {

@@ -87,6 +87,13 @@ fn response_of(o: shim_pb::ExecOutput) -> Option<pb::ExecResponse> {
     Some(pb::ExecResponse { response: Some(r) })
 }
 
+/// The first message of a stream, which must come within [`FIRST_MESSAGE`].
+async fn first_message<T>(input: &mut Streaming<T>, what: &str) -> Result<Option<T>, Status> {
+    tokio::time::timeout(FIRST_MESSAGE, input.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded(format!("no `{what}` within {FIRST_MESSAGE:?}")))?
+}
+
 fn window(size: husk_proto::mesos::v1::tty_info::WindowSize) -> shim_pb::WindowSize {
     shim_pb::WindowSize { rows: size.rows, columns: size.columns }
 }
@@ -95,9 +102,7 @@ pub async fn exec(
     agent: Arc<Agent>,
     mut input: Streaming<pb::ExecRequest>,
 ) -> Result<Streamed<pb::ExecResponse>, Status> {
-    let first = tokio::time::timeout(FIRST_MESSAGE, input.message())
-        .await
-        .map_err(|_| Status::deadline_exceeded(format!("no `start` within {FIRST_MESSAGE:?}")))??;
+    let first = first_message(&mut input, "start").await?;
     let Some(pb::ExecRequest { request: Some(pb::exec_request::Request::Start(p)) }) = first else {
         return Err(Status::invalid_argument("start: the first message of an exec must be `start`"));
     };
@@ -197,9 +202,7 @@ pub async fn attach(
     agent: Arc<Agent>,
     mut input: Streaming<pb::AttachRequest>,
 ) -> Result<Streamed<pb::LogChunk>, Status> {
-    let first = tokio::time::timeout(FIRST_MESSAGE, input.message())
-        .await
-        .map_err(|_| Status::deadline_exceeded(format!("no `start` within {FIRST_MESSAGE:?}")))??;
+    let first = first_message(&mut input, "start").await?;
     let Some(pb::AttachRequest { request: Some(pb::attach_request::Request::Start(start)) }) = first else {
         return Err(Status::invalid_argument("start: the first message of an attach must be `start`"));
     };
@@ -268,9 +271,7 @@ pub async fn launch_session(
     agent: Arc<Agent>,
     mut input: Streaming<pb::SessionRequest>,
 ) -> Result<Streamed<pb::LogChunk>, Status> {
-    let first = tokio::time::timeout(FIRST_MESSAGE, input.message())
-        .await
-        .map_err(|_| Status::deadline_exceeded(format!("no `launch` within {FIRST_MESSAGE:?}")))??;
+    let first = first_message(&mut input, "launch").await?;
     let Some(pb::SessionRequest { request: Some(pb::session_request::Request::Launch(mut req)) }) = first else {
         return Err(Status::invalid_argument("launch: the first message of a session must be `launch`"));
     };
