@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod exec;
+pub mod failpoint;
 pub mod fs;
 pub mod image;
 pub mod resources;

@@ -207,6 +207,7 @@ impl Agent {
             provisioning: Mutex::new(HashMap::new()),
         });
         agent.clone().recover().await;
+        husk_oci::failpoint::hit("agent.recover.done");
         husk_oci::checkpoint::write_atomic(&agent.settings.work_dir.join("boot_id"), agent.boot_id.as_bytes(), 0o644)?;
         let destroyed = agent.sweep_orphans().await;
         agent.metrics.orphans_destroyed.inc_by(destroyed.len() as u64);
@@ -674,8 +675,10 @@ impl Agent {
                 image: image.map(|p| p.digest.clone()),
             };
             let json = serde_json::to_vec(&req).map_err(|e| internal("encoding the launch", e))?;
-            let saved = husk_oci::checkpoint::write_atomic(&dir.join(LAUNCH_FILE), &json, 0o600)
-                .and_then(|_| container::save(&dir, &checkpoint));
+            let saved = husk_oci::checkpoint::write_atomic(&dir.join(LAUNCH_FILE), &json, 0o600).and_then(|_| {
+                husk_oci::failpoint::hit("agent.launch.half-checkpointed");
+                container::save(&dir, &checkpoint)
+            });
             if let Err(e) = saved {
                 let _ = sweep::remove_tree(&dir);
                 return Err(internal("checkpointing the launch", e));
@@ -688,19 +691,25 @@ impl Agent {
     }
 
     async fn bring_up(self: &Arc<Self>, c: &Arc<Container>, t: husk_oci::Translation) -> Result<(), String> {
+        husk_oci::failpoint::hit("agent.launch.accepted");
         self.transition(c, ContainerState::Preparing).map_err(|e| e.message().to_string())?;
         for w in &t.warnings {
             tracing::warn!(container = %c.id, "{w}");
         }
-        t.write_bundle(&c.bundle()).map_err(|e| e.to_string())?;
         // The sandbox belongs to the container's user, as in Mesos.
         let owner = fetcher::Owner {
             uid: t.user.uid,
             gid: t.user.gid,
             name: c.launch.command.as_ref().and_then(|c| c.user.clone()).unwrap_or_else(|| "root".into()),
         };
-        nix::unistd::chown(&c.sandbox(), Some(owner.uid.into()), Some(owner.gid.into()))
-            .map_err(|e| format!("giving the sandbox to uid {}: {e}", owner.uid))?;
+        // Disk writes (and their fsyncs) off the async workers: a slow disk stalls this launch,
+        // not the requests that happen to be queued on the same worker.
+        tokio::task::block_in_place(|| {
+            t.write_bundle(&c.bundle()).map_err(|e| e.to_string())?;
+            husk_oci::failpoint::hit("agent.launch.bundle-written");
+            nix::unistd::chown(&c.sandbox(), Some(owner.uid.into()), Some(owner.gid.into()))
+                .map_err(|e| format!("giving the sandbox to uid {}: {e}", owner.uid))
+        })?;
 
         self.transition(c, ContainerState::Isolating).map_err(|e| e.message().to_string())?;
         let runtime = self.runtime_of(c);
@@ -722,6 +731,7 @@ impl Agent {
             let err = String::from_utf8_lossy(&out.stderr);
             return Err(err.trim().trim_start_matches("husk-shim: ").to_string());
         }
+        husk_oci::failpoint::hit("agent.launch.shim-started");
         self.transition(c, ContainerState::Fetching).map_err(|e| e.message().to_string())?;
         let uris = c.launch.command.as_ref().map(|c| c.uris.as_slice()).unwrap_or_default();
         if !uris.is_empty() {
@@ -732,8 +742,16 @@ impl Agent {
         tokio::time::timeout(SHIM_DEADLINE, client.start(shim_pb::StartRequest {}))
             .await
             .map_err(|_| "the container did not start within a minute".to_string())?
-            .map_err(|e| e.message().to_string())?;
+            .map_err(|e| match e.code() {
+                tonic::Code::FailedPrecondition | tonic::Code::DeadlineExceeded => e.message().to_string(),
+                _ => format!(
+                    "the shim did not answer Start ({}); see {}",
+                    e.message(),
+                    c.shim_dir.join(husk_shim::shim::LOG_FILE).display()
+                ),
+            })?;
         self.transition(c, ContainerState::Running).map_err(|e| e.message().to_string())?;
+        husk_oci::failpoint::hit("agent.launch.running");
         tokio::spawn(self.clone().follow(c.clone()));
         Ok(())
     }
@@ -744,6 +762,7 @@ impl Agent {
             Ok(mut client) => match client.wait(shim_pb::WaitRequest {}).await {
                 Ok(exit) => {
                     let exit = exit.into_inner();
+                    husk_oci::failpoint::hit("agent.destroy.exit-reported");
                     let _ = tokio::time::timeout(SHIM_DEADLINE, client.delete(shim_pb::DeleteRequest {})).await;
                     let _ = tokio::time::timeout(SHIM_DEADLINE, client.shutdown(shim_pb::ShutdownRequest {})).await;
                     Some(ExitRecord {
@@ -768,6 +787,7 @@ impl Agent {
         // The shim went away without answering: what it recorded on disk, if anything.
         let exit = exit.or_else(|| ExitRecord::load(&c.shim_dir).ok().flatten());
         self.cleanup_shim(&c).await;
+        husk_oci::failpoint::hit("agent.destroy.cleaned-up");
         let (killed, mem) = {
             let cp = c.checkpoint.lock().unwrap();
             (cp.killed, cp.mem_limit_mb)
@@ -784,6 +804,7 @@ impl Agent {
             ),
         };
         self.finish(&c, t);
+        husk_oci::failpoint::hit("agent.destroy.terminated");
     }
 
     /// The runtime a container is run with: its launch's, else the agent's default.
@@ -890,6 +911,7 @@ impl Agent {
             return Err(Status::invalid_argument(format!("signal: {first} is not a signal")));
         }
         c.set_killed().map_err(|e| internal("checkpointing the kill", e))?;
+        husk_oci::failpoint::hit("agent.kill.checkpointed");
         // Nested containers go first, as Mesos destroys them.
         let _op = if self.children_of(id).is_empty() {
             _op
@@ -948,15 +970,17 @@ impl Agent {
                 live.state().as_str_name()
             )));
         }
-        let mut dirs = Vec::new();
-        for d in descendants.iter().chain(std::iter::once(&c)) {
-            dirs.push(d.shim_dir.clone());
-            dirs.push(d.dir.clone());
-        }
+        // The shims' directories first, then the containers' (with their checkpoints).
+        let family: Vec<&Arc<Container>> = descendants.iter().chain(std::iter::once(&c)).collect();
+        let shim_dirs = family.iter().map(|d| d.shim_dir.clone()).collect::<Vec<_>>();
+        let dirs = shim_dirs.iter().cloned().chain(family.iter().map(|d| d.dir.clone())).collect::<Vec<_>>();
         for d in &descendants {
             self.containers.lock().unwrap().remove(&d.id);
         }
         for dir in dirs.into_iter().filter(|d| d.exists()) {
+            if !shim_dirs.contains(&dir) {
+                husk_oci::failpoint::hit("agent.remove.partial");
+            }
             let removed = tokio::task::spawn_blocking({
                 let dir = dir.clone();
                 move || sweep::remove_tree(&dir)
@@ -984,12 +1008,28 @@ impl Agent {
         for entry in entries.flatten() {
             let Some(id) = entry.file_name().to_str().map(str::to_string) else { continue };
             let dir = entry.path();
+            // The agent died between the two checkpoint writes of a launch (or in the middle of
+            // a Remove): no client was told the container exists (or it asked for it to go).
+            // Without its launch checkpoint, the sweep below destroys what is left of it.
+            let (launch_file, state_file) = (dir.join(LAUNCH_FILE), dir.join(STATE_FILE));
+            if !(launch_file.exists() && state_file.exists()) {
+                self.recovered("incomplete");
+                tracing::warn!(container = %id, "a launch or removal was cut short: destroying what is left of it");
+                if let Err(e) = std::fs::remove_file(&launch_file).or_else(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Ok(()),
+                    _ => Err(e),
+                }) {
+                    tracing::error!(container = %id, "removing {}: {e}", launch_file.display());
+                }
+                continue;
+            }
             match load(&dir) {
                 Err(e) => {
                     self.recovered("unreadable");
                     tracing::error!(container = %id, "skipping a checkpoint I cannot read: {e}")
                 }
                 Ok((launch, checkpoint)) => {
+                    husk_oci::failpoint::hit("agent.recover.loaded");
                     let shim_dir = self.settings.runtime_dir.join("shims").join(&id);
                     let c = Arc::new(Container::new(&id, dir, shim_dir, launch, checkpoint));
                     self.containers.lock().unwrap().insert(id.clone(), c.clone());
@@ -1015,10 +1055,12 @@ impl Agent {
                         tracing::info!(container = %id, "re-attached to its shim");
                         self.recovered("reattached");
                         let session = c.launch.session();
+                        let killed = c.checkpoint.lock().unwrap().killed;
                         tokio::spawn(self.clone().follow(c));
-                        if session {
-                            // Its client's stream did not survive the restart: nor does it.
-                            tracing::info!(container = %id, "destroying a session container left by the last agent");
+                        if session || killed {
+                            // A session's client stream did not survive the restart: nor does
+                            // it. A kill that was checkpointed may not have been sent: it is now.
+                            tracing::info!(container = %id, session, killed, "killing a container the last agent was to kill");
                             let agent = self.clone();
                             tokio::spawn(async move { agent.kill(&id, Some(libc::SIGKILL), None).await });
                         }

@@ -34,6 +34,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let failpoints = match husk_oci::failpoint::init() {
+        Ok(armed) => armed,
+        Err(e) => {
+            eprintln!("husk-agent: {}: {e}", husk_oci::failpoint::VAR);
+            return ExitCode::from(2);
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -41,6 +48,9 @@ fn main() -> ExitCode {
         builder.json().init();
     } else {
         builder.with_ansi(false).init();
+    }
+    if !failpoints.is_empty() {
+        tracing::warn!("failpoints armed ({}): {}", husk_oci::failpoint::VAR, failpoints.join(", "));
     }
     // One connection per shim, a socket per client: the soft open-file limit (often 1024) would
     // cap the node near a thousand containers. Raised to the hard limit, as the unit in contrib/

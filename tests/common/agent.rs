@@ -15,6 +15,8 @@ pub struct Agent {
     pub dir: tempfile::TempDir,
     pub cgroups: crate::common::CgroupRoot,
     pub process: Option<Child>,
+    /// Environment of the next (re)start, e.g. `HUSK_FAILPOINTS`.
+    pub env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -27,7 +29,7 @@ impl Agent {
         // Settings come from the config file too (flags win over it).
         let config = format!("pids_limit = 512\nlog_format = \"json\"\nruntime = \"husk\"\n{config}");
         std::fs::write(dir.path().join("agent.toml"), config).unwrap();
-        let mut a = Agent { dir, cgroups: crate::common::CgroupRoot::new(tag), process: None };
+        let mut a = Agent { dir, cgroups: crate::common::CgroupRoot::new(tag), process: None, env: Vec::new() };
         a.restart();
         a
     }
@@ -42,6 +44,16 @@ impl Agent {
 
     /// (Re)starts the agent process and waits until its socket answers.
     pub fn restart(&mut self) {
+        assert!(
+            self.try_restart(),
+            "the agent never served: {}",
+            std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
+        );
+    }
+
+    /// (Re)starts the agent process: whether it served (false: it exited first, its status
+    /// left for [`Agent::exited`]).
+    pub fn try_restart(&mut self) -> bool {
         let agent = PathBuf::from(env!("CARGO_BIN_EXE_husk-agent"));
         let shim = agent.with_file_name("husk-shim");
         assert!(shim.exists(), "{} is missing: build the workspace (cargo test --workspace)", shim.display());
@@ -56,6 +68,7 @@ impl Agent {
             .arg("--listen")
             .arg(format!("unix://{}", self.socket().display()))
             .args(["--cgroup-root", &self.cgroups.name, "--log-level", "debug"])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.path("agent.log")).unwrap())
@@ -64,18 +77,32 @@ impl Agent {
         self.process = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.socket().exists() {
-            let exited = self.process.as_mut().unwrap().try_wait().unwrap().is_some();
-            assert!(
-                !exited && Instant::now() < deadline,
-                "the agent never served: {}",
-                std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
-            );
+            if self.process.as_mut().unwrap().try_wait().unwrap().is_some() {
+                return false;
+            }
+            assert!(Instant::now() < deadline, "the agent did not serve within 30 s");
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.path("agent.log")).unwrap_or_default()
+    }
+
+    /// Waits (at most `within`) for the agent process to exit on its own, e.g. at a failpoint.
+    pub fn exited(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.process.as_mut()?.try_wait().unwrap() {
+                self.process = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn kill9(&mut self) {
@@ -86,6 +113,11 @@ impl Agent {
     }
 
     pub async fn client(&self) -> ContainerizerClient<Channel> {
+        self.try_client().await.expect("connecting to the agent")
+    }
+
+    /// A client, unless the agent refuses the connection (it is gone).
+    pub async fn try_client(&self) -> Option<ContainerizerClient<Channel>> {
         let path = self.socket();
         let channel = tonic::transport::Endpoint::from_static("http://agent")
             .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
@@ -93,8 +125,8 @@ impl Agent {
                 async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
             }))
             .await
-            .unwrap();
-        ContainerizerClient::new(channel)
+            .ok()?;
+        Some(ContainerizerClient::new(channel))
     }
 }
 

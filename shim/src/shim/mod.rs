@@ -87,6 +87,7 @@ fn now_ns() -> i64 {
 /// in the background, detached from the caller (its own session, reparented away), so killing
 /// the caller or closing its stdio never touches the container.
 pub fn start(opts: &Options) -> Result<PathBuf, String> {
+    husk_oci::failpoint::init().map_err(|e| format!("{}: {e}", husk_oci::failpoint::VAR))?;
     let socket = opts.state_dir.join(SOCKET);
     if socket.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(format!("socket path {} is longer than {MAX_SOCKET_PATH} bytes", socket.display()));
@@ -121,7 +122,12 @@ pub fn start(opts: &Options) -> Result<PathBuf, String> {
         Fork::Parent(pid) => {
             drop(ready_w);
             let _ = nix::sys::wait::waitpid(pid, None);
-            let answer = read_with_deadline(ready_r, READY_DEADLINE)?;
+            // The container's init holds a copy of the pipe until it execs: a shim that dies
+            // after creating it is seen gone by its pid, not by the end of the pipe.
+            let shim_file = opts.state_dir.join(SHIM_FILE);
+            let gone = || ProcessId::load(&shim_file).is_some_and(|p| !p.alive());
+            let answer = read_with_deadline(ready_r, READY_DEADLINE, gone)
+                .map_err(|e| format!("{e} (its log: {})", opts.state_dir.join(LOG_FILE).display()))?;
             match answer.strip_prefix("ok") {
                 Some(_) => Ok(socket),
                 None => Err(answer.strip_prefix("error: ").unwrap_or(&answer).trim().to_string()),
@@ -130,7 +136,7 @@ pub fn start(opts: &Options) -> Result<PathBuf, String> {
     }
 }
 
-fn read_with_deadline(fd: OwnedFd, timeout: Duration) -> Result<String, String> {
+fn read_with_deadline(fd: OwnedFd, timeout: Duration, gone: impl Fn() -> bool) -> Result<String, String> {
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     loop {
@@ -139,8 +145,9 @@ fn read_with_deadline(fd: OwnedFd, timeout: Duration) -> Result<String, String> 
             return Err(format!("the shim did not report within {timeout:?}"));
         }
         let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX).min(100);
         match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+            Ok(0) if gone() => return Err("the shim exited before it served".into()),
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => {}
             Err(e) => return Err(format!("poll: {e}")),
@@ -278,6 +285,7 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
     }
     let init = ProcessId::of(pid).ok_or_else(|| format!("the container's init {pid} is gone"))?;
     init.save(&opts.state_dir.join(INIT_FILE)).map_err(|e| format!("{INIT_FILE}: {e}"))?;
+    husk_oci::failpoint::hit("shim.created");
     let cgroup = spec
         .linux()
         .as_ref()
@@ -411,9 +419,11 @@ fn serve(opts: Options, p: Prepared, ready: &mut Option<std::fs::File>) -> Resul
                     }
                     let oom_now = cgroup.as_ref().and_then(|c| c.stats().ok()).and_then(|s| s.oom_kills).unwrap_or(0);
                     let record = ExitRecord::from_wait_status(status, oom_now > oom_baseline, started_at, now_ns());
+                    husk_oci::failpoint::hit("shim.reaped");
                     if let Err(e) = record.save(&state_dir) {
                         eprintln!("husk-shim: writing exit.json: {e}");
                     }
+                    husk_oci::failpoint::hit("shim.exit-recorded");
                     let _ = exit_tx.send(Some(record));
                 }
                 if sigchld.recv().await.is_none() {

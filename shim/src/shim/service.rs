@@ -152,6 +152,7 @@ impl Shim for Service {
             Ok(Ok(())) => {}
         }
         s.started.store(true, Ordering::SeqCst);
+        husk_oci::failpoint::hit("shim.started");
         Ok(Response::new(pb::StartResponse { pid: s.init_pid as u32 }))
     }
 
