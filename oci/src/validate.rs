@@ -35,6 +35,13 @@ pub fn container_id(id: &ContainerId, field: &str) -> Result<()> {
                 format!("is {} bytes long; at most {MAX_CONTAINER_ID_LENGTH} are allowed", v.len()),
             ));
         }
+        if v.starts_with('-') {
+            // Ids are arguments of the shim's and the runtime's command lines.
+            return Err(Error::invalid(
+                &field,
+                format!("`{}` starts with `-`, which would read as a command-line option", v.escape_debug()),
+            ));
+        }
         if let Some(c) = v.chars().find(|c| c.is_control() || matches!(c, '.' | '/' | '\\' | ' ') || c.is_whitespace())
         {
             return Err(Error::invalid(
@@ -307,7 +314,7 @@ mod tests {
         assert!(container_id(&id(&"x".repeat(242)), "container_id").is_ok());
         assert_eq!(id_err(&id("")), "container_id.value: must not be empty");
         assert!(id_err(&id(&"x".repeat(243))).contains("at most 242"));
-        for bad in [".", "..", "a.b", "a/b", "a\\b", "a b", "a\0b", "a\nb", "a\tb", "\u{7f}"] {
+        for bad in [".", "..", "a.b", "a/b", "a\\b", "a b", "a\0b", "a\nb", "a\tb", "\u{7f}", "-rf", "--help"] {
             assert!(container_id(&id(bad), "container_id").is_err(), "{bad:?} must be rejected");
         }
         assert!(id_err(&id("a/b")).contains("`/`"));

@@ -36,6 +36,21 @@ pub fn import(store: &Store, path: &Path, name: Option<&str>) -> Result<Vec<Impo
             (2, [0x1f, 0x8b]) => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(file))),
             _ => Box::new(io::BufReader::new(file)),
         };
+        // A tar's first header has the ustar magic. Anything else is refused before the tar
+        // reader sees it: its errors quote the bytes they choke on (the file's content).
+        let mut stream = stream;
+        let mut head = Vec::with_capacity(512);
+        (&mut stream)
+            .take(512)
+            .read_to_end(&mut head)
+            .map_err(|e| ImageError::Corrupt(format!("reading {}: {e}", path.display())))?;
+        if head.get(257..262) != Some(b"ustar".as_slice()) {
+            return Err(ImageError::Corrupt(format!(
+                "{} is not an image archive: not a tar file (nor a gzipped one)",
+                path.display()
+            )));
+        }
+        let stream = io::Cursor::new(head).chain(stream);
         // The archive's files, confined to the scratch directory like a layer's.
         super::layer::unpack(stream, &scratch, Default::default())
             .map_err(|e| ImageError::Corrupt(format!("{}: {e}", path.display())))?;
