@@ -105,17 +105,19 @@ impl Container {
         save(&self.dir, &c)
     }
 
-    /// Records the termination (checkpointed first) and wakes every waiter.
+    /// Records the termination (checkpointed first) and wakes every waiter. Waiters are woken
+    /// also when the checkpoint cannot be written (a full disk): the container did end, and a
+    /// restarted agent finds its exit again in the shim's exit.json.
     pub fn terminate(&self, t: ContainerTermination) -> std::io::Result<()> {
-        {
+        let saved = {
             let mut c = self.checkpoint.lock().unwrap();
             c.state = ContainerState::Terminated as i32;
             c.termination = serde_json::to_value(&t).ok();
             c.terminated_ns = Some(super::now_ns());
-            save(&self.dir, &c)?;
-        }
+            save(&self.dir, &c)
+        };
         self.termination.send_replace(Some(t));
-        Ok(())
+        saved
     }
 
     pub fn terminated(&self) -> Option<ContainerTermination> {

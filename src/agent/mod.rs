@@ -890,7 +890,9 @@ impl Agent {
             // The launch holds the container's lock until it is done: cancel it; it destroys
             // what it made and records TASK_KILLED. Should it have finished first, the
             // container runs by the time the lock is ours, and is killed below.
-            c.set_killed().map_err(|e| internal("checkpointing the kill", e))?;
+            if let Err(e) = c.set_killed() {
+                tracing::error!(container = %c.id, "checkpointing the kill (cancelling the launch anyway): {e}");
+            }
             c.cancel.send_replace(true);
         }
         let _op = c.op.lock().await;
@@ -910,7 +912,12 @@ impl Agent {
         if nix::sys::signal::Signal::try_from(first).is_err() {
             return Err(Status::invalid_argument(format!("signal: {first} is not a signal")));
         }
-        c.set_killed().map_err(|e| internal("checkpointing the kill", e))?;
+        // A kill is never refused for want of disk space (it is what frees it): without its
+        // checkpoint, a restart reports the container's end as a signal, not as a kill.
+        if let Err(e) = c.set_killed() {
+            self.metrics.destroy_errors.inc();
+            tracing::error!(container = %c.id, "checkpointing the kill (killing it anyway): {e}");
+        }
         husk_oci::failpoint::hit("agent.kill.checkpointed");
         // Nested containers go first, as Mesos destroys them.
         let _op = if self.children_of(id).is_empty() {
