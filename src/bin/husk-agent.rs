@@ -26,6 +26,14 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // glibc gives every thread that allocates its own arena (up to 8 per core), and the
+    // blocking pool's threads come and go with the load: under churn the agent's memory then
+    // creeps up with each new arena. Two arenas serve two runtime workers; the soak test
+    // measures the difference (tests/soak.rs).
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let cli = Cli::parse();
     let settings = match Settings::load(&cli.flags) {
         Ok(s) => s,
