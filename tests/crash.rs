@@ -56,8 +56,12 @@ async fn settled(c: &mut ContainerizerClient<Channel>) -> HashMap<String, pb::Co
     }
 }
 
-fn exit_code(s: &pb::ContainerInfo) -> Option<i32> {
-    s.termination.as_ref().and_then(|t| t.exit_code)
+async fn ended(c: &mut ContainerizerClient<Channel>, id: &str) -> pb::ContainerTermination {
+    tokio::time::timeout(Duration::from_secs(60), c.wait(pb::WaitRequest { container_id: cid(id) }))
+        .await
+        .expect("Wait answered in time")
+        .unwrap()
+        .into_inner()
 }
 
 /// Processes whose command line names `dir` (shims carry their state dir), but `except`.
@@ -156,10 +160,18 @@ async fn crash_agent_at(n: usize, failpoint: &str) {
     let mut c = agent.client().await;
     let all = settled(&mut c).await;
     let what = |id: &str| all.get(id).unwrap_or_else(|| panic!("{failpoint}: `{id}` was lost: {all:?}"));
-    // Exit statuses recorded before the crash are reported after it.
-    assert_eq!(exit_code(what("done")), Some(7), "{failpoint}: {:?}", what("done"));
-    assert_eq!(exit_code(what("away")), Some(5), "{failpoint}: {:?}", what("away"));
+    // Exit statuses recorded before the crash are reported after it (a container the restarted
+    // agent is still following shows RUNNING a moment longer: Wait tells).
+    for (id, code) in [("done", 7), ("away", 5)] {
+        what(id);
+        let t = ended(&mut c, id).await;
+        assert_eq!(t.exit_code, Some(code), "{failpoint}: {id}: {t:?}");
+    }
     assert_eq!(what("alive").state(), pb::ContainerState::Running, "{failpoint}: re-attached");
+    if all.get("short").is_some_and(|s| s.termination.is_none()) {
+        let t = ended(&mut c, "short").await;
+        assert_eq!(t.exit_code, Some(3), "{failpoint}: `short` exited 3: {t:?}");
+    }
     // Containers of the crashed agent's own workload (a failpoint hit during recovery may crash
     // it anywhere in that workload): each runs, or ended with its own status or a reason.
     for (id, s) in &all {

@@ -14,7 +14,7 @@ use oci_spec::runtime::Spec;
 use proptest::prelude::*;
 
 fn id_strategy() -> impl Strategy<Value = String> {
-    "[A-Za-z0-9_-]{1,64}"
+    "[A-Za-z0-9_][A-Za-z0-9_-]{0,63}"
 }
 
 fn env_strategy() -> impl Strategy<Value = Vec<(String, String)>> {
