@@ -5,7 +5,7 @@ mod common;
 #[path = "common/agent.rs"]
 mod fixture;
 
-use fixture::Agent;
+use fixture::{cid, launch, wait, Agent};
 
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
@@ -14,32 +14,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use husk_proto::agent::v1 as pb;
-use husk_proto::agent::v1::containerizer_client::ContainerizerClient;
 use husk_proto::mesos::v1::{
-    command_info, container_info, task_status::Reason, value, CommandInfo, ContainerId, ContainerInfo, DurationInfo,
-    TaskState,
+    command_info, container_info, task_status::Reason, value, CommandInfo, ContainerInfo, DurationInfo, TaskState,
 };
-use tonic::transport::Channel;
-
-fn launch(id: &str, script: &str) -> pb::LaunchRequest {
-    pb::LaunchRequest {
-        container_id: ContainerId { value: id.into(), parent: None },
-        command: Some(CommandInfo { value: Some(script.into()), ..Default::default() }),
-        ..Default::default()
-    }
-}
-
-fn cid(id: &str) -> ContainerId {
-    ContainerId { value: id.into(), parent: None }
-}
-
-async fn wait(c: &mut ContainerizerClient<Channel>, id: &str) -> pb::ContainerTermination {
-    tokio::time::timeout(Duration::from_secs(60), c.wait(pb::WaitRequest { container_id: cid(id) }))
-        .await
-        .expect("Wait answered in time")
-        .unwrap()
-        .into_inner()
-}
 
 #[tokio::test]
 async fn launch_wait_kill_remove() {

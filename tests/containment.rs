@@ -10,7 +10,7 @@ mod fixture;
 #[path = "common/image.rs"]
 mod image;
 
-use fixture::Agent;
+use fixture::{cid, Agent};
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -42,10 +42,6 @@ const ATTEMPTS: &[&str] = &[
     "keyctl",
     "add-key",
 ];
-
-fn cid(id: &str) -> ContainerId {
-    ContainerId { value: id.into(), parent: None }
-}
 
 fn with_image(id: &str, argv: &[&str], user: Option<&str>) -> pb::LaunchRequest {
     pb::LaunchRequest {

@@ -8,29 +8,16 @@ mod common;
 #[path = "common/agent.rs"]
 mod fixture;
 
-use fixture::Agent;
+use fixture::{cid, launch, processes_under, wait, Agent};
 
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use husk_proto::agent::v1 as pb;
 use husk_proto::agent::v1::containerizer_client::ContainerizerClient;
-use husk_proto::mesos::v1::{task_status::Reason, CommandInfo, ContainerId, TaskState};
+use husk_proto::mesos::v1::{task_status::Reason, TaskState};
 use tonic::transport::Channel;
-
-fn cid(id: &str) -> ContainerId {
-    ContainerId { value: id.into(), parent: None }
-}
-
-fn launch(id: &str, script: &str) -> pb::LaunchRequest {
-    pb::LaunchRequest {
-        container_id: cid(id),
-        command: Some(CommandInfo { value: Some(script.into()), ..Default::default() }),
-        ..Default::default()
-    }
-}
 
 /// One call that may die with the agent: at most 60 s, its error ignored.
 async fn attempt<T>(call: impl std::future::Future<Output = Result<T, tonic::Status>>) -> Option<T> {
@@ -54,32 +41,6 @@ async fn settled(c: &mut ContainerizerClient<Channel>) -> HashMap<String, pb::Co
         assert!(Instant::now() < deadline, "containers never settled after the restart: {unsettled:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn ended(c: &mut ContainerizerClient<Channel>, id: &str) -> pb::ContainerTermination {
-    tokio::time::timeout(Duration::from_secs(60), c.wait(pb::WaitRequest { container_id: cid(id) }))
-        .await
-        .expect("Wait answered in time")
-        .unwrap()
-        .into_inner()
-}
-
-/// Processes whose command line names `dir` (shims carry their state dir), but `except`.
-fn processes_under(dir: &Path, except: Option<u32>) -> Vec<String> {
-    let needle = dir.to_string_lossy().into_owned();
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        if Some(pid) == except {
-            continue;
-        }
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&needle) {
-            found.push(format!("{pid}: {cmdline}"));
-        }
-    }
-    found
 }
 
 /// Kills and removes every container, then checks that nothing of them is left.
@@ -164,12 +125,12 @@ async fn crash_agent_at(n: usize, failpoint: &str) {
     // agent is still following shows RUNNING a moment longer: Wait tells).
     for (id, code) in [("done", 7), ("away", 5)] {
         what(id);
-        let t = ended(&mut c, id).await;
+        let t = wait(&mut c, id).await;
         assert_eq!(t.exit_code, Some(code), "{failpoint}: {id}: {t:?}");
     }
     assert_eq!(what("alive").state(), pb::ContainerState::Running, "{failpoint}: re-attached");
     if all.get("short").is_some_and(|s| s.termination.is_none()) {
-        let t = ended(&mut c, "short").await;
+        let t = wait(&mut c, "short").await;
         assert_eq!(t.exit_code, Some(3), "{failpoint}: `short` exited 3: {t:?}");
     }
     // Containers of the crashed agent's own workload (a failpoint hit during recovery may crash

@@ -7,10 +7,10 @@ mod fixture;
 
 use std::time::Duration;
 
-use fixture::Agent;
+use fixture::{cid, launch, Agent};
 use husk_proto::agent::v1 as pb;
 use husk_proto::agent::v1::containerizer_client::ContainerizerClient;
-use husk_proto::mesos::v1::{container_info, tty_info, CommandInfo, ContainerId, ContainerInfo, DurationInfo, TtyInfo};
+use husk_proto::mesos::v1::{container_info, tty_info, CommandInfo, ContainerInfo, DurationInfo, TtyInfo};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -19,18 +19,6 @@ type Client = ContainerizerClient<Channel>;
 
 /// No call in these tests may take this long: a hang fails the test instead of CI.
 const HANG: Duration = Duration::from_secs(60);
-
-fn cid(id: &str) -> ContainerId {
-    ContainerId { value: id.into(), parent: None }
-}
-
-fn launch(id: &str, script: &str) -> pb::LaunchRequest {
-    pb::LaunchRequest {
-        container_id: cid(id),
-        command: Some(CommandInfo { value: Some(script.into()), ..Default::default() }),
-        ..Default::default()
-    }
-}
 
 fn process(id: &str, argv: &[&str]) -> pb::ExecProcess {
     pb::ExecProcess {

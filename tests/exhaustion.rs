@@ -6,34 +6,14 @@ mod common;
 #[path = "common/agent.rs"]
 mod fixture;
 
-use fixture::Agent;
+use fixture::{cid, launch, wait, Agent};
 
 use std::time::{Duration, Instant};
 
 use husk_proto::agent::v1 as pb;
 use husk_proto::agent::v1::containerizer_client::ContainerizerClient;
-use husk_proto::mesos::v1::{task_status::Reason, CommandInfo, ContainerId, TaskState};
+use husk_proto::mesos::v1::{task_status::Reason, CommandInfo, TaskState};
 use tonic::transport::Channel;
-
-fn cid(id: &str) -> ContainerId {
-    ContainerId { value: id.into(), parent: None }
-}
-
-fn launch(id: &str, script: &str) -> pb::LaunchRequest {
-    pb::LaunchRequest {
-        container_id: cid(id),
-        command: Some(CommandInfo { value: Some(script.into()), ..Default::default() }),
-        ..Default::default()
-    }
-}
-
-async fn wait(c: &mut ContainerizerClient<Channel>, id: &str) -> pb::ContainerTermination {
-    tokio::time::timeout(Duration::from_secs(120), c.wait(pb::WaitRequest { container_id: cid(id) }))
-        .await
-        .expect("Wait answered in time")
-        .unwrap()
-        .into_inner()
-}
 
 /// The witness `w` runs as the same process it started as, and answers an exec.
 async fn untouched(c: &mut ContainerizerClient<Channel>, pid: Option<u32>) {

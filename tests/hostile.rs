@@ -7,7 +7,7 @@ mod common;
 #[path = "common/agent.rs"]
 mod fixture;
 
-use fixture::Agent;
+use fixture::{cid, launch, Agent};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,18 +25,6 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 type Call = Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send>>;
-
-fn cid(id: &str) -> ContainerId {
-    ContainerId { value: id.into(), parent: None }
-}
-
-fn launch(id: &str, script: &str) -> pb::LaunchRequest {
-    pb::LaunchRequest {
-        container_id: cid(id),
-        command: Some(CommandInfo { value: Some(script.into()), ..Default::default() }),
-        ..Default::default()
-    }
-}
 
 fn with_info(id: &str, f: impl FnOnce(&mut ContainerInfo)) -> pb::LaunchRequest {
     let mut r = launch(id, "true");

@@ -8,20 +8,16 @@ mod common;
 #[path = "common/agent.rs"]
 mod fixture;
 
-use fixture::Agent;
+use fixture::{cid, processes_under, Agent};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use husk_proto::agent::v1 as pb;
-use husk_proto::mesos::v1::{CommandInfo, ContainerId};
+use husk_proto::mesos::v1::CommandInfo;
 
 const CONCURRENCY: usize = 20;
-
-fn cid(id: &str) -> ContainerId {
-    ContainerId { value: id.into(), parent: None }
-}
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -122,18 +118,9 @@ async fn soak_launch_and_destroy_at_concurrency_20() {
         assert!(left.is_empty(), "{dir}: {left:?}");
     }
     assert_eq!(common::mounts_under(agent.dir.path()), Vec::<String>::new());
-    let needle = agent.dir.path().to_string_lossy().into_owned();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let procs: Vec<String> = std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|p| *p != pid)
-            .filter_map(|p| std::fs::read(format!("/proc/{p}/cmdline")).ok())
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-            .filter(|c| c.contains(&needle))
-            .collect();
+        let procs = processes_under(agent.dir.path(), Some(pid));
         if procs.is_empty() {
             break;
         }

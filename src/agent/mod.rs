@@ -1015,22 +1015,24 @@ impl Agent {
         for entry in entries.flatten() {
             let Some(id) = entry.file_name().to_str().map(str::to_string) else { continue };
             let dir = entry.path();
-            // The agent died between the two checkpoint writes of a launch (or in the middle of
-            // a Remove): no client was told the container exists (or it asked for it to go).
-            // Without its launch checkpoint, the sweep below destroys what is left of it.
-            let (launch_file, state_file) = (dir.join(LAUNCH_FILE), dir.join(STATE_FILE));
-            if !(launch_file.exists() && state_file.exists()) {
-                self.recovered("incomplete");
-                tracing::warn!(container = %id, "a launch or removal was cut short: destroying what is left of it");
-                if let Err(e) = std::fs::remove_file(&launch_file).or_else(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => Ok(()),
-                    _ => Err(e),
-                }) {
-                    tracing::error!(container = %id, "removing {}: {e}", launch_file.display());
-                }
-                continue;
-            }
             match load(&dir) {
+                // A checkpoint file is missing: the agent died between the two checkpoint
+                // writes of a launch (or in the middle of a Remove). No client was told the
+                // container exists (or it asked for it to go). Without its launch checkpoint,
+                // the sweep below destroys what is left of it.
+                Err(e)
+                    if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound) =>
+                {
+                    self.recovered("incomplete");
+                    tracing::warn!(container = %id, "a launch or removal was cut short: destroying what is left of it");
+                    let launch_file = dir.join(LAUNCH_FILE);
+                    if let Err(e) = std::fs::remove_file(&launch_file).or_else(|e| match e.kind() {
+                        std::io::ErrorKind::NotFound => Ok(()),
+                        _ => Err(e),
+                    }) {
+                        tracing::error!(container = %id, "removing {}: {e}", launch_file.display());
+                    }
+                }
                 Err(e) => {
                     self.recovered("unreadable");
                     tracing::error!(container = %id, "skipping a checkpoint I cannot read: {e}")

@@ -8,8 +8,51 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use husk_proto::agent::v1 as pb;
 use husk_proto::agent::v1::containerizer_client::ContainerizerClient;
+use husk_proto::mesos::v1::{CommandInfo, ContainerId};
 use tonic::transport::Channel;
+
+/// A top-level container id.
+pub fn cid(id: &str) -> ContainerId {
+    ContainerId { value: id.into(), parent: None }
+}
+
+/// A launch of the shell command `script` on the host filesystem.
+pub fn launch(id: &str, script: &str) -> pb::LaunchRequest {
+    pb::LaunchRequest {
+        container_id: cid(id),
+        command: Some(CommandInfo { value: Some(script.into()), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// Waits for `id` to terminate (a hang fails the test after two minutes).
+pub async fn wait(c: &mut ContainerizerClient<Channel>, id: &str) -> pb::ContainerTermination {
+    tokio::time::timeout(Duration::from_secs(120), c.wait(pb::WaitRequest { container_id: cid(id) }))
+        .await
+        .expect("Wait answered in time")
+        .unwrap()
+        .into_inner()
+}
+
+/// Processes whose command line names `dir` (shims carry their state dir), but `except`.
+pub fn processes_under(dir: &std::path::Path, except: Option<u32>) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if Some(pid) == except {
+            continue;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            found.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    found
+}
 
 pub struct Agent {
     pub dir: tempfile::TempDir,
