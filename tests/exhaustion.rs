@@ -63,8 +63,10 @@ async fn oom_and_fork_bomb_stay_in_their_container() {
     assert_eq!((t.state(), t.reason()), (TaskState::TaskFailed, Reason::ContainerLimitationMemory), "{t:?}");
     untouched(&mut c, pid).await;
 
-    // A fork bomb reaches the pids limit; the node and the witness do not notice.
-    c.launch(launch("bomb", "b() { b | b & }; b; sleep 1000")).await.unwrap();
+    // A fork bomb reaches the pids limit; the node and the witness do not notice. Every bomb
+    // process holds its slot (it becomes a sleep once it has forked twice): the classic
+    // `b | b &` form only churns, and at the limit it can die out between two samples.
+    c.launch(launch("bomb", "b() { b & b & exec sleep 1000; }; b")).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let u = c.usage(pb::UsageRequest { container_id: cid("bomb") }).await;
