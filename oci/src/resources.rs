@@ -140,11 +140,21 @@ pub fn validate(resources: &[Resource], field: &str) -> Result<()> {
         if r.name.is_empty() {
             return Err(Error::invalid(format!("{at}.name"), "must not be empty"));
         }
-        if r.name.chars().any(|c| c.is_control() || matches!(c, ';' | ':' | '(' | ')' | ' ')) {
+        if !r.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/')) {
             return Err(Error::invalid(
                 format!("{at}.name"),
-                format!("`{}` has a control character, space, `;`, `:` or parenthesis", r.name.escape_debug()),
+                format!("`{}` may only have ASCII letters, digits, `_`, `-`, `.` and `/`", r.name.escape_debug()),
             ));
+        }
+        #[allow(deprecated)]
+        let legacy = r.role.as_deref().map(|role| (format!("{at}.role"), role));
+        let reserved = r
+            .reservations
+            .iter()
+            .enumerate()
+            .filter_map(|(j, x)| Some((format!("{at}.reservations[{j}].role"), x.role.as_deref()?)));
+        for (role_field, role) in legacy.into_iter().chain(reserved) {
+            check_role(role, &role_field)?;
         }
         let at = format!("{at} ({})", r.name);
         match value::Type::try_from(r.r#type) {
@@ -178,6 +188,17 @@ pub fn validate(resources: &[Resource], field: &str) -> Result<()> {
             }
             Ok(value::Type::Set) => {
                 let set = r.set.as_ref().ok_or_else(|| Error::invalid(&at, "type SET needs `set`"))?;
+                if let Some(bad) = set.item.iter().find(|x| {
+                    x.is_empty() || x.chars().any(|c| c.is_control() || c.is_whitespace() || ",;{}".contains(c))
+                }) {
+                    return Err(Error::invalid(
+                        &at,
+                        format!(
+                            "set item `{}` must be non-empty, without spaces, control characters, `,`, `;`, `{{` or `}}`",
+                            bad.escape_debug()
+                        ),
+                    ));
+                }
                 let mut items: Vec<_> = set.item.iter().collect();
                 items.sort_unstable();
                 if let Some(pair) = items.windows(2).find(|p| p[0] == p[1]) {
@@ -194,6 +215,27 @@ pub fn validate(resources: &[Resource], field: &str) -> Result<()> {
                 format!("duplicate of {field}[{first}]: `{}` is given twice for role `{}`", r.name, role(r)),
             ));
         }
+    }
+    Ok(())
+}
+
+/// Roles as Mesos names them (`*`, `web`, `eng/frontend`), kept to what the text form and
+/// metrics labels can carry.
+fn check_role(role: &str, field: &str) -> Result<()> {
+    if role == UNRESERVED_ROLE {
+        return Ok(());
+    }
+    let chars = role.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'));
+    let parts = role.split('/').all(|p| !p.is_empty() && p != "." && p != "..");
+    if !chars || !parts || role.starts_with('-') {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "role `{}` must be `*` or `/`-separated parts of ASCII letters, digits, `_`, `-` and `.` \
+                 (no empty, `.` or `..` part, not starting with `-`)",
+                role.escape_debug()
+            ),
+        ));
     }
     Ok(())
 }
@@ -398,6 +440,19 @@ mod tests {
         assert!(err("cpus():1").contains("empty role"));
         assert!(err("cpus(x:1").contains("must be closed"));
         assert!(err("s:{a,a}").contains("appears twice"));
+        // Names, roles and set items stay within what the text form can carry back.
+        assert!(err("a,b:1").contains("may only have ASCII letters"), "{}", err("a,b:1"));
+        assert_eq!(
+            err(r#"[{"name":"a b","type":"SCALAR","scalar":{"value":1}}]"#),
+            "--resources[0].name: `a b` may only have ASCII letters, digits, `_`, `-`, `.` and `/`"
+        );
+        assert!(err("cpus(a;b):1").contains("is not `name:value`"));
+        assert!(err("cpus(..):1").contains("role `..` must be `*`"), "{}", err("cpus(..):1"));
+        assert!(err("cpus(-x):1").contains("not starting with `-`"));
+        assert!(err(r#"[{"name":"cpus","type":"SCALAR","scalar":{"value":1},"role":"a)"}]"#)
+            .starts_with("--resources[0].role: role `a)`"));
+        assert!(err(r#"[{"name":"s","type":"SET","set":{"item":["a}"]}}]"#).contains("set item `a}`"));
+        assert!(err(r#"[{"name":"s","type":"SET","set":{"item":[""]}}]"#).contains("must be non-empty"));
         assert_eq!(err(""), "--resources: no resources given");
         assert!(err("cpus:2000000").contains("above the largest accepted value"));
         assert!(err("mem:1e300").contains("above the largest accepted value"));

@@ -98,8 +98,15 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
     let info = req.container.as_ref().unwrap_or(&default_info);
     validate::container_type(info, "container")?;
     let nested = req.container_id.parent.is_some();
-    if nested && place.parent.is_none() {
-        return Err(Error::unsupported("container_id.parent", "a nested container without its parent's context"));
+    if nested != place.parent.is_some() {
+        // The agent places a container in its parent exactly when its id names one.
+        return Err(Error::unsupported(
+            "container_id.parent",
+            match nested {
+                true => "a nested container without its parent's context",
+                false => "a top-level container placed inside a parent",
+            },
+        ));
     }
     let default_linux = LinuxInfo::default();
     let linux = info.linux_info.as_ref().unwrap_or(&default_linux);
