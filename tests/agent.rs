@@ -1033,3 +1033,63 @@ async fn a_rootfs_directory_is_shared_through_overlays_and_never_written() {
     }
     assert!(std::fs::read_dir(agent.path("work/containers")).unwrap().next().is_none());
 }
+
+/// Runs `huskctl` as uid/gid 65534 with the supplementary `groups`, from a copy of the binary
+/// that user may execute.
+fn huskctl_as_nobody(bin: &Path, socket: &Path, groups: &[u32], args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let groups: Vec<nix::unistd::Gid> = groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+    let mut cmd = Command::new(bin);
+    cmd.arg("--endpoint").arg(format!("unix://{}", socket.display())).args(args).env("HOME", "/");
+    // SAFETY: only async-signal-safe calls (setgroups, setgid, setuid) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setgroups(&groups)?;
+            nix::unistd::setgid(nix::unistd::Gid::from_raw(65534))?;
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(65534))?;
+            Ok(())
+        });
+    }
+    cmd.output().unwrap()
+}
+
+#[tokio::test]
+async fn the_admin_group_guards_state_changing_calls() {
+    require!(false);
+    use std::os::unix::fs::PermissionsExt;
+    const ADMIN: u32 = 4242;
+    // Anyone may open the socket; only root and the admin group may change anything.
+    let agent = Agent::start_with("agent-admin", &format!("socket_mode = \"0666\"\nadmin_group = \"{ADMIN}\"\n"));
+    std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let bin_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let huskctl = bin_dir.path().join("huskctl");
+    std::fs::copy(env!("CARGO_BIN_EXE_huskctl"), &huskctl).unwrap();
+    let socket = agent.socket();
+    let mut c = agent.client().await;
+    c.launch(launch("running", "exec sleep 1000")).await.unwrap();
+
+    // Reads work for anyone who can connect.
+    for args in [&["ps"][..], &["inspect", "running"], &["version"], &["info"], &["images"]] {
+        let out = huskctl_as_nobody(&huskctl, &socket, &[], args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Changes are refused, say why, and change nothing.
+    for args in [&["run", "-d", "--id", "intruder", "--", "true"][..], &["kill", "running"], &["rm", "-f", "running"]] {
+        let out = huskctl_as_nobody(&huskctl, &socket, &[], args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was allowed");
+        assert!(stderr.contains("uid 65534") && stderr.contains("neither root nor in the admin group"), "{stderr}");
+    }
+    let st = c.status(pb::StatusRequest { container_id: cid("running") }).await.unwrap().into_inner();
+    assert_eq!(st.info.map(|i| i.state()), Some(pb::ContainerState::Running));
+    let all = c.list(pb::ListRequest::default()).await.unwrap().into_inner();
+    assert_eq!(all.containers.len(), 1, "{all:?}");
+    assert!(agent.log().contains("refused"), "denials are logged");
+
+    // A member of the admin group (by a supplementary group) may.
+    let out = huskctl_as_nobody(&huskctl, &socket, &[100, ADMIN], &["kill", "running"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(wait(&mut c, "running").await.exit_code, None);
+    c.remove(pb::RemoveRequest { container_id: cid("running") }).await.unwrap();
+}

@@ -11,4 +11,4 @@ pub mod runtime;
 pub mod shim;
 mod sys;
 
-pub use sys::forward_signals_to;
+pub use sys::{forward_signals_to, peer_groups};

@@ -245,3 +245,28 @@ pub fn forward_signals_to(pid: i32) {
         let _ = unsafe { sigaction(sig, &action) };
     }
 }
+
+/// `SO_PEERGROUPS` (Linux 4.13): the supplementary groups of a unix socket's peer at `connect`.
+pub fn peer_groups(socket: std::os::fd::BorrowedFd) -> io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let mut groups: Vec<libc::gid_t> = vec![0; 32];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: `groups` has room for `len` bytes, and the kernel writes at most that many.
+        let rc = unsafe {
+            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERGROUPS, groups.as_mut_ptr().cast(), &mut len)
+        };
+        if rc == 0 {
+            groups.truncate(len as usize / std::mem::size_of::<libc::gid_t>());
+            return Ok(groups);
+        }
+        let err = io::Error::last_os_error();
+        // ERANGE: `len` now says how much room the list needs.
+        let needed = len as usize / std::mem::size_of::<libc::gid_t>();
+        if err.raw_os_error() != Some(libc::ERANGE) || needed <= groups.len() {
+            return Err(err);
+        }
+        groups.resize(needed, 0);
+    }
+}

@@ -39,6 +39,13 @@ pub struct Flags {
     /// Group owning the API socket (name or gid); its members may call the API.
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
+    /// Only root and members of GROUP (name or gid) may call the RPCs that change state (launch,
+    /// kill, update, remove, exec, attach, sessions, image pull, import, removal and pruning);
+    /// others who can open the socket may only read (status, list, wait, usage, watch, logs,
+    /// info, version, list images). Checked against the credentials the kernel records for each
+    /// connection. Unset: whoever can open the socket may call everything.
+    #[arg(long, value_name = "GROUP")]
+    pub admin_group: Option<String>,
     /// Cgroup path prefix of every container (default `husk`). The agent owns it: cgroups below
     /// it that no container claims are destroyed at start (never ones whose name has a `.`,
     /// as every systemd unit's has).
@@ -140,6 +147,7 @@ struct FileConfig {
     tls_client_ca: Option<PathBuf>,
     socket_mode: Option<String>,
     socket_group: Option<String>,
+    admin_group: Option<String>,
     cgroup_root: Option<String>,
     runtime: Option<String>,
     allowed_capabilities: Option<Vec<String>>,
@@ -185,6 +193,8 @@ pub struct Settings {
     pub tcp: Option<TcpListen>,
     pub socket_mode: u32,
     pub socket_group: Option<String>,
+    /// `(gid, name)` of `--admin-group`.
+    pub admin_group: Option<(u32, String)>,
     pub runtime: String,
     pub init: bool,
     pub log_level: String,
@@ -249,6 +259,10 @@ impl Settings {
         let mode_text = pick(flags.socket_mode.clone(), file.socket_mode, "0660");
         let socket_mode = u32::from_str_radix(mode_text.trim_start_matches("0o"), 8)
             .map_err(|_| anyhow::anyhow!("--socket-mode `{mode_text}` is not an octal mode"))?;
+        let admin_group = match flags.admin_group.clone().or(file.admin_group) {
+            Some(g) => Some((group_id(&g, "--admin-group")?, g)),
+            None => None,
+        };
         let mut translation = husk_oci::Config::default();
         if let Some(root) = flags.cgroup_root.clone().or(file.cgroup_root) {
             let bad = root.trim_matches('/').is_empty()
@@ -354,6 +368,7 @@ impl Settings {
             socket,
             socket_mode,
             socket_group: flags.socket_group.clone().or(file.socket_group),
+            admin_group,
             runtime,
             init: flags.init.or(file.init).unwrap_or(true),
             log_level: pick(flags.log_level.clone(), file.log_level, "info"),
@@ -384,4 +399,13 @@ fn detect_disk_mb(work_dir: &Path) -> Option<f64> {
     let st = nix::sys::statvfs::statvfs(probe).ok()?;
     let mb = st.blocks() as f64 * st.fragment_size() as f64 / (1024.0 * 1024.0);
     Some(if mb >= 10240.0 { mb - 5120.0 } else { mb / 2.0 })
+}
+
+/// A group given by name or number, as its gid.
+pub fn group_id(group: &str, flag: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let found = nix::unistd::Group::from_name(group).map_err(|e| anyhow::anyhow!("{flag} `{group}`: {e}"))?;
+    Ok(found.ok_or_else(|| anyhow::anyhow!("{flag}: no group `{group}`"))?.gid.as_raw())
 }

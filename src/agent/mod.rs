@@ -1,6 +1,7 @@
 //! husk-agent: the node's containerizer. It turns launches into bundles, starts one husk-shim
 //! per container, follows each to its termination, checkpoints everything under the work dir
 //! and recovers it all after a restart.
+pub mod access;
 pub mod config;
 mod container;
 mod exec;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use husk::agent::{service::Service, Agent, Flags, Settings};
+use husk::agent::{access, service::Service, Agent, Flags, Settings};
 use husk_proto::agent::v1::containerizer_server::ContainerizerServer;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
@@ -103,15 +103,8 @@ fn bind_unix(settings: &Settings) -> anyhow::Result<tokio::net::UnixListener> {
     let placed = (|| -> anyhow::Result<()> {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(settings.socket_mode))?;
         if let Some(group) = &settings.socket_group {
-            let gid = match group.parse::<u32>() {
-                Ok(g) => nix::unistd::Gid::from_raw(g),
-                Err(_) => {
-                    nix::unistd::Group::from_name(group)?
-                        .ok_or_else(|| anyhow::anyhow!("--socket-group: no group `{group}`"))?
-                        .gid
-                }
-            };
-            nix::unistd::chown(&tmp, None, Some(gid))?;
+            let gid = husk::agent::config::group_id(group, "--socket-group")?;
+            nix::unistd::chown(&tmp, None, Some(nix::unistd::Gid::from_raw(gid)))?;
         }
         std::fs::rename(&tmp, socket)?;
         Ok(())
@@ -147,11 +140,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let unix =
-        Server::builder().add_service(ContainerizerServer::new(Service(agent.clone()))).serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            stopped(stop_rx.clone()),
-        );
+    if let Some((gid, name)) = &agent.settings.admin_group {
+        tracing::info!(group = %name, gid, "state-changing calls need root or the admin group");
+    }
+    let unix = Server::builder()
+        .layer(access::AdminOnly { group: agent.settings.admin_group.clone() })
+        .add_service(ContainerizerServer::new(Service(agent.clone())))
+        .serve_with_incoming_shutdown(access::incoming(listener), stopped(stop_rx.clone()));
     let result = match tcp {
         None => unix.await.map_err(anyhow::Error::from),
         Some(tcp) => {
