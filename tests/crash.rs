@@ -261,3 +261,58 @@ async fn a_stalled_launch_stalls_nothing_else() {
     launch.await.unwrap().unwrap();
     destroy_all_and_check_leaks(&agent, &mut c).await;
 }
+
+/// A shim killed while the agent is down: the restarted agent finds it dead with no exit
+/// recorded, destroys what is left of its container and reports why; a shim that recorded its
+/// container's exit before it died still has that exit reported; the other container is
+/// re-attached; nothing leaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shims_killed_while_the_agent_is_down() {
+    require!(false);
+    let mut agent = Agent::start("crash-shim-down");
+    let mut c = agent.client().await;
+    for (id, script) in [("victim", "exec sleep 1000"), ("witness", "exec sleep 1000"), ("ended", "exit 6")] {
+        c.launch(launch(id, script)).await.unwrap();
+    }
+    assert_eq!(wait(&mut c, "ended").await.exit_code, Some(6));
+    c.launch(launch("ends-later", "sleep 0.3; exit 4")).await.unwrap();
+    let st = c.status(pb::StatusRequest { container_id: cid("victim") }).await.unwrap().into_inner();
+    let victim_pid = st.status.unwrap().executor_pid.unwrap();
+    agent.kill9();
+
+    // The shims of `victim` and (once its container exited) `ends-later` die with the agent away.
+    let shim_of = |id: &str| {
+        let path = agent.path("run").join("shims").join(id).join(husk_shim::shim::SHIM_FILE);
+        let shim: husk_shim::shim::ProcessId = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert!(shim.alive(), "{id}'s shim runs on while the agent is down");
+        nix::unistd::Pid::from_raw(shim.pid)
+    };
+    let victim_shim = shim_of("victim");
+    let later_shim = shim_of("ends-later");
+    let exit_json = agent.path("run").join("shims").join("ends-later").join("exit.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !exit_json.exists() {
+        assert!(Instant::now() < deadline, "ends-later never recorded its exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for shim in [victim_shim, later_shim] {
+        nix::sys::signal::kill(shim, nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+
+    agent.restart();
+    let mut c = agent.client().await;
+    let t = wait(&mut c, "victim").await;
+    assert_eq!((t.state(), t.reason()), (TaskState::TaskFailed, Reason::ExecutorTerminated), "{t:?}");
+    assert!(t.message().contains("without recording an exit status"), "{t:?}");
+    assert_eq!(wait(&mut c, "ends-later").await.exit_code, Some(4), "the exit recorded before the shim died");
+    assert_eq!(wait(&mut c, "ended").await.exit_code, Some(6));
+    let w = c.status(pb::StatusRequest { container_id: cid("witness") }).await.unwrap().into_inner();
+    assert_eq!(w.info.as_ref().map(|i| i.state()), Some(pb::ContainerState::Running), "{w:?}");
+    // The victim's own process went with it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::path::Path::new(&format!("/proc/{victim_pid}")).exists() {
+        assert!(Instant::now() < deadline, "the victim's init {victim_pid} outlived its destruction");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    destroy_all_and_check_leaks(&agent, &mut c).await;
+}
