@@ -6,13 +6,13 @@ mod common;
 #[path = "common/agent.rs"]
 mod fixture;
 
-use fixture::{cid, launch, wait, Agent};
+use fixture::{cid, exec_script, launch, wait, Agent};
 
 use std::time::{Duration, Instant};
 
 use husk_proto::agent::v1 as pb;
 use husk_proto::agent::v1::containerizer_client::ContainerizerClient;
-use husk_proto::mesos::v1::{task_status::Reason, CommandInfo, TaskState};
+use husk_proto::mesos::v1::{task_status::Reason, TaskState};
 use tonic::transport::Channel;
 
 /// The witness `w` runs as the same process it started as, and answers an exec.
@@ -20,18 +20,7 @@ async fn untouched(c: &mut ContainerizerClient<Channel>, pid: Option<u32>) {
     let st = c.status(pb::StatusRequest { container_id: cid("w") }).await.unwrap().into_inner();
     assert_eq!(st.info.as_ref().map(|i| i.state()), Some(pb::ContainerState::Running), "{st:?}");
     assert_eq!(st.status.unwrap().executor_pid, pid);
-    let out = c
-        .exec_sync(pb::ExecSyncRequest {
-            process: pb::ExecProcess {
-                container_id: cid("w"),
-                command: CommandInfo { value: Some("echo ok".into()), ..Default::default() },
-                ..Default::default()
-            },
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let out = exec_script(c, cid("w"), "echo ok").await;
     assert_eq!(out.stdout(), b"ok\n");
 }
 

@@ -7,7 +7,7 @@ mod fixture;
 
 use std::time::Duration;
 
-use fixture::Agent;
+use fixture::{cid, exec_script, Agent};
 use husk_proto::agent::v1 as pb;
 use husk_proto::agent::v1::containerizer_client::ContainerizerClient;
 use husk_proto::mesos::v1::{
@@ -16,10 +16,6 @@ use husk_proto::mesos::v1::{
 use tonic::transport::Channel;
 
 type Client = ContainerizerClient<Channel>;
-
-fn cid(id: &str) -> ContainerId {
-    ContainerId { value: id.into(), parent: None }
-}
 
 fn child_id(parent: &str, id: &str) -> ContainerId {
     ContainerId { value: id.into(), parent: Some(Box::new(cid(parent))) }
@@ -109,21 +105,7 @@ async fn nested_containers_share_their_parent_and_go_before_it() {
     c.launch(req).await.unwrap();
     let peek = init_pid(&mut c, child_id("pod", "peek")).await;
     assert_eq!(ns(peek, "pid"), ns(pod, "pid"));
-    let ps = c
-        .exec_sync(pb::ExecSyncRequest {
-            process: pb::ExecProcess {
-                container_id: child_id("pod", "peek"),
-                command: CommandInfo {
-                    value: Some("cat /proc/[0-9]*/comm | sort | uniq -c".into()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let ps = exec_script(&mut c, child_id("pod", "peek"), "cat /proc/[0-9]*/comm | sort | uniq -c").await;
     let seen = String::from_utf8_lossy(ps.stdout()).into_owned();
     assert!(seen.contains("2 sleep") || seen.contains("sleep"), "{seen}");
 
@@ -213,21 +195,7 @@ async fn a_child_without_an_image_runs_on_its_parents_root() {
     let mut parent = launch(cid("img"), "echo parent-wrote > /marker; exec sleep 600");
     parent.rootfs = Some(rootfs.display().to_string());
     c.launch(parent).await.unwrap();
-    let out = c
-        .exec_sync(pb::ExecSyncRequest {
-            process: pb::ExecProcess {
-                container_id: cid("img"),
-                command: CommandInfo {
-                    value: Some("while [ ! -f /marker ]; do sleep 0.01; done".into()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let out = exec_script(&mut c, cid("img"), "while [ ! -f /marker ]; do sleep 0.01; done").await;
     assert_eq!(out.exit.unwrap().exit_code, Some(0));
     c.launch(launch(
         child_id("img", "kid"),

@@ -36,6 +36,13 @@ pub async fn wait(c: &mut ContainerizerClient<Channel>, id: &str) -> pb::Contain
         .into_inner()
 }
 
+/// Runs the shell command `script` in container `id` with ExecSync and returns the answer.
+pub async fn exec_script(c: &mut ContainerizerClient<Channel>, id: ContainerId, script: &str) -> pb::ExecSyncResponse {
+    let command = CommandInfo { value: Some(script.into()), ..Default::default() };
+    let process = pb::ExecProcess { container_id: id, command, ..Default::default() };
+    c.exec_sync(pb::ExecSyncRequest { process, ..Default::default() }).await.unwrap().into_inner()
+}
+
 /// Processes whose command line names `dir` (shims carry their state dir), but `except`.
 pub fn processes_under(dir: &std::path::Path, except: Option<u32>) -> Vec<String> {
     let needle = dir.to_string_lossy().into_owned();
