@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "mesos/v1/agent/agent.proto",
     "husk/agent/v1/containerizer.proto",
     "husk/shim/v1/shim.proto",
+    "cri/runtime/v1/api.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -33,6 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ".mesos.v1.agent",
         ".husk.agent.v1",
         ".husk.shim.v1",
+        ".runtime.v1",
     ])?;
 
     // prost names the enum value `Volume.Source.SandboxPath.Type.SELF` `Self_` (a keyword

@@ -1,5 +1,6 @@
 //! husk's API: the subset of Mesos' `mesos.proto` that husk accepts, the agent service
-//! (`husk.agent.v1`) and the per-container shim service (`husk.shim.v1`).
+//! (`husk.agent.v1`), the per-container shim service (`husk.shim.v1`) and the Kubernetes CRI
+//! (`runtime.v1`) the agent also serves.
 //!
 //! Every message implements `serde::Serialize`/`Deserialize` in the protobuf JSON mapping
 //! (pbjson). Serialization uses the original proto field names (`container_id`, as Mesos writes
@@ -40,6 +41,13 @@ pub mod husk {
 }
 
 pub use husk::{agent, shim};
+
+/// The Kubernetes Container Runtime Interface, v1 (package `runtime.v1`): RuntimeService and
+/// ImageService, as crictl and the kubelet call them.
+pub mod cri {
+    include!(concat!(env!("OUT_DIR"), "/runtime.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/runtime.v1.serde.rs"));
+}
 
 /// The encoded `FileDescriptorSet` of all husk protos, for gRPC reflection and tooling.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/husk_descriptor.bin"));

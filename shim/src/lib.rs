@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 pub mod cgroups;
+pub mod cri_log;
 pub mod exit;
 pub mod logs;
 pub mod runtime;

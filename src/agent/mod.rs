@@ -102,6 +102,29 @@ fn now_ns() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
+/// A CRI log path: an absolute, plain path (no `.` or `..`, no NUL) in an existing directory.
+fn check_log_path(log: &str) -> Result<(), Status> {
+    use std::path::Component;
+    let bad = |rule: &str| Status::invalid_argument(format!("cri_log_path: `{}` {rule}", log.escape_debug()));
+    let path = Path::new(log);
+    if !path.is_absolute() {
+        return Err(bad("must be an absolute path"));
+    }
+    if log.len() > 4096 || log.contains('\0') {
+        return Err(bad("is longer than 4096 bytes or holds a NUL"));
+    }
+    if path.components().any(|c| matches!(c, Component::CurDir | Component::ParentDir)) || log.ends_with('/') {
+        return Err(bad("must name a file without `.` or `..` components"));
+    }
+    match path.parent().map(std::fs::metadata) {
+        Some(Ok(m)) if m.is_dir() => Ok(()),
+        _ => Err(Status::failed_precondition(format!(
+            "cri_log_path: the directory of `{}` does not exist",
+            log.escape_debug()
+        ))),
+    }
+}
+
 /// The gRPC status of a translation error: the field and the rule, unchanged.
 pub fn status_of(e: husk_oci::Error) -> Status {
     match e {
@@ -544,6 +567,9 @@ impl Agent {
                 )));
             }
         }
+        if let Some(log) = req.cri_log_path.as_deref().filter(|p| !p.is_empty()) {
+            check_log_path(log)?;
+        }
         let lower = match req.rootfs.as_deref() {
             None => None,
             Some(_) if req.container.as_ref().and_then(|c| c.mesos.as_ref()).is_some_and(|m| m.image.is_some()) => {
@@ -722,6 +748,9 @@ impl Agent {
         }
         if c.launch.stdin() {
             cmd.arg("--stdin");
+        }
+        if let Some(log) = c.launch.cri_log_path.as_deref().filter(|p| !p.is_empty()) {
+            cmd.arg("--cri-log").arg(log);
         }
         cmd.kill_on_drop(true);
         let out = tokio::time::timeout(SHIM_DEADLINE, cmd.output())

@@ -58,6 +58,10 @@ struct Common {
     /// Move the shim itself into this cgroup (a path like `/husk/shims`, created if missing).
     #[arg(long, value_name = "PATH")]
     shim_cgroup: Option<PathBuf>,
+    /// Also write the container's output to this file in the Kubernetes CRI log format
+    /// (`<time> <stream> <F|P> <text>` per line), reopened on ReopenLog.
+    #[arg(long, value_name = "PATH")]
+    cri_log: Option<PathBuf>,
 }
 
 fn options(c: &Common) -> Options {
@@ -75,6 +79,7 @@ fn options(c: &Common) -> Options {
         init: c.init,
         stdin: c.stdin,
         shim_cgroup: c.shim_cgroup.clone(),
+        cri_log: c.cri_log.clone(),
     }
 }
 

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
 use crate::cgroups::{Cgroup, Layout};
+use crate::cri_log::{CriLog, Lines};
 use crate::exit::ExitRecord;
 use crate::logs::{rotation_from_env, RotatingFile};
 use crate::runtime::state::process_start_time;
@@ -51,6 +52,9 @@ pub struct Options {
     /// A cgroup for the shim itself (e.g. the agent's `/husk/shims`), so shims are accounted
     /// apart from the containers and from the process that started them.
     pub shim_cgroup: Option<PathBuf>,
+    /// Also write the container's output to this file in the CRI log format (a Kubernetes
+    /// container's `log_path`), reopened on `ReopenLog`.
+    pub cri_log: Option<PathBuf>,
 }
 
 /// A process identified beyond its pid: pid plus start time, as checkpointed.
@@ -216,7 +220,11 @@ struct Prepared {
     terminal_master: Option<OwnedFd>,
     /// The write end of the container's open stdin.
     stdin_w: Option<OwnedFd>,
+    cri_log: Option<SharedCriLog>,
 }
+
+/// The CRI log file, written by both output pumps and reopened by the service.
+pub type SharedCriLog = Arc<std::sync::Mutex<CriLog>>;
 
 /// Everything that must happen before the shim has threads: detach, become the subreaper,
 /// create the container (which forks).
@@ -246,6 +254,12 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
 
     let spec = husk_oci::bundle::read_spec(&opts.bundle).map_err(|e| e.to_string())?;
     let env = spec.process().as_ref().and_then(|p| p.env().clone()).unwrap_or_default();
+    let cri_log = match &opts.cri_log {
+        Some(path) => Some(Arc::new(std::sync::Mutex::new(
+            CriLog::open(path).map_err(|e| format!("the CRI log {}: {e}", path.display()))?,
+        ))),
+        None => None,
+    };
     let (stdout_r, stdout_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
     let (stderr_r, stderr_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
     let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
@@ -303,10 +317,11 @@ fn prepare(opts: &Options) -> Result<Prepared, String> {
         init_status: status_r,
         terminal_master,
         stdin_w,
+        cri_log,
     })
 }
 
-async fn pump(fd: OwnedFd, path: PathBuf, env: Vec<String>, stream: &'static str) {
+async fn pump(fd: OwnedFd, path: PathBuf, env: Vec<String>, stream: &'static str, cri: Option<SharedCriLog>) {
     let (rotation, warnings) = rotation_from_env(&env, stream);
     for w in warnings {
         eprintln!("husk-shim: warning: {w}");
@@ -318,6 +333,26 @@ async fn pump(fd: OwnedFd, path: PathBuf, env: Vec<String>, stream: &'static str
             return;
         }
     };
+    let cri_stream = if stream == "STDOUT" { "stdout" } else { "stderr" };
+    let mut lines = Lines::default();
+    let mut to_cri = |data: Option<&[u8]>| {
+        let Some(cri) = &cri else { return };
+        let mut log = cri.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_ns();
+        let mut failed = None;
+        let mut emit = |partial: bool, text: &[u8]| {
+            if let Err(e) = log.entry(now, cri_stream, partial, text) {
+                failed = Some(e);
+            }
+        };
+        match data {
+            Some(d) => lines.push(d, &mut emit),
+            None => lines.finish(&mut emit),
+        }
+        if let Some(e) = failed {
+            eprintln!("husk-shim: {}: {e}", log.path().display());
+        }
+    };
     // A pipe or a pty master: both read the same way, non-blocking under the reactor. A pty
     // master reads EIO once the container's last process closed the slave.
     if nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).is_err() {
@@ -326,19 +361,21 @@ async fn pump(fd: OwnedFd, path: PathBuf, env: Vec<String>, stream: &'static str
     let Ok(afd) = crate::sys::async_fd(fd) else { return };
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let Ok(mut guard) = afd.readable().await else { return };
+        let Ok(mut guard) = afd.readable().await else { break };
         match nix::unistd::read(afd.get_ref(), &mut buf) {
-            Ok(0) => return,
+            Ok(0) => break,
             Ok(n) => {
                 if let Err(e) = file.write(&buf[..n]) {
                     eprintln!("husk-shim: {}: {e}", path.display());
                 }
+                to_cri(Some(&buf[..n]));
             }
             Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
             Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => return,
+            Err(_) => break,
         }
     }
+    to_cri(None);
 }
 
 fn serve(opts: Options, p: Prepared, ready: &mut Option<std::fs::File>) -> Result<(), String> {
@@ -351,8 +388,10 @@ fn serve(opts: Options, p: Prepared, ready: &mut Option<std::fs::File>) -> Resul
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
         }
-        let out = tokio::spawn(pump(p.stdout_r, opts.sandbox.join("stdout"), p.env.clone(), "STDOUT"));
-        let err = tokio::spawn(pump(p.stderr_r, opts.sandbox.join("stderr"), p.env.clone(), "STDERR"));
+        let out =
+            tokio::spawn(pump(p.stdout_r, opts.sandbox.join("stdout"), p.env.clone(), "STDOUT", p.cri_log.clone()));
+        let err =
+            tokio::spawn(pump(p.stderr_r, opts.sandbox.join("stderr"), p.env.clone(), "STDERR", p.cri_log.clone()));
 
         let (exit_tx, exit_rx) = watch::channel(ExitRecord::load(&opts.state_dir).ok().flatten());
         let reaper = reaper::Reaper::default();
@@ -378,6 +417,7 @@ fn serve(opts: Options, p: Prepared, ready: &mut Option<std::fs::File>) -> Resul
             started: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
             shutdown: Notify::new(),
+            cri_log: p.cri_log.clone(),
         });
 
         let mut sigchld =

@@ -38,6 +38,8 @@ pub struct Shared {
     pub execs: std::sync::atomic::AtomicU64,
     /// The container's terminal or open stdin, for Attach (one client at a time).
     pub input: Arc<tokio::sync::Mutex<Option<super::exec::Input>>>,
+    /// The CRI log file, when the container has one.
+    pub cri_log: Option<super::SharedCriLog>,
 }
 
 impl Shared {
@@ -306,6 +308,15 @@ impl Shim for Service {
             }
         });
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn reopen_log(&self, _: Request<pb::ReopenLogRequest>) -> Result<Response<pb::ReopenLogResponse>, Status> {
+        let Some(log) = &self.0.cri_log else {
+            return Err(Status::failed_precondition("the container has no CRI log file"));
+        };
+        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+        log.reopen().map_err(|e| Status::internal(format!("reopening {}: {e}", log.path().display())))?;
+        Ok(Response::new(pb::ReopenLogResponse {}))
     }
 
     async fn shutdown(&self, _: Request<pb::ShutdownRequest>) -> Result<Response<pb::ShutdownResponse>, Status> {
