@@ -33,6 +33,11 @@ pub struct Flags {
     /// CA certificate(s) (PEM) that sign the certificates of clients allowed over TCP.
     #[arg(long, value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Where the Kubernetes CRI (runtime.v1 RuntimeService and ImageService) listens:
+    /// `unix:///path/to/socket`, or `none` to not serve it. Default: `cri.sock` beside the API
+    /// socket (`unix:///run/husk/cri.sock`). Same mode, group and admin group as the API socket.
+    #[arg(long, value_name = "ADDRESS")]
+    pub cri_listen: Option<String>,
     /// Mode of the API socket (octal).
     #[arg(long, value_name = "MODE")]
     pub socket_mode: Option<String>,
@@ -141,6 +146,7 @@ struct FileConfig {
     work_dir: Option<PathBuf>,
     runtime_dir: Option<PathBuf>,
     listen: Option<String>,
+    cri_listen: Option<String>,
     tcp_listen: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -189,6 +195,8 @@ pub struct Settings {
     pub work_dir: PathBuf,
     pub runtime_dir: PathBuf,
     pub socket: PathBuf,
+    /// The CRI socket (None: the CRI is not served).
+    pub cri_socket: Option<PathBuf>,
     /// The TCP address and its TLS material (PEM: certificate chain, key, client CA).
     pub tcp: Option<TcpListen>,
     pub socket_mode: u32,
@@ -238,6 +246,16 @@ impl Settings {
                 .strip_prefix("unix://")
                 .ok_or_else(|| anyhow::anyhow!("--listen `{listen}`: only unix:// addresses are supported"))?,
         );
+        let cri_socket = match flags.cri_listen.clone().or(file.cri_listen).as_deref() {
+            Some("none") => None,
+            Some(a) => Some(PathBuf::from(a.strip_prefix("unix://").ok_or_else(|| {
+                anyhow::anyhow!("--cri-listen `{a}`: only unix:// addresses (or `none`) are supported")
+            })?)),
+            None => Some(socket.with_file_name("cri.sock")),
+        };
+        if cri_socket.as_ref() == Some(&socket) {
+            anyhow::bail!("--cri-listen: the CRI needs a socket of its own, not the API's ({})", socket.display());
+        }
         let tcp = match flags.tcp_listen.clone().or(file.tcp_listen) {
             None => None,
             Some(a) => {
@@ -366,6 +384,7 @@ impl Settings {
             work_dir,
             runtime_dir: flags.runtime_dir.clone().or(file.runtime_dir).unwrap_or_else(|| "/run/husk".into()),
             socket,
+            cri_socket,
             socket_mode,
             socket_group: flags.socket_group.clone().or(file.socket_group),
             admin_group,

@@ -108,10 +108,25 @@ impl Images {
     /// Pulls `reference` into the store and names it; returns the manifest digest. Concurrent
     /// pulls of one reference wait for the first and reuse what it stored.
     pub async fn pull(&self, reference: &Reference, progress: Option<&Progress>) -> Result<String, Status> {
+        self.pull_from(&self.registry, reference, progress).await
+    }
+
+    /// Pulls with credentials for this pull only (`user:password` for the image's registry).
+    pub async fn pull_with_credentials(&self, reference: &Reference, user_password: String) -> Result<String, Status> {
+        let registry = self.registry.with_credentials(&reference.registry, user_password);
+        self.pull_from(&registry, reference, None).await
+    }
+
+    async fn pull_from(
+        &self,
+        registry: &Registry,
+        reference: &Reference,
+        progress: Option<&Progress>,
+    ) -> Result<String, Status> {
         let key = reference.to_string();
         let lock = self.pulling.lock().unwrap().entry(key.clone()).or_default().clone();
         let _one = lock.lock().await;
-        let (digest, index) = self.registry.pull(&self.store, reference, progress).await?;
+        let (digest, index) = registry.pull(&self.store, reference, progress).await?;
         let store = self.store.clone();
         let d = digest.clone();
         blocking(move || {

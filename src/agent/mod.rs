@@ -4,6 +4,7 @@
 pub mod access;
 pub mod config;
 mod container;
+pub mod cri;
 mod exec;
 pub mod fetcher;
 mod gc;
@@ -157,7 +158,10 @@ fn with_image<'a>(
     let applied =
         husk_oci::image::apply_config(&cmd, &image.config).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let mut effective = req.clone();
-    let mut command = applied.command;
+    let mut command = match req.literal_command() {
+        true => cmd,
+        false => applied.command,
+    };
     if command.user.as_deref().is_none_or(str::is_empty) {
         command.user = applied.user;
     }
@@ -976,6 +980,17 @@ impl Agent {
                 }
             });
         }
+        Ok(())
+    }
+
+    /// Asks a running container's shim to reopen its CRI log file (after a rotation).
+    pub async fn reopen_log(&self, id: &str) -> Result<(), Status> {
+        let c = self.get(id)?;
+        if c.terminated().is_some() {
+            return Err(Status::failed_precondition(format!("container_id: `{id}` has terminated")));
+        }
+        let mut client = shim_client(&c).await?;
+        within_deadline(&c, client.reopen_log(shim_pb::ReopenLogRequest {})).await?;
         Ok(())
     }
 

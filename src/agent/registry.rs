@@ -110,6 +110,18 @@ impl Registry {
         Registry { client: http_client(), insecure, auths, tokens: Default::default(), stall }
     }
 
+    /// The same registry client with `user:password` for `registry` only, and tokens of its
+    /// own: one request's credentials (a CRI PullImage's) never serve another pull.
+    pub fn with_credentials(&self, registry: &str, user_password: String) -> Registry {
+        Registry {
+            client: self.client.clone(),
+            insecure: self.insecure.clone(),
+            auths: HashMap::from([(registry.to_string(), user_password)]),
+            tokens: Default::default(),
+            stall: self.stall,
+        }
+    }
+
     fn base(&self, r: &Reference) -> String {
         let scheme = if self.insecure.contains(&r.registry) { "http" } else { "https" };
         let host = match r.registry.as_str() {

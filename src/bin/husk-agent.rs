@@ -6,6 +6,8 @@ use std::sync::Arc;
 use clap::Parser;
 use husk::agent::{access, service::Service, Agent, Flags, Settings};
 use husk_proto::agent::v1::containerizer_server::ContainerizerServer;
+use husk_proto::cri::image_service_server::ImageServiceServer;
+use husk_proto::cri::runtime_service_server::RuntimeServiceServer;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 #[derive(Parser)]
@@ -89,9 +91,8 @@ fn main() -> ExitCode {
 
 /// Binds the API socket with its mode and group. Bound only once recovery is done, so a socket
 /// that answers is an agent that knows every container.
-fn bind_unix(settings: &Settings) -> anyhow::Result<tokio::net::UnixListener> {
+fn bind_unix(settings: &Settings, socket: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
-    let socket = &settings.socket;
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     }
@@ -124,8 +125,17 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if let Some(addr) = metrics_address {
         husk::agent::metrics::serve(addr, Arc::downgrade(&agent)).await?;
     }
-    let listener = bind_unix(&agent.settings)?;
+    let listener = bind_unix(&agent.settings, &socket)?;
     tracing::info!(socket = %socket.display(), containers = agent.all().len(), "serving");
+    let cri = match agent.settings.cri_socket.clone() {
+        None => None,
+        Some(path) => {
+            let cri = husk::agent::cri::Cri::new(agent.clone())?;
+            let listener = bind_unix(&agent.settings, &path)?;
+            tracing::info!(socket = %path.display(), "serving the Kubernetes CRI (runtime.v1)");
+            Some((cri, listener, path))
+        }
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -147,6 +157,17 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .layer(access::AdminOnly { group: agent.settings.admin_group.clone() })
         .add_service(ContainerizerServer::new(Service(agent.clone())))
         .serve_with_incoming_shutdown(access::incoming(listener), stopped(stop_rx.clone()));
+    let cri_socket = cri.as_ref().map(|(_, _, path)| path.clone());
+    let cri = async {
+        let Some((cri, listener, _)) = cri else { return Ok(()) };
+        Server::builder()
+            .layer(access::AdminOnly { group: agent.settings.admin_group.clone() })
+            .add_service(RuntimeServiceServer::new(husk::agent::cri::RuntimeService(cri.clone())))
+            .add_service(ImageServiceServer::new(husk::agent::cri::ImageService(cri)))
+            .serve_with_incoming_shutdown(access::incoming(listener), stopped(stop_rx.clone()))
+            .await
+    };
+    let unix = async { tokio::try_join!(unix, cri).map(|_| ()) };
     let result = match tcp {
         None => unix.await.map_err(anyhow::Error::from),
         Some(tcp) => {
@@ -169,5 +190,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
     };
     let _ = std::fs::remove_file(&socket);
+    if let Some(path) = cri_socket {
+        let _ = std::fs::remove_file(path);
+    }
     result
 }

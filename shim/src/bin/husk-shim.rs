@@ -26,6 +26,9 @@ enum Command {
     Start(Common),
     /// Destroy what is left of a container whose shim is gone (idempotent).
     Cleanup(Common),
+    /// Hold a pod's namespaces: the process a Kubernetes pod sandbox runs (husk's own "pause").
+    /// Sleeps, reaps the orphans of a shared pid namespace, exits on SIGTERM or SIGINT.
+    Hold,
 }
 
 #[derive(Args)]
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Start(c) => shim::start(&options(c)).map(|socket| println!("{}", socket.display())),
         Command::Cleanup(c) => shim::cleanup(&options(c)),
+        Command::Hold => shim::hold(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -57,6 +57,31 @@ pub struct Options {
     pub cri_log: Option<PathBuf>,
 }
 
+/// The holder of a pod's namespaces: waits for signals, reaps every child it inherits (it is
+/// pid 1 when the pod shares its pid namespace), and returns on SIGTERM or SIGINT.
+pub fn hold() -> Result<(), String> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(|e| format!("sigprocmask: {e}"))?;
+    loop {
+        match set.wait().map_err(|e| format!("sigwait: {e}"))? {
+            Signal::SIGTERM | Signal::SIGINT => return Ok(()),
+            Signal::SIGCHLD => {
+                while let Ok(s) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    if s == WaitStatus::StillAlive {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A process identified beyond its pid: pid plus start time, as checkpointed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessId {

@@ -1,0 +1,394 @@
+//! The Kubernetes CRI end to end: a CRI client built from the CRI protos against a real agent's
+//! CRI socket. A pod with two containers sharing its namespaces, logs in the CRI format and
+//! their reopening, ExecSync, stats, events, OOMKilled, stop with a grace period, recovery
+//! after kill -9, the same containers seen through the husk API, and teardown that leaves
+//! nothing behind.
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+#[path = "common/agent.rs"]
+mod fixture;
+#[path = "common/image.rs"]
+mod image;
+
+use fixture::{ok, Agent};
+use husk_proto::agent::v1 as pb;
+use husk_proto::cri;
+use husk_proto::cri::image_service_client::ImageServiceClient;
+use husk_proto::cri::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
+
+async fn channel(socket: &Path) -> Channel {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "the CRI socket never appeared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let path = socket.to_path_buf();
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
+        }))
+        .await
+        .unwrap()
+}
+
+fn busybox_image(agent: &Agent, files: &Path) {
+    let root = files.join("rootfs");
+    common::busybox_rootfs(&root);
+    let layout = files.join("layout");
+    let config = serde_json::json!({"config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]}});
+    image::oci_layout(&layout, &[image::tar_of(&root)], config, "1");
+    ok(agent, &["import", layout.to_str().unwrap(), "--name", "localhost/busybox"]);
+}
+
+fn container(name: &str, script: &str, log: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(cri::ImageSpec { image: "localhost/busybox:1".into(), ..Default::default() }),
+        command: vec!["sh".into(), "-c".into()],
+        args: vec![script.into()],
+        log_path: log.into(),
+        labels: HashMap::from([("app".into(), name.into())]),
+        ..Default::default()
+    }
+}
+
+async fn exec(rt: &mut RuntimeServiceClient<Channel>, id: &str, script: &str) -> cri::ExecSyncResponse {
+    rt.exec_sync(cri::ExecSyncRequest {
+        container_id: id.into(),
+        cmd: vec!["sh".into(), "-c".into(), script.into()],
+        timeout: 0,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
+    rt.container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+}
+
+async fn until_exited(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = status(rt, id).await;
+        if s.state == cri::ContainerState::ContainerExited as i32 {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{id} never exited: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads a CRI log file, checking every line's shape: `<RFC3339Nano> <stream> <F|P> <text>`.
+fn cri_log(path: &Path) -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let mut parts = l.splitn(4, ' ');
+            let (time, stream, tag, msg) =
+                (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap_or(""));
+            assert_eq!(time.len(), "2026-01-01T00:00:00.000000000Z".len(), "{l}");
+            assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{l}");
+            assert!(matches!(stream, "stdout" | "stderr") && matches!(tag, "F" | "P"), "{l}");
+            (stream.to_string(), tag.to_string(), msg.to_string())
+        })
+        .collect()
+}
+
+async fn until_logged(path: &Path, line: &str) -> Vec<(String, String, String)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let entries = cri_log(path);
+        if entries.iter().any(|(_, _, m)| m == line) {
+            return entries;
+        }
+        assert!(std::time::Instant::now() < deadline, "`{line}` never reached {}: {entries:?}", path.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_pod_of_two_containers_through_the_cri() {
+    require!(false);
+    let mut agent = Agent::start("cri");
+    let files = tempfile::tempdir().unwrap();
+    busybox_image(&agent, files.path());
+    let logs = files.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let socket = agent.path("cri.sock");
+    let mut rt = RuntimeServiceClient::new(channel(&socket).await);
+    let mut img = ImageServiceClient::new(channel(&socket).await);
+
+    // What crictl asks first.
+    let v = rt.version(cri::VersionRequest { version: "v1".into() }).await.unwrap().into_inner();
+    assert_eq!((v.version.as_str(), v.runtime_name.as_str(), v.runtime_api_version.as_str()), ("0.1.0", "husk", "v1"));
+    assert!(!v.runtime_version.is_empty());
+    let fs = img.image_fs_info(cri::ImageFsInfoRequest {}).await.unwrap().into_inner();
+    assert!(fs.image_filesystems[0].used_bytes.as_ref().unwrap().value > 0);
+    let st = rt.status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner().status.unwrap();
+    assert!(st.conditions.iter().any(|c| c.r#type == "RuntimeReady" && c.status));
+
+    // Images: the store as the CRI sees it; an absent image is an empty answer.
+    let images = img.list_images(cri::ListImagesRequest::default()).await.unwrap().into_inner().images;
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].repo_tags, ["localhost/busybox:1"]);
+    let present = img
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec { image: "localhost/busybox:1".into(), ..Default::default() }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(present.image.unwrap().id, images[0].id);
+    let absent = img
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec { image: "localhost/nothing:1".into(), ..Default::default() }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(absent.image.is_none());
+    img.remove_image(cri::RemoveImageRequest {
+        image: Some(cri::ImageSpec { image: "localhost/nothing:1".into(), ..Default::default() }),
+    })
+    .await
+    .expect("removing an absent image is not an error");
+
+    // A pod: its own hostname, DNS and log directory.
+    let pod_config = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "web".into(),
+            uid: "uid-1".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: "podhost".into(),
+        log_directory: logs.display().to_string(),
+        dns_config: Some(cri::DnsConfig {
+            servers: vec!["10.10.10.10".into()],
+            searches: vec!["example.com".into()],
+            options: vec!["ndots:8".into()],
+        }),
+        labels: HashMap::from([("tier".into(), "front".into())]),
+        ..Default::default()
+    };
+    let bad = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cri::PodSandboxConfig::default()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("config.metadata"), "{}", bad.message());
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_config.clone()), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let again = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_config.clone()), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::AlreadyExists);
+    let ps = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod[..13].into(), verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(ps.id, pod, "a unique prefix names the pod");
+    assert_eq!(ps.state, cri::PodSandboxState::SandboxReady as i32);
+
+    let mut events = rt.get_container_events(cri::GetEventsRequest {}).await.unwrap().into_inner();
+
+    // Two containers; created, not started.
+    let create = |config: cri::ContainerConfig| cri::CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(config),
+        sandbox_config: Some(pod_config.clone()),
+    };
+    let app_script = "echo hello; echo oops >&2; \
+        while true; do if [ -f /tmp/go ]; then rm /tmp/go; echo after; fi; sleep 0.05; done";
+    let app =
+        rt.create_container(create(container("app", app_script, "app/0.log"))).await.unwrap().into_inner().container_id;
+    let side = rt
+        .create_container(create(container("side", "trap '' TERM; while true; do sleep 0.1; done", "side/0.log")))
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    let dup = rt.create_container(create(container("app", "true", "x.log"))).await.unwrap_err();
+    assert_eq!(dup.code(), tonic::Code::AlreadyExists, "{}", dup.message());
+    let escape = rt.create_container(create(container("esc", "true", "../../etc/x.log"))).await.unwrap_err();
+    assert_eq!(escape.code(), tonic::Code::InvalidArgument);
+    assert!(escape.message().contains("config.log_path"), "{}", escape.message());
+    let mut no_image = container("noimg", "true", "n.log");
+    no_image.image = Some(cri::ImageSpec { image: "localhost/nothing:1".into(), ..Default::default() });
+    let e = rt.create_container(create(no_image)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
+    assert_eq!(status(&mut rt, &app).await.state, cri::ContainerState::ContainerCreated as i32);
+
+    rt.start_container(cri::StartContainerRequest { container_id: app.clone() }).await.unwrap();
+    rt.start_container(cri::StartContainerRequest { container_id: side.clone() }).await.unwrap();
+    let again = rt.start_container(cri::StartContainerRequest { container_id: app.clone() }).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+    let s = status(&mut rt, &app).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
+    assert!(s.started_at > 0 && s.created_at > 0);
+    let app_log = logs.join("app/0.log");
+    assert_eq!(s.log_path, app_log.display().to_string());
+
+    // They share the pod's network, IPC and UTS namespaces; DNS is the pod's.
+    let ns = "readlink /proc/self/ns/net /proc/self/ns/ipc /proc/self/ns/uts; hostname";
+    let a = exec(&mut rt, &app, ns).await;
+    let b = exec(&mut rt, &side, ns).await;
+    assert_eq!(a.exit_code, 0, "{}", String::from_utf8_lossy(&a.stderr));
+    assert_eq!(a.stdout, b.stdout);
+    assert!(String::from_utf8_lossy(&a.stdout).ends_with("podhost\n"));
+    let host_net = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert!(!String::from_utf8_lossy(&a.stdout).contains(&*host_net.to_string_lossy()), "the pod's own network");
+    let resolv = exec(&mut rt, &app, "cat /etc/resolv.conf").await;
+    assert_eq!(
+        String::from_utf8_lossy(&resolv.stdout),
+        "nameserver 10.10.10.10\nsearch example.com\noptions ndots:8\n"
+    );
+    assert_eq!(exec(&mut rt, &app, "exit 3").await.exit_code, 3);
+    let slow = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: app.clone(),
+            cmd: vec!["sleep".into(), "30".into()],
+            timeout: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(slow.code(), tonic::Code::DeadlineExceeded, "{}", slow.message());
+
+    // Logs in the CRI format; a rotation (rename + ReopenContainerLog) starts a fresh file.
+    let entries = until_logged(&app_log, "hello").await;
+    assert!(entries.contains(&("stdout".into(), "F".into(), "hello".into())), "{entries:?}");
+    until_logged(&app_log, "oops").await;
+    assert!(cri_log(&app_log).contains(&("stderr".into(), "F".into(), "oops".into())));
+    std::fs::rename(&app_log, logs.join("app/0.log.1")).unwrap();
+    rt.reopen_container_log(cri::ReopenContainerLogRequest { container_id: app.clone() }).await.unwrap();
+    exec(&mut rt, &app, "touch /tmp/go").await;
+    let fresh = until_logged(&app_log, "after").await;
+    assert_eq!(fresh.len(), 1, "{fresh:?}");
+    assert!(!cri_log(&logs.join("app/0.log.1")).iter().any(|(_, _, m)| m == "after"));
+
+    // Stats.
+    let stats = rt.container_stats(cri::ContainerStatsRequest { container_id: app.clone() }).await.unwrap();
+    let stats = stats.into_inner().stats.unwrap();
+    assert!(stats.memory.unwrap().usage_bytes.unwrap().value > 0);
+    assert!(stats.cpu.unwrap().usage_core_nano_seconds.is_some());
+    let all = rt.list_container_stats(cri::ListContainerStatsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(all.stats.len(), 2);
+    let pod_stats = rt.pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    assert_eq!(pod_stats.into_inner().stats.unwrap().linux.unwrap().containers.len(), 2);
+
+    // The same containers through the husk API: the pod and its nested containers.
+    let mut husk = agent.client().await;
+    let list = husk.list(pb::ListRequest { show_nested: Some(true), ..Default::default() }).await.unwrap().into_inner();
+    let mut ids: Vec<String> =
+        list.containers.iter().map(|i| husk_oci::validate::display_id(&i.container_id)).collect();
+    ids.sort();
+    let mut want = vec![pod.clone(), format!("{pod}.{app}"), format!("{pod}.{side}")];
+    want.sort();
+    assert_eq!(ids, want);
+
+    // The OOM killer's victim says so.
+    let mut hog = container("hog", "exec tail /dev/zero", "hog/0.log");
+    hog.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources { memory_limit_in_bytes: 16 << 20, ..Default::default() }),
+        ..Default::default()
+    });
+    let hog = rt.create_container(create(hog)).await.unwrap().into_inner().container_id;
+    rt.start_container(cri::StartContainerRequest { container_id: hog.clone() }).await.unwrap();
+    let s = until_exited(&mut rt, &hog).await;
+    assert_eq!((s.reason.as_str(), s.exit_code), ("OOMKilled", 137), "{s:?}");
+
+    // Stop: SIGTERM, which the container ignores, then SIGKILL after the grace period.
+    let started = std::time::Instant::now();
+    rt.stop_container(cri::StopContainerRequest { container_id: side.clone(), timeout: 1 }).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let s = status(&mut rt, &side).await;
+    assert_eq!((s.state, s.exit_code, s.reason.as_str()), (cri::ContainerState::ContainerExited as i32, 137, "Error"));
+    rt.stop_container(cri::StopContainerRequest { container_id: side.clone(), timeout: 1 }).await.unwrap();
+    let running = rt
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(running.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [app.as_str()]);
+
+    // The event stream saw them created, started and stopped.
+    let mut seen: Vec<(String, i32)> = Vec::new();
+    let want_stopped = (side.clone(), cri::ContainerEventType::ContainerStoppedEvent as i32);
+    while !seen.contains(&want_stopped) {
+        let e = tokio::time::timeout(Duration::from_secs(30), events.message()).await.unwrap().unwrap().unwrap();
+        seen.push((e.container_id, e.container_event_type));
+    }
+    for kind in [cri::ContainerEventType::ContainerCreatedEvent, cri::ContainerEventType::ContainerStartedEvent] {
+        assert!(seen.contains(&(side.clone(), kind as i32)), "{seen:?}");
+    }
+
+    // A restarted agent knows every pod and container again.
+    drop((rt, img, husk));
+    agent.kill9();
+    agent.restart();
+    let mut rt = RuntimeServiceClient::new(channel(&socket).await);
+    assert_eq!(status(&mut rt, &app).await.state, cri::ContainerState::ContainerRunning as i32);
+    assert_eq!(status(&mut rt, &hog).await.reason, "OOMKilled");
+    assert_eq!(exec(&mut rt, &app, "echo still").await.stdout, b"still\n");
+
+    // Removal: a running container is stopped first; removing twice is fine.
+    rt.remove_container(cri::RemoveContainerRequest { container_id: app.clone() }).await.unwrap();
+    rt.remove_container(cri::RemoveContainerRequest { container_id: app.clone() }).await.unwrap();
+    let e = rt.container_status(cri::ContainerStatusRequest { container_id: app.clone(), verbose: false }).await;
+    assert_eq!(e.unwrap_err().code(), tonic::Code::NotFound);
+
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    let pods = rt.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].state, cri::PodSandboxState::SandboxNotready as i32);
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    assert!(rt.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items.is_empty());
+    assert!(rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+        .is_empty());
+    let mut husk = agent.client().await;
+    let list = husk.list(pb::ListRequest { show_nested: Some(true), ..Default::default() }).await.unwrap().into_inner();
+    assert!(list.containers.is_empty(), "{:?}", list.containers);
+    assert!(std::fs::read_dir(agent.path("work/cri/pods")).unwrap().next().is_none());
+    assert!(std::fs::read_dir(agent.path("work/cri/containers")).unwrap().next().is_none());
+    assert!(std::fs::read_dir(agent.path("work/containers")).unwrap().next().is_none(), "no sandbox left");
+    // The kubelet owns the log files: they stay.
+    assert!(app_log.exists());
+}
