@@ -243,6 +243,13 @@ async fn a_pod_of_two_containers_through_the_cri() {
     let e = rt.create_container(create(no_image)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
     assert_eq!(status(&mut rt, &app).await.state, cri::ContainerState::ContainerCreated as i32);
+    let mut broken = container("broken", "", "broken.log");
+    (broken.command, broken.args) = (vec!["/no/such/program".into()], vec![]);
+    let broken = rt.create_container(create(broken)).await.unwrap().into_inner().container_id;
+    rt.start_container(cri::StartContainerRequest { container_id: broken.clone() }).await.unwrap_err();
+    let s = until_exited(&mut rt, &broken).await;
+    assert_eq!((s.reason.as_str(), s.exit_code), ("StartError", 128), "{s:?}");
+    assert!(s.message.contains("/no/such/program"), "{}", s.message);
 
     rt.start_container(cri::StartContainerRequest { container_id: app.clone() }).await.unwrap();
     rt.start_container(cri::StartContainerRequest { container_id: side.clone() }).await.unwrap();
@@ -297,7 +304,7 @@ async fn a_pod_of_two_containers_through_the_cri() {
     assert!(stats.memory.unwrap().usage_bytes.unwrap().value > 0);
     assert!(stats.cpu.unwrap().usage_core_nano_seconds.is_some());
     let all = rt.list_container_stats(cri::ListContainerStatsRequest::default()).await.unwrap().into_inner();
-    assert_eq!(all.stats.len(), 2);
+    assert_eq!(all.stats.len(), 2, "the running ones");
     let pod_stats = rt.pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
     assert_eq!(pod_stats.into_inner().stats.unwrap().linux.unwrap().containers.len(), 2);
 
@@ -307,7 +314,7 @@ async fn a_pod_of_two_containers_through_the_cri() {
     let mut ids: Vec<String> =
         list.containers.iter().map(|i| husk_oci::validate::display_id(&i.container_id)).collect();
     ids.sort();
-    let mut want = vec![pod.clone(), format!("{pod}.{app}"), format!("{pod}.{side}")];
+    let mut want = vec![pod.clone(), format!("{pod}.{app}"), format!("{pod}.{side}"), format!("{pod}.{broken}")];
     want.sort();
     assert_eq!(ids, want);
 

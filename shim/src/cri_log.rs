@@ -86,8 +86,10 @@ impl Lines {
         }
     }
 
-    /// A full line, its head cut into `P` parts when it is too long.
+    /// A full line, its head cut into `P` parts when it is too long. A terminal ends lines
+    /// with CRLF: the CR is not part of the text.
     fn cut(&self, mut line: &[u8], emit: &mut impl FnMut(bool, &[u8])) {
+        line = line.strip_suffix(b"\r").unwrap_or(line);
         while line.len() > MAX_LINE {
             emit(true, &line[..MAX_LINE]);
             line = &line[MAX_LINE..];
@@ -157,6 +159,7 @@ mod tests {
         assert_eq!(entries(&[b"one\ntwo\n"]), [full("one"), full("two")]);
         assert_eq!(entries(&[b"on", b"e\ntw", b"o"]), [full("one"), full("two")]);
         assert_eq!(entries(&[b"\n\n"]), [full(""), full("")]);
+        assert_eq!(entries(&[b"tty\r\n"]), [full("tty")], "a terminal's CR goes");
         assert_eq!(entries(&[]), []);
     }
 

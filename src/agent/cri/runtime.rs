@@ -208,12 +208,16 @@ fn container_launch(
             ..Default::default()
         });
     }
-    let pod_pid = mode(pod_namespaces(&pod.config), |o| o.pid);
-    let own_pid = sc.namespace_options.as_ref().map(|o| o.pid);
+    // The container's pid mode, else its pod's: POD shares the pod's namespace, NODE too (the
+    // pod's is then the node's), CONTAINER gives it one of its own.
+    let pid_mode = match sc.namespace_options.as_ref() {
+        Some(o) => cri::NamespaceMode::try_from(o.pid).unwrap_or(cri::NamespaceMode::Pod),
+        None => mode(pod_namespaces(&pod.config), |o| o.pid),
+    };
     // Each container has limits of its own (the kubelet sets them per container), in a cgroup
     // below its pod's.
     let mut linux_info = mesos::LinuxInfo { share_cgroups: Some(false), ..Default::default() };
-    if pod_pid == cri::NamespaceMode::Pod || own_pid == Some(cri::NamespaceMode::Pod as i32) {
+    if pid_mode != cri::NamespaceMode::Container {
         linux_info.share_pid_namespace = Some(true);
     }
     if let Some(caps) = &sc.capabilities {
@@ -306,8 +310,12 @@ fn exit_code(t: &pb::ContainerTermination) -> i32 {
 
 pub(super) fn status_of(cri: &Cri, r: &ContainerRecord) -> cri::ContainerStatus {
     let (state, t, started) = state_of(cri, r);
+    let launch_failed = t.as_ref().is_some_and(|t| {
+        t.reason.is_some() && t.reason() == husk_proto::mesos::v1::task_status::Reason::ContainerLaunchFailed
+    });
     let (reason, message) = match (&t, &r.start_error) {
         (_, Some(e)) => ("StartError".to_string(), e.clone()),
+        (Some(t), None) if launch_failed => ("StartError".to_string(), t.message().to_string()),
         (Some(t), None) if t.oom_killed() => ("OOMKilled".to_string(), t.message().to_string()),
         (Some(t), None) if exit_code(t) == 0 => ("Completed".to_string(), String::new()),
         (Some(t), None) => ("Error".to_string(), t.message().to_string()),
@@ -320,7 +328,10 @@ pub(super) fn status_of(cri: &Cri, r: &ContainerRecord) -> cri::ContainerStatus 
         created_at: r.created_at_ns,
         started_at: t.as_ref().and_then(|t| t.started_at_ns).filter(|s| *s > 0).unwrap_or(started),
         finished_at: t.as_ref().and_then(|t| t.finished_at_ns).unwrap_or(0),
-        exit_code: t.as_ref().map(exit_code).unwrap_or(0),
+        exit_code: match launch_failed {
+            true => 128,
+            false => t.as_ref().map(exit_code).unwrap_or(0),
+        },
         image: Some(cri::ImageSpec { image: r.image.clone(), ..Default::default() }),
         image_ref: r.image_ref.clone(),
         reason,
@@ -381,7 +392,8 @@ async fn stop(cri: &Cri, key: &str, grace: Option<Duration>) -> Result<(), Statu
     }
     match cri.agent.kill(key, None, grace).await {
         Ok(()) => {}
-        Err(e) if e.code() == tonic::Code::FailedPrecondition && c.terminated().is_some() => return Ok(()),
+        // Terminated meanwhile, or already being destroyed: wait for the end below.
+        Err(e) if e.code() == tonic::Code::FailedPrecondition => {}
         Err(e) => return Err(e),
     }
     terminated(cri, key, grace.unwrap_or_default() + KILL_WAIT).await
@@ -585,9 +597,13 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
             return Err(Status::invalid_argument("config.image.image: is required"));
         }
         let _ops = cri.ops.lock().await;
-        let pod = cri.pod(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        let mut pod = cri.pod(&req.pod_sandbox_id, "pod_sandbox_id")?;
         if cri.pod_state(&pod) != cri::PodSandboxState::SandboxReady {
             return Err(Status::failed_precondition(format!("pod_sandbox_id: pod {} is not ready", pod.id)));
+        }
+        // A RunPodSandbox whose caller went away may not have recorded the directory.
+        if pod.sandbox_dir.is_empty() {
+            pod.sandbox_dir = cri.agent.get(&pod.id)?.sandbox().display().to_string();
         }
         if let Some(other) = cri
             .containers_of(&pod.id)
@@ -609,9 +625,9 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
                         rel.escape_debug()
                     )));
                 }
-                if !dir.starts_with('/') {
+                if !dir.starts_with('/') || dir.split('/').any(|p| p == ".." || p == ".") || dir.contains('\0') {
                     return Err(Status::invalid_argument(format!(
-                        "sandbox_config.log_directory: `{}` must be absolute",
+                        "sandbox_config.log_directory: `{}` must be an absolute path without `.` or `..`",
                         dir.escape_debug()
                     )));
                 }
