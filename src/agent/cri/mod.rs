@@ -141,44 +141,49 @@ impl Cri {
         self.dir.join(kind).join(format!("{id}.json"))
     }
 
-    fn save_pod(&self, p: &PodRecord) -> Result<(), Status> {
-        let bytes = serde_json::to_vec(p).map_err(|e| Status::internal(format!("encoding the pod record: {e}")))?;
-        husk_oci::checkpoint::write_atomic(&self.record_path("pods", &p.id), &bytes, 0o600)
-            .map_err(|e| Status::internal(format!("checkpointing pod {}: {e}", p.id)))?;
-        self.pods.lock().unwrap().insert(p.id.clone(), p.clone());
+    /// Checkpoints a record (`kind` is `pods` or `containers`), then keeps it in `table`.
+    fn save<T: Serialize + Clone>(
+        &self,
+        kind: &str,
+        id: &str,
+        record: &T,
+        table: &Mutex<HashMap<String, T>>,
+    ) -> Result<(), Status> {
+        let bytes = serde_json::to_vec(record).map_err(|e| Status::internal(format!("encoding {kind}/{id}: {e}")))?;
+        husk_oci::checkpoint::write_atomic(&self.record_path(kind, id), &bytes, 0o600)
+            .map_err(|e| Status::internal(format!("checkpointing {kind}/{id}: {e}")))?;
+        table.lock().unwrap().insert(id.to_string(), record.clone());
         Ok(())
+    }
+
+    /// Removes a record's checkpoint (a missing one is fine), then the record.
+    fn forget<T>(&self, kind: &str, id: &str, table: &Mutex<HashMap<String, T>>) -> Result<(), Status> {
+        match std::fs::remove_file(self.record_path(kind, id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Status::internal(format!("removing the record {kind}/{id}: {e}"))),
+        }
+        table.lock().unwrap().remove(id);
+        Ok(())
+    }
+
+    fn save_pod(&self, p: &PodRecord) -> Result<(), Status> {
+        self.save("pods", &p.id, p, &self.pods)
     }
 
     fn save_container(&self, c: &ContainerRecord) -> Result<(), Status> {
-        let bytes =
-            serde_json::to_vec(c).map_err(|e| Status::internal(format!("encoding the container record: {e}")))?;
-        husk_oci::checkpoint::write_atomic(&self.record_path("containers", &c.id), &bytes, 0o600)
-            .map_err(|e| Status::internal(format!("checkpointing container {}: {e}", c.id)))?;
-        self.containers.lock().unwrap().insert(c.id.clone(), c.clone());
-        Ok(())
-    }
-
-    fn forget_container(&self, id: &str) -> Result<(), Status> {
-        match std::fs::remove_file(self.record_path("containers", id)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Status::internal(format!("removing container {id}'s record: {e}"))),
-        }
-        self.containers.lock().unwrap().remove(id);
-        Ok(())
+        self.save("containers", &c.id, c, &self.containers)
     }
 
     fn forget_pod(&self, id: &str) -> Result<(), Status> {
-        match std::fs::remove_file(self.record_path("pods", id)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Status::internal(format!("removing pod {id}'s record: {e}"))),
-        }
-        self.pods.lock().unwrap().remove(id);
-        Ok(())
+        self.forget("pods", id, &self.pods)
     }
 
-    /// A fresh id: random hex, unused by any pod or container.
+    fn forget_container(&self, id: &str) -> Result<(), Status> {
+        self.forget("containers", id, &self.containers)
+    }
+
+    /// A fresh id: 96 random bits in hex (a collision is not a practical concern).
     fn new_id(&self) -> Result<String, Status> {
         use std::io::Read;
         let mut bytes = [0u8; ID_LENGTH / 2];

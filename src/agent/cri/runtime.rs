@@ -737,29 +737,26 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
         let cri = &self.0;
         let filter = req.into_inner().filter.unwrap_or_default();
-        let records: Vec<ContainerRecord> = cri.containers.lock().unwrap().values().cloned().collect();
-        let mut containers: Vec<cri::Container> = records
-            .iter()
-            .filter(|r| filter.id.is_empty() || r.id.starts_with(&filter.id))
-            .filter(|r| filter.pod_sandbox_id.is_empty() || r.pod_id.starts_with(&filter.pod_sandbox_id))
-            .filter(|r| matches(&r.config.labels, &filter.label_selector))
-            .map(|r| {
-                let (state, _, _) = state_of(cri, r);
-                cri::Container {
-                    id: r.id.clone(),
-                    pod_sandbox_id: r.pod_id.clone(),
-                    metadata: r.config.metadata.clone(),
-                    image: Some(cri::ImageSpec { image: r.image.clone(), ..Default::default() }),
-                    image_ref: r.image_ref.clone(),
-                    state: state as i32,
-                    created_at: r.created_at_ns,
-                    labels: r.config.labels.clone(),
-                    annotations: r.config.annotations.clone(),
-                    ..Default::default()
-                }
-            })
-            .filter(|c| filter.state.as_ref().is_none_or(|s| s.state == c.state))
-            .collect();
+        let mut containers: Vec<cri::Container> =
+            records_matching(cri, &filter.id, &filter.pod_sandbox_id, &filter.label_selector)
+                .iter()
+                .map(|r| {
+                    let (state, _, _) = state_of(cri, r);
+                    cri::Container {
+                        id: r.id.clone(),
+                        pod_sandbox_id: r.pod_id.clone(),
+                        metadata: r.config.metadata.clone(),
+                        image: Some(cri::ImageSpec { image: r.image.clone(), ..Default::default() }),
+                        image_ref: r.image_ref.clone(),
+                        state: state as i32,
+                        created_at: r.created_at_ns,
+                        labels: r.config.labels.clone(),
+                        annotations: r.config.annotations.clone(),
+                        ..Default::default()
+                    }
+                })
+                .filter(|c| filter.state.as_ref().is_none_or(|s| s.state == c.state))
+                .collect();
         containers.sort_by_key(|c| std::cmp::Reverse(c.created_at));
         Ok(Response::new(cri::ListContainersResponse { containers }))
     }
@@ -890,13 +887,9 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
         let cri = &self.0;
         let filter = req.into_inner().filter.unwrap_or_default();
-        let records: Vec<ContainerRecord> = cri.containers.lock().unwrap().values().cloned().collect();
         let mut stats = Vec::new();
-        for r in records
+        for r in records_matching(cri, &filter.id, &filter.pod_sandbox_id, &filter.label_selector)
             .iter()
-            .filter(|r| filter.id.is_empty() || r.id.starts_with(&filter.id))
-            .filter(|r| filter.pod_sandbox_id.is_empty() || r.pod_id.starts_with(&filter.pod_sandbox_id))
-            .filter(|r| matches(&r.config.labels, &filter.label_selector))
             .filter(|r| state_of(cri, r).0 == cri::ContainerState::ContainerRunning)
         {
             // A container that ends meanwhile is left out.
@@ -1001,6 +994,16 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
             linux: Some(cri::LinuxRuntimeConfiguration { cgroup_driver: cri::CgroupDriver::Cgroupfs as i32 }),
         }))
     }
+}
+
+/// The container records a list filter selects: id and pod id by prefix, labels exactly.
+fn records_matching(cri: &Cri, id: &str, pod: &str, labels: &HashMap<String, String>) -> Vec<ContainerRecord> {
+    let records = cri.containers.lock().unwrap();
+    records
+        .values()
+        .filter(|r| r.id.starts_with(id) && r.pod_id.starts_with(pod) && matches(&r.config.labels, labels))
+        .cloned()
+        .collect()
 }
 
 async fn usage(cri: &Cri, id: &mesos::ContainerId) -> Result<mesos::ResourceStatistics, Status> {
