@@ -51,7 +51,8 @@ const SHIM_CALL_DEADLINE: Duration = Duration::from_secs(10);
 pub struct Agent {
     pub settings: Settings,
     containers: Mutex<HashMap<String, Arc<Container>>>,
-    pub events: broadcast::Sender<ContainerEvent>,
+    /// State changes, shared: a watcher that filters by id copies only the events it sends.
+    pub events: broadcast::Sender<Arc<ContainerEvent>>,
     pub boot_id: String,
     fetcher: fetcher::Fetcher,
     pub metrics: metrics::Metrics,
@@ -299,13 +300,13 @@ impl Agent {
     }
 
     fn event(&self, c: &Container, previous: ContainerState) {
-        let _ = self.events.send(ContainerEvent {
+        let _ = self.events.send(Arc::new(ContainerEvent {
             container_id: c.launch.container_id.clone(),
             state: Some(c.state() as i32),
             previous_state: Some(previous as i32),
             timestamp_ns: Some(now_ns()),
             termination: c.terminated(),
-        });
+        }));
     }
 
     fn transition(&self, c: &Container, to: ContainerState) -> Result<(), Status> {

@@ -201,7 +201,7 @@ impl Containerizer for Service {
             loop {
                 match events.recv().await {
                     Ok(e) if only.is_empty() || only.contains(&husk_oci::validate::display_id(&e.container_id)) => {
-                        if tx.send(Ok(e)).await.is_err() {
+                        if tx.send(Ok(Arc::unwrap_or_clone(e))).await.is_err() {
                             return;
                         }
                     }

@@ -133,7 +133,11 @@ impl Cri {
             ops: tokio::sync::Mutex::new(()),
             events,
         });
-        cri.follow_terminations();
+        let started: Vec<ContainerRecord> =
+            cri.containers.lock().unwrap().values().filter(|r| r.started).cloned().collect();
+        for r in &started {
+            cri.follow(r);
+        }
         Ok(cri)
     }
 
@@ -238,25 +242,23 @@ impl Cri {
         });
     }
 
-    /// Turns the agent's terminations of CRI containers into CONTAINER_STOPPED events.
-    fn follow_terminations(self: &Arc<Self>) {
-        let mut rx = self.agent.events.subscribe();
-        let cri = Arc::downgrade(self);
+    /// Sends CONTAINER_STOPPED once the husk container of a started record terminates. One
+    /// task per running CRI container, waiting on that container alone: a follower of the
+    /// agent's whole event stream would wake for every husk container on the node.
+    pub(crate) fn follow(self: &Arc<Self>, r: &ContainerRecord) {
+        let Ok(c) = self.agent.get(&r.husk_key()) else { return };
+        let mut termination = c.termination.subscribe();
+        drop(c);
+        let (cri, id) = (Arc::downgrade(self), r.id.clone());
         tokio::spawn(async move {
-            loop {
-                let e = match rx.recv().await {
-                    Ok(e) => e,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(_) => return,
-                };
-                let Some(cri) = cri.upgrade() else { return };
-                if e.state() != pb::ContainerState::Terminated || e.container_id.parent.is_none() {
-                    continue;
-                }
-                let record = cri.containers.lock().unwrap().get(&e.container_id.value).cloned();
-                if let Some(r) = record.filter(|r| r.husk_id() == e.container_id) {
-                    cri.event(&r, cri::ContainerEventType::ContainerStoppedEvent);
-                }
+            // An error means the container went away (removed) without terminating.
+            if termination.wait_for(Option::is_some).await.is_err() {
+                return;
+            }
+            let Some(cri) = cri.upgrade() else { return };
+            let record = cri.containers.lock().unwrap().get(&id).cloned();
+            if let Some(r) = record {
+                cri.event(&r, cri::ContainerEventType::ContainerStoppedEvent);
             }
         });
     }

@@ -679,6 +679,7 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
         match Service(cri.agent.clone()).launch(Request::new(r.launch.clone())).await {
             Ok(_) => {
                 cri.event(&r, cri::ContainerEventType::ContainerStartedEvent);
+                cri.follow(&r);
                 Ok(Response::new(cri::StartContainerResponse {}))
             }
             Err(e) => {
