@@ -194,6 +194,20 @@ async fn a_pod_of_two_containers_through_the_cri() {
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     assert!(bad.message().contains("config.metadata"), "{}", bad.message());
+    // Without a CNI network the node is not network-ready and a pod (not on the host's
+    // network) is refused; with one, pods get their address from it.
+    let network_ready = |st: &cri::RuntimeStatus| st.conditions.iter().any(|c| c.r#type == "NetworkReady" && c.status);
+    assert!(!network_ready(&st), "{st:?}");
+    let no_net = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_config.clone()), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(no_net.code(), tonic::Code::FailedPrecondition);
+    assert!(no_net.message().contains("needs a CNI network"), "{}", no_net.message());
+    let veths_before = veths();
+    agent.cni_bridge("husk-pods", "huskcri0", "10.88.77.0/24");
+    let st = rt.status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner().status.unwrap();
+    assert!(network_ready(&st), "{st:?}");
     let pod = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_config.clone()), ..Default::default() })
         .await
@@ -214,6 +228,8 @@ async fn a_pod_of_two_containers_through_the_cri() {
         .unwrap();
     assert_eq!(ps.id, pod, "a unique prefix names the pod");
     assert_eq!(ps.state, cri::PodSandboxState::SandboxReady as i32);
+    let pod_ip = ps.network.unwrap().ip;
+    assert!(pod_ip.starts_with("10.88.77."), "{pod_ip}");
 
     let mut events = rt.get_container_events(cri::GetEventsRequest {}).await.unwrap().into_inner();
 
@@ -276,6 +292,42 @@ async fn a_pod_of_two_containers_through_the_cri() {
         "nameserver 10.10.10.10\nsearch example.com\noptions ndots:8\n"
     );
     assert_eq!(exec(&mut rt, &app, "exit 3").await.exit_code, 3);
+
+    // A second pod on the same network: the two reach each other by address.
+    let mut db_config = pod_config.clone();
+    db_config.metadata.as_mut().unwrap().name = "db".into();
+    db_config.hostname = "dbhost".into();
+    let db = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(db_config.clone()), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let db_ip = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: db.clone(), verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .network
+        .unwrap()
+        .ip;
+    assert!(db_ip.starts_with("10.88.77.") && db_ip != pod_ip, "{db_ip} {pod_ip}");
+    let ping = exec(&mut rt, &app, &format!("ping -c 1 -W 5 {db_ip}")).await;
+    assert_eq!(ping.exit_code, 0, "{}{}", String::from_utf8_lossy(&ping.stdout), String::from_utf8_lossy(&ping.stderr));
+    assert_eq!(leased(&agent, "husk-pods").len(), 2);
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: db.clone() }).await.unwrap();
+    let stopped = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: db.clone(), verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(stopped.network.unwrap().ip, "", "a stopped pod has no address");
+    assert_eq!(leased(&agent, "husk-pods"), std::slice::from_ref(&pod_ip), "db's address went back");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: db.clone() }).await.unwrap();
     let slow = rt
         .exec_sync(cri::ExecSyncRequest {
             container_id: app.clone(),
@@ -398,4 +450,20 @@ async fn a_pod_of_two_containers_through_the_cri() {
     assert!(std::fs::read_dir(agent.path("work/containers")).unwrap().next().is_none(), "no sandbox left");
     // The kubelet owns the log files: they stay.
     assert!(app_log.exists());
+    // The network is left as found: no address leased, no veth, no pinned namespace.
+    assert!(leased(&agent, "husk-pods").is_empty());
+    assert_eq!(veths(), veths_before);
+    assert!(std::fs::read_dir(agent.path("run/netns")).unwrap().next().is_none());
+}
+
+fn veths() -> Vec<String> {
+    let out = std::process::Command::new("ip").args(["-o", "link", "show", "type", "veth"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// The addresses host-local holds for `network` (its files named by IP).
+fn leased(agent: &Agent, network: &str) -> Vec<String> {
+    let dir = std::fs::read_dir(agent.path("ipam").join(network));
+    let names = dir.into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned());
+    names.filter(|n| n.parse::<std::net::IpAddr>().is_ok()).collect()
 }

@@ -71,6 +71,9 @@ pub struct Placement {
     pub parent: Option<ParentContext>,
     /// Variables the agent supplies (executor environment), below the user's in precedence.
     pub agent_environment: Vec<(String, String)>,
+    /// For a top-level container on a named network: the network namespace it joins (one the
+    /// agent made and pinned for CNI), instead of a new one.
+    pub network_ns: Option<PathBuf>,
 }
 
 /// What a nested container needs of its parent: its sandbox, its namespaces (as

@@ -747,7 +747,7 @@ impl Translator<'_> {
             None => {
                 out.push(ns(LinuxNamespaceType::Uts, None)?);
                 if self.network_isolated()? {
-                    out.push(ns(LinuxNamespaceType::Network, None)?);
+                    out.push(ns(LinuxNamespaceType::Network, self.place.network_ns.as_deref())?);
                 }
             }
         }

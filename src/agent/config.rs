@@ -38,6 +38,15 @@ pub struct Flags {
     /// socket (`unix:///run/husk/cri.sock`). Same mode, group and admin group as the API socket.
     #[arg(long, value_name = "ADDRESS")]
     pub cri_listen: Option<String>,
+    /// CNI network configurations (`*.conflist`, `*.conf`, `*.json`), read at each launch. A
+    /// launch's `NetworkInfo.name` picks one; CRI pods get the first in file-name order.
+    /// Default: /etc/cni/net.d.
+    #[arg(long, value_name = "DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// Where CNI plugin binaries are looked for, `:`-separated. Default:
+    /// /usr/lib/cni:/opt/cni/bin (Debian's containernetworking-plugins, then upstream's).
+    #[arg(long, value_name = "DIRS")]
+    pub cni_bin_dir: Option<String>,
     /// Mode of the API socket (octal).
     #[arg(long, value_name = "MODE")]
     pub socket_mode: Option<String>,
@@ -147,6 +156,8 @@ struct FileConfig {
     runtime_dir: Option<PathBuf>,
     listen: Option<String>,
     cri_listen: Option<String>,
+    cni_conf_dir: Option<PathBuf>,
+    cni_bin_dir: Option<String>,
     tcp_listen: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -197,6 +208,7 @@ pub struct Settings {
     pub socket: PathBuf,
     /// The CRI socket (None: the CRI is not served).
     pub cri_socket: Option<PathBuf>,
+    pub cni: super::cni::Cni,
     /// The TCP address and its TLS material (PEM: certificate chain, key, client CA).
     pub tcp: Option<TcpListen>,
     pub socket_mode: u32,
@@ -385,6 +397,18 @@ impl Settings {
             runtime_dir: flags.runtime_dir.clone().or(file.runtime_dir).unwrap_or_else(|| "/run/husk".into()),
             socket,
             cri_socket,
+            cni: super::cni::Cni {
+                conf_dir: flags.cni_conf_dir.clone().or(file.cni_conf_dir).unwrap_or_else(|| "/etc/cni/net.d".into()),
+                bin_dirs: flags
+                    .cni_bin_dir
+                    .clone()
+                    .or(file.cni_bin_dir)
+                    .unwrap_or_else(|| "/usr/lib/cni:/opt/cni/bin".into())
+                    .split(':')
+                    .filter(|d| !d.is_empty())
+                    .map(PathBuf::from)
+                    .collect(),
+            },
             socket_mode,
             socket_group: flags.socket_group.clone().or(file.socket_group),
             admin_group,

@@ -2,6 +2,7 @@
 //! per container, follows each to its termination, checkpoints everything under the work dir
 //! and recovers it all after a restart.
 pub mod access;
+pub mod cni;
 pub mod config;
 mod container;
 pub mod cri;
@@ -623,6 +624,7 @@ impl Agent {
         // making to anywhere on the node.
         let sandbox = dir.join("sandbox");
         let shim_dir = self.settings.runtime_dir.join("shims").join(&id);
+        let mut network = None;
         let accepted = {
             // Another launch of this id may be provisioning its image (this one's own
             // reservation, if it has one, is the image it was given). Held until the container
@@ -668,8 +670,10 @@ impl Agent {
                     rootfs: root,
                     agent_environment: image_env,
                     parent: parent.as_ref().map(|p| p.context.clone()),
+                    network_ns: parent.is_none().then(|| self.netns_path(&id)),
                 };
                 let t = husk_oci::translate(&effective, &self.settings.translation, &place).map_err(status_of)?;
+                network = self.attachment_of(&effective, &id)?;
                 // A working directory the root filesystem lacks is made in the container's
                 // own layer, never through a link the image holds.
                 let wd = effective.working_dir.as_deref().filter(|w| !w.is_empty());
@@ -707,10 +711,17 @@ impl Agent {
                 image: image.map(|p| p.digest.clone()),
             };
             let json = serde_json::to_vec(&req).map_err(|e| internal("encoding the launch", e))?;
-            let saved = husk_oci::checkpoint::write_atomic(&dir.join(LAUNCH_FILE), &json, 0o600).and_then(|_| {
-                husk_oci::failpoint::hit("agent.launch.half-checkpointed");
-                container::save(&dir, &checkpoint)
-            });
+            // The network's record goes first: a launch checkpoint never lacks it.
+            let saved = match &network {
+                Some(a) => a.save(&dir),
+                None => Ok(()),
+            };
+            let saved = saved
+                .and_then(|_| husk_oci::checkpoint::write_atomic(&dir.join(LAUNCH_FILE), &json, 0o600))
+                .and_then(|_| {
+                    husk_oci::failpoint::hit("agent.launch.half-checkpointed");
+                    container::save(&dir, &checkpoint)
+                });
             if let Err(e) = saved {
                 let _ = sweep::remove_tree(&dir);
                 return Err(internal("checkpointing the launch", e));
@@ -744,6 +755,7 @@ impl Agent {
         })?;
 
         self.transition(c, ContainerState::Isolating).map_err(|e| e.message().to_string())?;
+        self.network_up(c).await?;
         let runtime = self.runtime_of(c);
         let mut cmd = self.shim_command("start", c);
         cmd.arg("--shim-cgroup")
@@ -842,6 +854,148 @@ impl Agent {
         husk_oci::failpoint::hit("agent.destroy.terminated");
     }
 
+    /// The CNI network a container is on (a nested container: its top-level ancestor's), with
+    /// the addresses ADD gave it. Empty on the host network and before ADD succeeded.
+    pub fn network_infos(&self, c: &Container) -> Vec<husk_proto::mesos::v1::NetworkInfo> {
+        use husk_proto::mesos::v1::{network_info, NetworkInfo};
+        let root = c.id.split('.').next().unwrap_or(&c.id);
+        let dir = self.settings.work_dir.join("containers").join(root);
+        let Ok(Some(a)) = cni::Attachment::load(&dir) else { return Vec::new() };
+        if a.result.is_none() {
+            return Vec::new();
+        }
+        let ip_addresses = a
+            .ips()
+            .into_iter()
+            .map(|ip| network_info::IpAddress {
+                protocol: Some(match ip.contains(':') {
+                    true => network_info::Protocol::IPv6 as i32,
+                    false => network_info::Protocol::IPv4 as i32,
+                }),
+                ip_address: Some(ip),
+            })
+            .collect();
+        let port_mappings = a
+            .port_mappings
+            .iter()
+            .map(|p| network_info::PortMapping {
+                host_port: p.host_port.into(),
+                container_port: p.container_port.into(),
+                protocol: Some(p.protocol.clone()),
+            })
+            .collect();
+        vec![NetworkInfo { name: Some(a.network.name), ip_addresses, port_mappings, ..Default::default() }]
+    }
+
+    /// Where a top-level container's network namespace is pinned when it is on a CNI network.
+    fn netns_path(&self, id: &str) -> PathBuf {
+        self.settings.runtime_dir.join("netns").join(id)
+    }
+
+    /// The CNI network a top-level launch names (one at most), as the attachment to make.
+    fn attachment_of(&self, req: &LaunchRequest, id: &str) -> Result<Option<cni::Attachment>, Status> {
+        if req.container_id.parent.is_some() {
+            return Ok(None);
+        }
+        let infos = req.container.as_ref().map(|c| c.network_infos.as_slice()).unwrap_or_default();
+        let mut named = infos.iter().enumerate().filter(|(_, n)| n.name.is_some());
+        let Some((i, info)) = named.next() else { return Ok(None) };
+        if let Some((j, _)) = named.next() {
+            return Err(Status::unimplemented(format!(
+                "container.network_infos[{j}]: a container joins one CNI network (network_infos[{i}] names one already)"
+            )));
+        }
+        let at = format!("container.network_infos[{i}]");
+        let network = self.settings.cni.network(info.name.as_deref().unwrap_or_default(), &format!("{at}.name"))?;
+        let mut port_mappings = Vec::new();
+        for (k, p) in info.port_mappings.iter().enumerate() {
+            let field = format!("{at}.port_mappings[{k}]");
+            let port = |v: u32, what: &str| {
+                u16::try_from(v)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| Status::invalid_argument(format!("{field}.{what}: {v} is not a port (1-65535)")))
+            };
+            let protocol = p.protocol.as_deref().unwrap_or("tcp").to_ascii_lowercase();
+            if !["tcp", "udp", "sctp"].contains(&protocol.as_str()) {
+                return Err(Status::invalid_argument(format!(
+                    "{field}.protocol: `{}` is not tcp, udp or sctp",
+                    protocol.escape_debug()
+                )));
+            }
+            port_mappings.push(cni::PortMapping {
+                host_port: port(p.host_port, "host_port")?,
+                container_port: port(p.container_port, "container_port")?,
+                protocol,
+                host_ip: String::new(),
+            });
+        }
+        // The network's labels are the plugins' CNI_ARGS (`K8S_POD_NAME`, ...).
+        let mut args = vec!["IgnoreUnknown=1".to_string()];
+        for l in info.labels.iter().flat_map(|l| &l.labels) {
+            let value = l.value.as_deref().unwrap_or_default();
+            let bad = |t: &str| t.is_empty() || t.contains([';', '=', '\0']);
+            if bad(&l.key) || value.contains([';', '\0']) {
+                return Err(Status::invalid_argument(format!(
+                    "{at}.labels: `{}`: CNI arguments need a key without `;` or `=` and a value without `;`",
+                    l.key.escape_debug()
+                )));
+            }
+            args.push(format!("{}={value}", l.key));
+        }
+        Ok(Some(cni::Attachment {
+            network,
+            container_id: id.to_string(),
+            netns: self.netns_path(id),
+            port_mappings,
+            args: args.join(";"),
+            result: None,
+        }))
+    }
+
+    /// Pins the container's network namespace and runs the network's CNI ADD; the result is
+    /// checkpointed. On failure the destroy path undoes whatever part was done.
+    async fn network_up(&self, c: &Container) -> Result<(), String> {
+        let Some(mut a) = cni::Attachment::load(&c.dir).map_err(|e| format!("reading the network record: {e}"))? else {
+            return Ok(());
+        };
+        let pin = a.netns.clone();
+        tokio::task::block_in_place(|| cni::pin_new_netns(&pin))
+            .map_err(|e| format!("making the network namespace {}: {e}", pin.display()))?;
+        let result = self.settings.cni.add(&a).await.map_err(|e| format!("network `{}`: {e}", a.network.name))?;
+        a.result = Some(result);
+        tokio::task::block_in_place(|| a.save(&c.dir)).map_err(|e| format!("checkpointing the network: {e}"))?;
+        tracing::info!(container = %c.id, network = %a.network.name, ips = ?a.ips(), "network attached");
+        Ok(())
+    }
+
+    /// CNI DEL (also for an ADD cut short, and after a reboot with the namespace gone), then the
+    /// namespace's pin. The record stays when DEL fails, so Remove tries again.
+    async fn network_down(&self, c: &Container) {
+        let a = match cni::Attachment::load(&c.dir) {
+            Ok(Some(a)) => a,
+            Ok(None) => return,
+            Err(e) => {
+                self.metrics.destroy_errors.inc();
+                tracing::error!(container = %c.id, "reading the network record: {e}");
+                return;
+            }
+        };
+        if let Err(e) = self.settings.cni.del(&a).await {
+            self.metrics.destroy_errors.inc();
+            tracing::error!(container = %c.id, network = %a.network.name, "{e}");
+            return;
+        }
+        if let Err(e) = cni::unpin_netns(&a.netns) {
+            self.metrics.destroy_errors.inc();
+            tracing::error!(container = %c.id, "unpinning {}: {e}", a.netns.display());
+            return;
+        }
+        if let Err(e) = std::fs::remove_file(c.dir.join(cni::STATE_FILE)) {
+            tracing::error!(container = %c.id, "removing the network record: {e}");
+        }
+    }
+
     /// The runtime a container is run with: its launch's, else the agent's default.
     fn runtime_of(&self, c: &Container) -> String {
         c.launch.runtime.clone().filter(|r| !r.is_empty()).unwrap_or_else(|| self.settings.runtime.clone())
@@ -865,6 +1019,7 @@ impl Agent {
     /// isolator's cleanup in reverse order.
     async fn cleanup_shim(&self, c: &Container) {
         let stopped = self.stop_shim(c).await;
+        self.network_down(c).await;
         let cgroups_path = husk_oci::bundle::read_spec(&c.bundle())
             .ok()
             .and_then(|s| s.linux().as_ref().and_then(|l| l.cgroups_path().clone()));
@@ -1023,6 +1178,8 @@ impl Agent {
                 live.state().as_str_name()
             )));
         }
+        // A DEL that failed when the container terminated is tried once more.
+        self.network_down(&c).await;
         // The shims' directories first, then the containers' (with their checkpoints).
         let family: Vec<&Arc<Container>> = descendants.iter().chain(std::iter::once(&c)).collect();
         let shim_dirs = family.iter().map(|d| d.shim_dir.clone()).collect::<Vec<_>>();
@@ -1054,6 +1211,22 @@ impl Agent {
     /// reported as such, and after a reboot everything is reported as lost to it. One bad
     /// checkpoint never stops the others.
     async fn recover(self: Arc<Self>) {
+        self.recover_containers().await;
+        // A namespace pinned for a container that has no record any more (a launch cut short
+        // between the pin and its checkpoint cannot happen: the record is written first).
+        let netns = self.settings.runtime_dir.join("netns");
+        for e in std::fs::read_dir(&netns).into_iter().flatten().flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if !self.containers.lock().unwrap().contains_key(&id) {
+                tracing::warn!(container = %id, "unpinning the network namespace of a container without a record");
+                if let Err(err) = cni::unpin_netns(&e.path()) {
+                    tracing::error!(container = %id, "unpinning {}: {err}", e.path().display());
+                }
+            }
+        }
+    }
+
+    async fn recover_containers(self: &Arc<Self>) {
         let previous_boot = std::fs::read_to_string(self.settings.work_dir.join("boot_id")).ok();
         let rebooted = previous_boot.is_some_and(|b| b.trim() != self.boot_id);
         let root = self.settings.work_dir.join("containers");

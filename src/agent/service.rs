@@ -45,6 +45,7 @@ fn info_of(
         container_status: Some(ContainerStatus {
             container_id: Some(c.launch.container_id.clone()),
             executor_pid: pid,
+            network_infos: agent.network_infos(c),
             ..Default::default()
         }),
         resource_statistics: stats,

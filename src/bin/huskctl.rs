@@ -341,7 +341,7 @@ struct LaunchFlags {
         value_name = "FILE",
         conflicts_with_all = [
             "command", "resources", "limits", "hostname", "user", "env", "no_shell", "cpus", "mem",
-            "env_files", "volumes", "cap_add", "cap_drop", "uris"
+            "env_files", "volumes", "cap_add", "cap_drop", "uris", "network", "publish"
         ]
     )]
     file: Option<String>,
@@ -381,6 +381,14 @@ struct LaunchFlags {
     /// Hostname of the container.
     #[arg(long)]
     hostname: Option<String>,
+    /// Put the container on this CNI network (a configuration's `name` in the agent's
+    /// --cni-conf-dir), in a network namespace of its own. Default: the host's network.
+    #[arg(long, value_name = "NAME")]
+    network: Option<String>,
+    /// Publish a container port on the host (portmap plugin): HOST:CONTAINER[/tcp|udp|sctp]
+    /// (repeatable; needs --network).
+    #[arg(short = 'p', long = "publish", value_name = "HOST:CONTAINER[/PROTO]", requires = "network")]
+    publish: Vec<String>,
     /// User to run as (name, uid, name:group or uid:gid), resolved in the container's rootfs.
     #[arg(short = 'u', long)]
     user: Option<String>,
@@ -598,10 +606,32 @@ fn launch_from_flags(args: &LaunchFlags, id: &str, image_command: bool) -> Resul
             hostname: args.hostname.clone(),
             volumes,
             linux_info,
+            network_infos: match &args.network {
+                Some(name) => vec![husk_proto::mesos::v1::NetworkInfo {
+                    name: Some(name.clone()),
+                    port_mappings: args.publish.iter().map(|p| port_mapping(p)).collect::<Result<_>>()?,
+                    ..Default::default()
+                }],
+                None => vec![],
+            },
             ..Default::default()
         }),
         ..Default::default()
     })
+}
+
+/// `-p HOST:CONTAINER[/PROTO]`.
+fn port_mapping(spec: &str) -> Result<husk_proto::mesos::v1::network_info::PortMapping> {
+    let (ports, protocol) = spec.split_once('/').unwrap_or((spec, "tcp"));
+    let parse = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0);
+    match ports.split_once(':').map(|(h, c)| (parse(h), parse(c))) {
+        Some((Some(host), Some(container))) => Ok(husk_proto::mesos::v1::network_info::PortMapping {
+            host_port: host.into(),
+            container_port: container.into(),
+            protocol: Some(protocol.to_string()),
+        }),
+        _ => bail!("-p `{spec}`: want HOST:CONTAINER[/tcp|udp|sctp] with ports 1-65535"),
+    }
 }
 
 /// `-v HOST:CONTAINER[:ro|rw]`.

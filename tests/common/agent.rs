@@ -67,6 +67,8 @@ pub struct Agent {
     pub process: Option<Child>,
     /// Environment of the next (re)start, e.g. `HUSK_FAILPOINTS`.
     pub env: Vec<(String, String)>,
+    /// Bridges of the CNI networks made with [`Agent::cni_bridge`], deleted at the end.
+    pub bridges: Vec<String>,
 }
 
 impl Agent {
@@ -79,7 +81,14 @@ impl Agent {
         // Settings come from the config file too (flags win over it).
         let config = format!("pids_limit = 512\nlog_format = \"json\"\nruntime = \"husk\"\n{config}");
         std::fs::write(dir.path().join("agent.toml"), config).unwrap();
-        let mut a = Agent { dir, cgroups: crate::common::CgroupRoot::new(tag), process: None, env: Vec::new() };
+        std::fs::create_dir_all(dir.path().join("cni")).unwrap();
+        let mut a = Agent {
+            dir,
+            cgroups: crate::common::CgroupRoot::new(tag),
+            process: None,
+            env: Vec::new(),
+            bridges: Vec::new(),
+        };
         a.restart();
         a
     }
@@ -90,6 +99,27 @@ impl Agent {
 
     pub fn socket(&self) -> PathBuf {
         self.path("husk.sock")
+    }
+
+    /// Writes a CNI network `name` (bridge, host-local IPAM in this agent's directory, portmap)
+    /// into the agent's CNI configuration directory: the next launch sees it.
+    pub fn cni_bridge(&mut self, name: &str, bridge: &str, subnet: &str) {
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": name,
+            "plugins": [
+                {
+                    "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+                    "ipam": {
+                        "type": "host-local", "ranges": [[{"subnet": subnet}]],
+                        "routes": [{"dst": "0.0.0.0/0"}], "dataDir": self.path("ipam"),
+                    }
+                },
+                {"type": "portmap", "capabilities": {"portMappings": true}}
+            ]
+        });
+        std::fs::write(self.path("cni").join(format!("10-{name}.conflist")), conf.to_string()).unwrap();
+        self.bridges.push(bridge.into());
     }
 
     /// (Re)starts the agent process and waits until its socket answers.
@@ -117,6 +147,9 @@ impl Agent {
             .arg(self.path("run"))
             .arg("--listen")
             .arg(format!("unix://{}", self.socket().display()))
+            // Never the node's CNI networks: those a test writes with `cni_bridge`.
+            .arg("--cni-conf-dir")
+            .arg(self.path("cni"))
             .args(["--cgroup-root", &self.cgroups.name, "--log-level", "debug"])
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -204,6 +237,9 @@ pub fn ok(agent: &Agent, args: &[&str]) -> String {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
+        for b in &self.bridges {
+            let _ = Command::new("ip").args(["link", "del", b]).stderr(Stdio::null()).status();
+        }
         // Whatever the test left: every shim and container goes (husk-shim cleanup per shim).
         let shim = PathBuf::from(env!("CARGO_BIN_EXE_husk-agent")).with_file_name("husk-shim");
         if let Ok(entries) = std::fs::read_dir(self.path("run/shims")) {

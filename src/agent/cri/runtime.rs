@@ -65,7 +65,7 @@ fn resolv_conf(dns: Option<&cri::DnsConfig>) -> Result<String, Status> {
 
 /// The husk launch of a pod: husk's holder process on the host's filesystem, in the pod's
 /// namespaces.
-fn pod_launch(cri: &Cri, id: &str, config: &cri::PodSandboxConfig) -> pb::LaunchRequest {
+fn pod_launch(cri: &Cri, id: &str, config: &cri::PodSandboxConfig) -> Result<pb::LaunchRequest, Status> {
     let ns = pod_namespaces(config);
     let holder = cri.agent.settings.shim_binary.display().to_string();
     let host_network = mode(ns, |o| o.network) == cri::NamespaceMode::Node;
@@ -77,7 +77,53 @@ fn pod_launch(cri: &Cri, id: &str, config: &cri::PodSandboxConfig) -> pb::Launch
         linux.share_pid_namespace = Some(true);
     }
     let meta = config.metadata.clone().unwrap_or_default();
-    pb::LaunchRequest {
+    // The pod's network: the first CNI network (as the kubelet's CNI plugins pick it), with
+    // the pod's host ports (those without one are only documentation) and the pod's identity
+    // as CNI_ARGS.
+    let network_infos = match host_network {
+        true => vec![],
+        false => {
+            let cni = &cri.agent.settings.cni;
+            let net = cni.networks().into_iter().next().ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "config.linux.security_context.namespace_options.network: the pod needs a CNI network and                      there is none in {} (or use network NODE)",
+                    cni.conf_dir.display()
+                ))
+            })?;
+            let mut port_mappings = Vec::new();
+            for (i, p) in config.port_mappings.iter().enumerate().filter(|(_, p)| p.host_port > 0) {
+                let field = format!("config.port_mappings[{i}]");
+                let port = |v: i32, what: &str| {
+                    u32::try_from(v)
+                        .ok()
+                        .filter(|p| (1..=65535).contains(p))
+                        .ok_or_else(|| Status::invalid_argument(format!("{field}.{what}: {v} is not a port (1-65535)")))
+                };
+                if !p.host_ip.is_empty() {
+                    return Err(Status::unimplemented(format!("{field}.host_ip: host ports bind every address")));
+                }
+                port_mappings.push(mesos::network_info::PortMapping {
+                    host_port: port(p.host_port, "host_port")?,
+                    container_port: port(p.container_port, "container_port")?,
+                    protocol: Some(p.protocol().as_str_name().to_ascii_lowercase()),
+                });
+            }
+            let arg = |k: &str, v: &str| mesos::Label { key: k.into(), value: Some(v.into()) };
+            let args = vec![
+                arg("K8S_POD_NAMESPACE", &meta.namespace),
+                arg("K8S_POD_NAME", &meta.name),
+                arg("K8S_POD_INFRA_CONTAINER_ID", id),
+                arg("K8S_POD_UID", &meta.uid),
+            ];
+            vec![mesos::NetworkInfo {
+                name: Some(net.name),
+                port_mappings,
+                labels: Some(mesos::Labels { labels: args }),
+                ..Default::default()
+            }]
+        }
+    };
+    Ok(pb::LaunchRequest {
         container_id: mesos::ContainerId { value: id.to_string(), parent: None },
         command: Some(mesos::CommandInfo {
             shell: Some(false),
@@ -89,10 +135,7 @@ fn pod_launch(cri: &Cri, id: &str, config: &cri::PodSandboxConfig) -> pb::Launch
             r#type: mesos::container_info::Type::Mesos as i32,
             hostname: Some(config.hostname.clone()).filter(|h| !h.is_empty()),
             // A network of its own (the pod's); the host's with host networking.
-            network_infos: match host_network {
-                true => vec![],
-                false => vec![mesos::NetworkInfo { name: Some("cri".into()), ..Default::default() }],
-            },
+            network_infos,
             linux_info: Some(linux),
             ..Default::default()
         }),
@@ -105,7 +148,7 @@ fn pod_launch(cri: &Cri, id: &str, config: &cri::PodSandboxConfig) -> pb::Launch
             ],
         ),
         ..Default::default()
-    }
+    })
 }
 
 /// Kubernetes' rule: `command` replaces the image's Entrypoint, `args` its Cmd (and without a
@@ -344,6 +387,21 @@ pub(super) fn status_of(cri: &Cri, r: &ContainerRecord) -> cri::ContainerStatus 
     }
 }
 
+/// The pod's IPs, as CNI ADD gave them (none on the host network or once it is stopped).
+fn pod_network(cri: &Cri, p: &PodRecord) -> cri::PodSandboxNetworkStatus {
+    let ips: Vec<String> = match cri.agent.get(&p.id) {
+        Ok(c) => {
+            cri.agent.network_infos(&c).into_iter().flat_map(|n| n.ip_addresses).filter_map(|a| a.ip_address).collect()
+        }
+        Err(_) => Vec::new(),
+    };
+    let mut ips = ips.into_iter();
+    cri::PodSandboxNetworkStatus {
+        ip: ips.next().unwrap_or_default(),
+        additional_ips: ips.map(|ip| cri::PodIp { ip }).collect(),
+    }
+}
+
 pub(super) fn pod_status_of(cri: &Cri, p: &PodRecord) -> cri::PodSandboxStatus {
     let ns = pod_namespaces(&p.config).cloned().unwrap_or_default();
     cri::PodSandboxStatus {
@@ -351,7 +409,7 @@ pub(super) fn pod_status_of(cri: &Cri, p: &PodRecord) -> cri::PodSandboxStatus {
         metadata: p.config.metadata.clone(),
         state: cri.pod_state(p) as i32,
         created_at: p.created_at_ns,
-        network: Some(cri::PodSandboxNetworkStatus::default()),
+        network: Some(pod_network(cri, p)),
         linux: Some(cri::LinuxPodSandboxStatus { namespaces: Some(cri::Namespace { options: Some(ns) }) }),
         labels: p.config.labels.clone(),
         annotations: p.config.annotations.clone(),
@@ -397,6 +455,28 @@ async fn stop(cri: &Cri, key: &str, grace: Option<Duration>) -> Result<(), Statu
         Err(e) => return Err(e),
     }
     terminated(cri, key, grace.unwrap_or_default() + KILL_WAIT).await
+}
+
+/// NetworkReady: a CNI network to put pods on, with all its plugins installed.
+fn network_condition(cni: &crate::agent::cni::Cni) -> cri::RuntimeCondition {
+    let not_ready = |message: String| cri::RuntimeCondition {
+        r#type: "NetworkReady".into(),
+        status: false,
+        reason: "NetworkPluginNotReady".into(),
+        message,
+    };
+    let Some(net) = cni.networks().into_iter().next() else {
+        return not_ready(format!("no CNI network configuration in {}", cni.conf_dir.display()));
+    };
+    match cni.missing_plugin(&net) {
+        Some(p) => not_ready(format!(
+            "CNI network `{}` ({}) needs plugin `{p}`, which is in none of {:?}",
+            net.name,
+            net.file.display(),
+            cni.bin_dirs
+        )),
+        None => cri::RuntimeCondition { r#type: "NetworkReady".into(), status: true, ..Default::default() },
+    }
 }
 
 #[tonic::async_trait]
@@ -445,7 +525,7 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
             }
         }
         let id = cri.new_id()?;
-        let launch = pod_launch(cri, &id, &config);
+        let launch = pod_launch(cri, &id, &config)?;
         let mut record = PodRecord {
             id: id.clone(),
             config,
@@ -945,14 +1025,7 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
         let cri = &self.0;
         let conditions = vec![
             cri::RuntimeCondition { r#type: "RuntimeReady".into(), status: true, ..Default::default() },
-            cri::RuntimeCondition {
-                r#type: "NetworkReady".into(),
-                status: false,
-                reason: "NetworkPluginNotReady".into(),
-                message: "husk does not run CNI plugins yet: pods get a network namespace of their own with only a \
-                          loopback device (host-network pods are unaffected)"
-                    .into(),
-            },
+            network_condition(&cri.agent.settings.cni),
         ];
         let mut info = HashMap::new();
         if req.into_inner().verbose {
