@@ -293,6 +293,32 @@ async fn a_pod_of_two_containers_through_the_cri() {
     );
     assert_eq!(exec(&mut rt, &app, "exit 3").await.exit_code, 3);
 
+    // Capabilities: the default set adjusted (drop ALL, then add KILL: CAP_KILL alone).
+    let with_caps = |name: &str, add: &[&str], drop: &[&str]| {
+        let mut c = container(name, "sleep 600", &format!("{name}.log"));
+        c.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                capabilities: Some(cri::Capability {
+                    add_capabilities: add.iter().map(|s| s.to_string()).collect(),
+                    drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        c
+    };
+    let e = rt.create_container(create(with_caps("badcap", &["FLY"], &[]))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("capabilities.add_capabilities[0]: unknown capability `FLY`"), "{}", e.message());
+    let capped =
+        rt.create_container(create(with_caps("capped", &["KILL"], &["ALL"]))).await.unwrap().into_inner().container_id;
+    rt.start_container(cri::StartContainerRequest { container_id: capped.clone() }).await.unwrap();
+    let bnd = exec(&mut rt, &capped, "grep CapBnd /proc/self/status").await;
+    assert_eq!(String::from_utf8_lossy(&bnd.stdout), "CapBnd:\t0000000000000020\n");
+    rt.remove_container(cri::RemoveContainerRequest { container_id: capped }).await.unwrap();
+
     // A second pod on the same network: the two reach each other by address.
     let mut db_config = pod_config.clone();
     db_config.metadata.as_mut().unwrap().name = "db".into();

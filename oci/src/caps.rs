@@ -38,6 +38,34 @@ pub fn parse_name(name: &str, field: &str) -> Result<String> {
     Ok(canonical)
 }
 
+/// The default set adjusted as containerd's CRI does it: `ALL` in `add` starts from every
+/// capability, `ALL` in `drop` from none; then the named ones are added, then the named ones
+/// dropped (so `drop: [ALL], add: [KILL]` is KILL alone). As Mesos capability values, for
+/// `LinuxInfo.bounding_capabilities`; errors name `add_field[i]` or `drop_field[i]`.
+pub fn adjust_default(add: &[String], drop: &[String], add_field: &str, drop_field: &str) -> Result<Vec<i32>> {
+    let is_all = |n: &String| n.trim().eq_ignore_ascii_case("ALL");
+    let mut set: CapSet = DEFAULT_ALLOWED.iter().map(|s| s.to_string()).collect();
+    if add.iter().any(is_all) {
+        set = all();
+    }
+    if drop.iter().any(is_all) {
+        set.clear();
+    }
+    for (i, name) in add.iter().enumerate().filter(|(_, n)| !is_all(n)) {
+        set.insert(parse_name(name, &format!("{add_field}[{i}]"))?);
+    }
+    for (i, name) in drop.iter().enumerate().filter(|(_, n)| !is_all(n)) {
+        set.remove(&parse_name(name, &format!("{drop_field}[{i}]"))?);
+    }
+    set.iter()
+        .map(|c| {
+            MesosCap::from_str_name(c.trim_start_matches("CAP_"))
+                .map(|c| c as i32)
+                .ok_or_else(|| Error::invalid(add_field, format!("{c} has no Mesos capability value")))
+        })
+        .collect()
+}
+
 /// Every capability the kernel knows of (as Mesos enumerates them).
 pub fn all() -> CapSet {
     (1000..=1040).filter_map(|n| MesosCap::try_from(n).ok()).map(|c| format!("CAP_{}", c.as_str_name())).collect()
@@ -66,6 +94,21 @@ mod tests {
         assert_eq!(parse_name("CAP_NET_RAW", "f").unwrap(), "CAP_NET_RAW");
         assert_eq!(parse_name("Chown", "f").unwrap(), "CAP_CHOWN");
         assert_eq!(parse_name("CAP_FLY", "caps[0]").unwrap_err().to_string(), "caps[0]: unknown capability `CAP_FLY`");
+    }
+
+    #[test]
+    fn default_set_adjusted_by_add_and_drop() {
+        let names = |v: Vec<i32>| v.into_iter().map(|c| from_mesos(c, "f").unwrap()).collect::<CapSet>();
+        let s = names(adjust_default(&["net_admin".into()], &["CHOWN".into()], "add", "drop").unwrap());
+        assert!(s.contains("CAP_NET_ADMIN") && !s.contains("CAP_CHOWN") && s.contains("CAP_KILL"));
+        assert_eq!(s.len(), DEFAULT_ALLOWED.len());
+        let s = names(adjust_default(&["KILL".into()], &["ALL".into()], "add", "drop").unwrap());
+        assert_eq!(s.into_iter().collect::<Vec<_>>(), ["CAP_KILL"], "drop ALL, then the named adds");
+        let s = names(adjust_default(&["ALL".into()], &["CHOWN".into()], "add", "drop").unwrap());
+        assert_eq!(s.len(), 40);
+        assert_eq!(adjust_default(&["ALL".into()], &[], "add", "drop").unwrap().len(), 41);
+        let e = adjust_default(&[], &["x".into(), "FLY".into()], "add", "drop").unwrap_err();
+        assert_eq!(e.to_string(), "drop[0]: unknown capability `x`");
     }
 
     #[test]

@@ -678,30 +678,10 @@ fn uri(spec: &str) -> Result<husk_proto::mesos::v1::command_info::Uri> {
 /// and other users cannot gain) is the agent's default one changed so. Nothing is granted to a
 /// non-root user: explicit effective capabilities would be.
 fn capabilities(add: &[String], drop: &[String]) -> Result<Option<husk_proto::mesos::v1::LinuxInfo>> {
-    use husk_proto::mesos::v1::capability_info::Capability;
     if add.is_empty() && drop.is_empty() {
         return Ok(None);
     }
-    let mut set: std::collections::BTreeSet<String> =
-        husk_oci::caps::DEFAULT_ALLOWED.iter().map(|s| s.to_string()).collect();
-    for (flag, names, adding) in [("--cap-add", add, true), ("--cap-drop", drop, false)] {
-        for name in names {
-            let canonical = husk_oci::caps::parse_name(name, flag)?;
-            if adding {
-                set.insert(canonical);
-            } else {
-                set.remove(&canonical);
-            }
-        }
-    }
-    let capabilities = set
-        .iter()
-        .map(|c| {
-            Capability::from_str_name(c.trim_start_matches("CAP_"))
-                .map(|c| c as i32)
-                .with_context(|| format!("{c} has no Mesos capability value"))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let capabilities = husk_oci::caps::adjust_default(add, drop, "--cap-add", "--cap-drop")?;
     Ok(Some(husk_proto::mesos::v1::LinuxInfo {
         bounding_capabilities: Some(husk_proto::mesos::v1::CapabilityInfo { capabilities }),
         ..Default::default()

@@ -263,12 +263,19 @@ fn container_launch(
     if pid_mode != cri::NamespaceMode::Container {
         linux_info.share_pid_namespace = Some(true);
     }
-    if let Some(caps) = &sc.capabilities {
-        if !caps.add_capabilities.is_empty() || !caps.drop_capabilities.is_empty() {
-            return Err(Status::unimplemented(
-                "config.linux.security_context.capabilities: adding or dropping capabilities is not supported yet",
-            ));
-        }
+    // The default set adjusted, as containerd does; the agent's --allowed-capabilities still
+    // bounds what a container may get.
+    if let Some(caps) =
+        sc.capabilities.as_ref().filter(|c| !c.add_capabilities.is_empty() || !c.drop_capabilities.is_empty())
+    {
+        let capabilities = husk_oci::caps::adjust_default(
+            &caps.add_capabilities,
+            &caps.drop_capabilities,
+            "config.linux.security_context.capabilities.add_capabilities",
+            "config.linux.security_context.capabilities.drop_capabilities",
+        )
+        .map_err(crate::agent::status_of)?;
+        linux_info.bounding_capabilities = Some(mesos::CapabilityInfo { capabilities });
     }
     if sc.privileged {
         return Err(Status::unimplemented("config.linux.security_context.privileged: not supported yet"));
