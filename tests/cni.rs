@@ -44,9 +44,11 @@ fn on_network(id: &str, script: &str, ports: &[(u32, u32)]) -> pb::LaunchRequest
     r
 }
 
+/// The veths on this test's bridge (other containers of the host may come and go).
 fn veths() -> Vec<String> {
     let out = Command::new("ip").args(["-o", "link", "show", "type", "veth"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines().filter(|l| l.contains(&format!("master {BRIDGE} "))).map(str::to_string).collect()
 }
 
 fn nat_rules() -> String {
@@ -90,8 +92,17 @@ async fn bridge_network_between_containers_with_a_published_port() {
         std::path::Path::new("/usr/lib/cni/bridge").exists(),
         "the CNI plugins are missing: apt-get install -y containernetworking-plugins"
     );
+    // A plugin of the test's own that refuses ADD (DEL succeeds), beside the real ones.
+    let plugins = tempfile::tempdir().unwrap();
+    let refuse = plugins.path().join("refuse");
+    std::fs::write(
+        &refuse,
+        "#!/bin/sh\ncat >/dev/null\n[ \"$CNI_COMMAND\" = ADD ] && { echo '{\"code\":11,\"msg\":\"refused by the test\"}'; exit 1; }\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&refuse, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut agent = Agent::start_with("cni", &format!("cni_bin_dir = \"/usr/lib/cni:{}\"", plugins.path().display()));
     let veths_before = veths();
-    let mut agent = Agent::start("cni");
     let mut c = agent.client().await;
 
     // A network nobody configured is refused, naming the field.
@@ -111,6 +122,33 @@ async fn bridge_network_between_containers_with_a_published_port() {
     let e = c.launch(bad_port).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented, "{}", e.message());
     assert!(leased(&agent).is_empty(), "a refused launch takes no address");
+
+    // ADD failing half-way (the second plugin refuses) fails the launch and undoes the first:
+    // no address, veth or pinned namespace, and the id can be used again.
+    let mut broken: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(agent.path(&format!("cni/10-{NET}.conflist"))).unwrap()).unwrap();
+    broken["name"] = "broken".into();
+    broken["plugins"][1] = serde_json::json!({"type": "refuse"});
+    std::fs::write(agent.path("cni/20-broken.conflist"), broken.to_string()).unwrap();
+    let mut half = on_network("half", "true", &[]);
+    half.container.as_mut().unwrap().network_infos[0].name = Some("broken".into());
+    let e = c.launch(half).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(e.message().contains("CNI plugin `refuse` ADD failed (code 11): refused by the test"), "{}", e.message());
+    let addresses = |n: &str| {
+        std::fs::read_dir(agent.path("ipam").join(n))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
+            .count()
+    };
+    assert_eq!(addresses("broken"), 0, "the bridge's address was given back");
+    assert_eq!(veths(), veths_before);
+    assert!(std::fs::read_dir(agent.path("run/netns")).unwrap().next().is_none());
+    c.remove(pb::RemoveRequest { container_id: cid("half") }).await.unwrap();
+    c.launch(on_network("half", "true", &[])).await.unwrap();
+    assert_eq!(wait(&mut c, "half").await.state(), TaskState::TaskFinished);
+    c.remove(pb::RemoveRequest { container_id: cid("half") }).await.unwrap();
 
     // A web server on the network, published on the host.
     let www = agent.path("www");

@@ -482,9 +482,11 @@ async fn a_pod_of_two_containers_through_the_cri() {
     assert!(std::fs::read_dir(agent.path("run/netns")).unwrap().next().is_none());
 }
 
+/// The veths on the test's bridge (other containers of the host may come and go).
 fn veths() -> Vec<String> {
     let out = std::process::Command::new("ip").args(["-o", "link", "show", "type", "veth"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines().filter(|l| l.contains("master huskcri0 ")).map(str::to_string).collect()
 }
 
 /// The addresses host-local holds for `network` (its files named by IP).

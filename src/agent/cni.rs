@@ -197,8 +197,9 @@ impl Cni {
         let typ = plugin.get("type").and_then(Value::as_str).unwrap_or_default();
         let bin = self.plugin(typ).ok_or_else(|| format!("CNI plugin `{typ}` is not in {}", self.path_var()))?;
         let conf = plugin_config(&a.network, plugin, prev, &a.port_mappings);
-        // Absent after a reboot: DEL still runs so the IP goes back to the pool.
-        let netns = match a.netns.exists() {
+        // Not a pinned namespace (gone after a reboot, or a pin cut short): DEL still runs, with
+        // no namespace, so the IP goes back to the pool.
+        let netns = match is_pinned(&a.netns) {
             true => a.netns.display().to_string(),
             false => String::new(),
         };
@@ -275,6 +276,12 @@ fn plugin_error(typ: &str, command: &str, stdout: &[u8], stderr: &[u8]) -> Strin
     format!("CNI plugin `{typ}` {command} failed: {}", text.trim())
 }
 
+/// Whether `path` is a namespace (nsfs) mounted there, not just the empty file under it.
+pub fn is_pinned(path: &Path) -> bool {
+    const NSFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x6e73_6673);
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
+}
+
 /// Makes a network namespace and pins it to `path` (a bind mount of the namespace on an
 /// empty file), from a thread of its own: unsharing changes only that thread's namespace,
 /// and the thread ends right after.
@@ -282,6 +289,8 @@ pub fn pin_new_netns(path: &Path) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    // The caller owns the id: anything there is a stale pin of an earlier container.
+    unpin_netns(path)?;
     std::fs::OpenOptions::new().write(true).create_new(true).mode(0o444).open(path)?;
     let target = path.to_path_buf();
     let pinned = std::thread::spawn(move || -> std::io::Result<()> {

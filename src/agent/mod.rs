@@ -624,7 +624,8 @@ impl Agent {
         // making to anywhere on the node.
         let sandbox = dir.join("sandbox");
         let shim_dir = self.settings.runtime_dir.join("shims").join(&id);
-        let mut network = None;
+        // Read before the table's lock: it reads the configuration directory.
+        let network = self.attachment_of(&effective, &id)?;
         let accepted = {
             // Another launch of this id may be provisioning its image (this one's own
             // reservation, if it has one, is the image it was given). Held until the container
@@ -673,7 +674,6 @@ impl Agent {
                     network_ns: parent.is_none().then(|| self.netns_path(&id)),
                 };
                 let t = husk_oci::translate(&effective, &self.settings.translation, &place).map_err(status_of)?;
-                network = self.attachment_of(&effective, &id)?;
                 // A working directory the root filesystem lacks is made in the container's
                 // own layer, never through a link the image holds.
                 let wd = effective.working_dir.as_deref().filter(|w| !w.is_empty());
@@ -935,9 +935,9 @@ impl Agent {
         for l in info.labels.iter().flat_map(|l| &l.labels) {
             let value = l.value.as_deref().unwrap_or_default();
             let bad = |t: &str| t.is_empty() || t.contains([';', '=', '\0']);
-            if bad(&l.key) || value.contains([';', '\0']) {
+            if bad(&l.key) || value.contains([';', '=', '\0']) || l.key.eq_ignore_ascii_case("IgnoreUnknown") {
                 return Err(Status::invalid_argument(format!(
-                    "{at}.labels: `{}`: CNI arguments need a key without `;` or `=` and a value without `;`",
+                    "{at}.labels: `{}`: CNI arguments need a key (not IgnoreUnknown) and a value without `;` or `=`",
                     l.key.escape_debug()
                 )));
             }
@@ -971,29 +971,24 @@ impl Agent {
 
     /// CNI DEL (also for an ADD cut short, and after a reboot with the namespace gone), then the
     /// namespace's pin. The record stays when DEL fails, so Remove tries again.
-    async fn network_down(&self, c: &Container) {
-        let a = match cni::Attachment::load(&c.dir) {
-            Ok(Some(a)) => a,
-            Ok(None) => return,
-            Err(e) => {
-                self.metrics.destroy_errors.inc();
-                tracing::error!(container = %c.id, "reading the network record: {e}");
-                return;
-            }
+    async fn network_down(&self, c: &Container) -> Result<(), String> {
+        let down = async {
+            let Some(a) = cni::Attachment::load(&c.dir).map_err(|e| format!("reading the network record: {e}"))? else {
+                return Ok(());
+            };
+            self.settings.cni.del(&a).await.map_err(|e| format!("network `{}`: {e}", a.network.name))?;
+            tokio::task::block_in_place(|| {
+                cni::unpin_netns(&a.netns).map_err(|e| format!("unpinning {}: {e}", a.netns.display()))?;
+                std::fs::remove_file(c.dir.join(cni::STATE_FILE))
+                    .map_err(|e| format!("removing the network record: {e}"))
+            })
         };
-        if let Err(e) = self.settings.cni.del(&a).await {
+        let r: Result<(), String> = down.await;
+        if let Err(e) = &r {
             self.metrics.destroy_errors.inc();
-            tracing::error!(container = %c.id, network = %a.network.name, "{e}");
-            return;
+            tracing::error!(container = %c.id, "network teardown: {e}");
         }
-        if let Err(e) = cni::unpin_netns(&a.netns) {
-            self.metrics.destroy_errors.inc();
-            tracing::error!(container = %c.id, "unpinning {}: {e}", a.netns.display());
-            return;
-        }
-        if let Err(e) = std::fs::remove_file(c.dir.join(cni::STATE_FILE)) {
-            tracing::error!(container = %c.id, "removing the network record: {e}");
-        }
+        r
     }
 
     /// The runtime a container is run with: its launch's, else the agent's default.
@@ -1019,7 +1014,8 @@ impl Agent {
     /// isolator's cleanup in reverse order.
     async fn cleanup_shim(&self, c: &Container) {
         let stopped = self.stop_shim(c).await;
-        self.network_down(c).await;
+        // A failure is logged and counted; Remove tries again and reports it.
+        let _ = self.network_down(c).await;
         let cgroups_path = husk_oci::bundle::read_spec(&c.bundle())
             .ok()
             .and_then(|s| s.linux().as_ref().and_then(|l| l.cgroups_path().clone()));
@@ -1178,8 +1174,13 @@ impl Agent {
                 live.state().as_str_name()
             )));
         }
-        // A DEL that failed when the container terminated is tried once more.
-        self.network_down(&c).await;
+        // A DEL that failed when the container terminated is tried once more; while it fails
+        // the container stays, with the record that lets a later Remove try again.
+        if let Err(e) = self.network_down(&c).await {
+            return Err(Status::unavailable(format!(
+                "container_id: `{id}`: its network could not be torn down ({e}); the container is kept, remove it again"
+            )));
+        }
         // The shims' directories first, then the containers' (with their checkpoints).
         let family: Vec<&Arc<Container>> = descendants.iter().chain(std::iter::once(&c)).collect();
         let shim_dirs = family.iter().map(|d| d.shim_dir.clone()).collect::<Vec<_>>();
@@ -1217,7 +1218,9 @@ impl Agent {
         let netns = self.settings.runtime_dir.join("netns");
         for e in std::fs::read_dir(&netns).into_iter().flatten().flatten() {
             let id = e.file_name().to_string_lossy().into_owned();
-            if !self.containers.lock().unwrap().contains_key(&id) {
+            // A container whose checkpoint could not be read keeps its pin (it may be running).
+            let claimed = self.settings.work_dir.join("containers").join(&id).join(LAUNCH_FILE).exists();
+            if !claimed && !self.containers.lock().unwrap().contains_key(&id) {
                 tracing::warn!(container = %id, "unpinning the network namespace of a container without a record");
                 if let Err(err) = cni::unpin_netns(&e.path()) {
                     tracing::error!(container = %id, "unpinning {}: {err}", e.path().display());

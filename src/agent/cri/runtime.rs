@@ -770,6 +770,8 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
                 Ok(Response::new(cri::StartContainerResponse {}))
             }
             Err(e) => {
+                // Failed once the husk container existed: it has terminated, and says so.
+                cri.follow(&r);
                 // Refused before the husk container existed: the record keeps why.
                 if cri.agent.get(&r.husk_key()).is_err() {
                     r.start_error = Some(e.message().to_string());
