@@ -55,7 +55,11 @@ async fn oom_and_fork_bomb_stay_in_their_container() {
     // A fork bomb reaches the pids limit; the node and the witness do not notice. Every bomb
     // process holds its slot (it becomes a sleep once it has forked twice): the classic
     // `b | b &` form only churns, and at the limit it can die out between two samples.
-    c.launch(launch("bomb", "b() { b & b & exec sleep 1000; }; b")).await.unwrap();
+    // Memory to spare (512 MiB): the pids limit is what must stop it, not a memory limit
+    // that a slower page cache or kernel memory accounting reaches first.
+    let mut bomb = launch("bomb", "b() { b & b & exec sleep 1000; }; b");
+    bomb.resources = vec![husk_oci::resources::scalar("mem", 512.0)];
+    c.launch(bomb).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let u = c.usage(pb::UsageRequest { container_id: cid("bomb") }).await;
