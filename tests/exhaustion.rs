@@ -52,13 +52,12 @@ async fn oom_and_fork_bomb_stay_in_their_container() {
     assert_eq!((t.state(), t.reason()), (TaskState::TaskFailed, Reason::ContainerLimitationMemory), "{t:?}");
     untouched(&mut c, pid).await;
 
-    // A fork bomb reaches the pids limit; the node and the witness do not notice. Every bomb
-    // process holds its slot (it becomes a sleep once it has forked twice): the classic
-    // `b | b &` form only churns, and at the limit it can die out between two samples.
-    // Memory to spare (512 MiB): the pids limit is what must stop it, not a memory limit
-    // that a slower page cache or kernel memory accounting reaches first.
-    let mut bomb = launch("bomb", "b() { b & b & exec sleep 1000; }; b");
-    bomb.resources = vec![husk_oci::resources::scalar("mem", 512.0)];
+    // A fork flood reaches the pids limit; the node and the witness do not notice. A shell
+    // whose fork fails dies (busybox ash raises "can't fork"), so a self-replicating bomb
+    // settles below the limit once its last generation dies, and a sample can miss the peak.
+    // Here a subshell forks sleepers until the kernel refuses one and then dies, leaving every
+    // sleeper holding its slot: the container stays at the limit for the whole check.
+    let bomb = launch("bomb", "(while :; do sleep 1000 & done) 2>/dev/null; exec sleep 1000");
     c.launch(bomb).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
