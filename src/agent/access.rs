@@ -20,6 +20,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::codegen::http;
 
+use super::authority::AuthorityFix;
+
 /// The RPCs that change nothing: status, listings, waits, usage, events, logs and versions.
 pub const READ_ONLY: &[&str] = &[
     "/husk.agent.v1.Containerizer/Wait",
@@ -72,10 +74,13 @@ pub fn check(path: &str, peer: Option<&Peer>, admin_gid: u32, admin_name: &str) 
     }
 }
 
-/// A unix connection that carries its [`Peer`] into every request's extensions.
+/// A unix connection that carries its [`Peer`] into every request's extensions, its requests
+/// read through [`AuthorityFix`] (clients that send the socket path as `:authority`).
 pub struct PeerStream {
     stream: UnixStream,
     peer: Peer,
+    fix: Box<AuthorityFix>,
+    eof: bool,
 }
 
 impl tonic::transport::server::Connected for PeerStream {
@@ -88,7 +93,28 @@ impl tonic::transport::server::Connected for PeerStream {
 
 impl AsyncRead for PeerStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let this = &mut *self;
+        loop {
+            let ready = this.fix.output();
+            if !ready.is_empty() {
+                let n = buf.remaining().min(ready.len());
+                buf.put_slice(&ready[..n]);
+                bytes::Buf::advance(ready, n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let mut read = ReadBuf::new(&mut chunk);
+            std::task::ready!(Pin::new(&mut this.stream).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                this.fix.finish();
+                this.eof = true;
+            } else {
+                this.fix.feed(read.filled());
+            }
+        }
     }
 }
 
@@ -124,7 +150,7 @@ pub fn incoming(listener: UnixListener) -> impl Stream<Item = io::Result<PeerStr
     tokio_stream::wrappers::UnixListenerStream::new(listener).filter_map(|conn| match conn {
         Err(e) => Some(Err(e)),
         Ok(stream) => match Peer::of(&stream) {
-            Ok(peer) => Some(Ok(PeerStream { stream, peer })),
+            Ok(peer) => Some(Ok(PeerStream { stream, peer, fix: Box::default(), eof: false })),
             Err(e) => {
                 tracing::warn!(error = %e, "dropping an API connection whose peer credentials are unreadable");
                 None

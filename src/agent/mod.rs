@@ -2,6 +2,7 @@
 //! per container, follows each to its termination, checkpoints everything under the work dir
 //! and recovers it all after a restart.
 pub mod access;
+mod authority;
 pub mod cni;
 pub mod config;
 mod container;

@@ -53,6 +53,12 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The HPACK decoder of the `:authority` fix logs every header field it decodes at debug:
+    // kept quiet unless the level names it.
+    let filter = match settings.log_level.contains("loona_hpack") {
+        true => filter,
+        false => filter.add_directive("loona_hpack=warn".parse().expect("a valid directive")),
+    };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if settings.log_format == "json" {
         builder.json().init();
