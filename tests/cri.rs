@@ -495,3 +495,150 @@ fn leased(agent: &Agent, network: &str) -> Vec<String> {
     let names = dir.into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned());
     names.filter(|n| n.parse::<std::net::IpAddr>().is_ok()).collect()
 }
+
+/// The security context and the pod's sysctls: a read-only root, replaced masked paths,
+/// oom_score_adj, a Localhost seccomp profile, and the refusals of what husk does not allow.
+#[tokio::test]
+async fn security_context_through_the_cri() {
+    require!(false);
+    let agent = Agent::start("cri-security");
+    let files = tempfile::tempdir().unwrap();
+    busybox_image(&agent, files.path());
+    let logs = files.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut rt = RuntimeServiceClient::new(channel(&agent.path("cri.sock")).await);
+
+    // On the node's network (no CNI needed), with an IPC namespace of its own for its sysctl.
+    let node = cri::NamespaceOption { network: cri::NamespaceMode::Node as i32, ..Default::default() };
+    let pod_config = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "sec".into(),
+            uid: "uid-sec".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(node),
+                ..Default::default()
+            }),
+            sysctls: HashMap::from([("kernel.shmmax".into(), "12345678".into())]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // A net.* sysctl would change the node's network: refused, and nothing is left.
+    let mut host_sysctl = pod_config.clone();
+    host_sysctl.linux.as_mut().unwrap().sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
+    let e = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(host_sysctl), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("net.ipv4.ip_forward"), "{}", e.message());
+    assert!(rt.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items.is_empty());
+
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(pod_config.clone()), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let create = |config: cri::ContainerConfig| cri::CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(config),
+        sandbox_config: Some(pod_config.clone()),
+    };
+    let with_security = |name: &str, script: &str, sc: cri::LinuxContainerSecurityContext, oom: i64| {
+        let mut c = container(name, script, &format!("{name}.log"));
+        c.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(sc),
+            resources: Some(cri::LinuxContainerResources { oom_score_adj: oom, ..Default::default() }),
+        });
+        c
+    };
+
+    let locked = with_security(
+        "locked",
+        "echo oom=$(cat /proc/self/oom_score_adj) shm=$(cat /proc/sys/kernel/shmmax) \
+         uptime=$(wc -c < /proc/uptime); touch /x 2>/dev/null || echo read-only; exec sleep 1000",
+        cri::LinuxContainerSecurityContext {
+            readonly_rootfs: true,
+            masked_paths: vec!["/proc/uptime".into()],
+            no_new_privs: true,
+            ..Default::default()
+        },
+        321,
+    );
+    let locked = rt.create_container(create(locked)).await.unwrap().into_inner().container_id;
+    rt.start_container(cri::StartContainerRequest { container_id: locked.clone() }).await.unwrap();
+    until_logged(&logs.join("locked.log"), "oom=321 shm=12345678 uptime=0").await;
+    until_logged(&logs.join("locked.log"), "read-only").await;
+    // The pod's IPC namespace has the value; the node's is untouched.
+    assert_ne!(std::fs::read_to_string("/proc/sys/kernel/shmmax").unwrap().trim(), "12345678");
+
+    // A Localhost profile that denies mkdir (the root is writable here).
+    let profile = files.path().join("no-mkdir.json");
+    std::fs::write(
+        &profile,
+        serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let localhost = |path: &str| cri::LinuxContainerSecurityContext {
+        seccomp: Some(cri::SecurityProfile {
+            profile_type: cri::security_profile::ProfileType::Localhost as i32,
+            localhost_ref: path.into(),
+        }),
+        ..Default::default()
+    };
+    let confined = with_security(
+        "confined",
+        "mkdir /d 2>/dev/null && echo made || echo denied; touch /f && echo touched; exec sleep 1000",
+        localhost(profile.to_str().unwrap()),
+        0,
+    );
+    let confined = rt.create_container(create(confined)).await.unwrap().into_inner().container_id;
+    rt.start_container(cri::StartContainerRequest { container_id: confined.clone() }).await.unwrap();
+    let lines = until_logged(&logs.join("confined.log"), "touched").await;
+    assert!(lines.iter().any(|(_, _, m)| m == "denied"), "{lines:?}");
+
+    // Refusals: a relative profile path and an out-of-range oom_score_adj at create; an
+    // unconfined container at start (this agent does not allow it); privileged.
+    let e = rt.create_container(create(with_security("rel", "true", localhost("p.json"), 0))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("seccomp.localhost_ref: `p.json` must be an absolute path"), "{}", e.message());
+    let e = rt.create_container(create(with_security("oom", "true", Default::default(), 5000))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("oom_score_adj: 5000"), "{}", e.message());
+    let unconfined = cri::LinuxContainerSecurityContext {
+        seccomp: Some(cri::SecurityProfile {
+            profile_type: cri::security_profile::ProfileType::Unconfined as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let free = rt
+        .create_container(create(with_security("free", "true", unconfined, 0)))
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    let e = rt.start_container(cri::StartContainerRequest { container_id: free.clone() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("--allow-unconfined-seccomp"), "{}", e.message());
+    let privileged = cri::LinuxContainerSecurityContext { privileged: true, ..Default::default() };
+    let e = rt.create_container(create(with_security("priv", "true", privileged, 0))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unimplemented);
+
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    let mut husk = agent.client().await;
+    let list = husk.list(pb::ListRequest { show_nested: Some(true), ..Default::default() }).await.unwrap().into_inner();
+    assert!(list.containers.is_empty(), "{:?}", list.containers);
+    assert!(std::fs::read_dir(agent.path("work/cri/containers")).unwrap().next().is_none());
+}

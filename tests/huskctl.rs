@@ -223,6 +223,33 @@ fn run_flags_reach_the_container() {
     assert!(bad.status.code() == Some(1) && bad.stderr.contains("unknown option `shiny`"), "{}", bad.stderr);
     let bad = huskctl(&agent, &["run", "--cap-add", "NOT_A_CAP", "--", "true"]);
     assert!(bad.status.code() == Some(1) && bad.stderr.contains("unknown capability"), "{}", bad.stderr);
+
+    // Security options: a read-only root, a sysctl in the container's own IPC namespace, its
+    // oom_score_adj (raised: lowering needs CAP_SYS_RESOURCE, which a CI sandbox may lack); a
+    // host-wide sysctl is refused with the rule.
+    let out = huskctl(
+        &agent,
+        &[
+            "run",
+            "--rm",
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+            "--read-only",
+            "--sysctl",
+            "kernel.msgmax=4321",
+            "--oom-score-adj",
+            "7",
+            "--",
+            "touch /x 2>/dev/null || echo ro; cat /proc/sys/kernel/msgmax /proc/self/oom_score_adj",
+        ],
+    );
+    assert_eq!(out.stdout, "ro\n4321\n7\n", "{}", out.stderr);
+    let bad = huskctl(&agent, &["run", "--sysctl", "kernel.panic=1", "--", "true"]);
+    assert!(
+        bad.status.code() == Some(1) && bad.stderr.contains("security.sysctls[kernel.panic]: is not scoped"),
+        "{}",
+        bad.stderr
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use husk_proto::agent::v1::LaunchRequest;
+use husk_proto::agent::v1::{LaunchRequest, SecurityOptions};
 use husk_proto::mesos::v1::{
     linux_info, mount_propagation, r_limit_info, volume, CapabilityInfo, CommandInfo, ContainerInfo, LinuxInfo, Volume,
 };
@@ -118,6 +118,8 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
         None => ResolvedUser { uid: 0, gid: 0, additional_gids: Vec::new(), name: Some("root".into()), home: None },
     };
     let capabilities = t.capabilities(user.uid)?;
+    let default_security = SecurityOptions::default();
+    let security = req.security.as_ref().unwrap_or(&default_security);
     let mut annotations = HashMap::from([
         (ANNOTATION_CONTAINER_ID.to_string(), display_id(&req.container_id)),
         (ANNOTATION_SANDBOX.to_string(), place.sandbox_dir.display().to_string()),
@@ -141,13 +143,19 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
                 .map_err(internal)?,
         )
         .capabilities(capabilities.oci)
-        .no_new_privileges(cfg.no_new_privileges)
+        .no_new_privileges(no_new_privileges(security, cfg)?)
         .rlimits(t.rlimits()?)
         .terminal(info.tty_info.is_some())
         .build()
         .map_err(internal)?;
     if let Some(size) = info.tty_info.as_ref().and_then(|t| t.window_size.as_ref()) {
         process.set_console_size(Some(console_size(size, "container.tty_info.window_size")?));
+    }
+    if let Some(adj) = security.oom_score_adj {
+        if !(-1000..=1000).contains(&adj) {
+            return Err(Error::invalid("security.oom_score_adj", format!("{adj} is not within -1000 to 1000")));
+        }
+        process.set_oom_score_adj(Some(adj));
     }
 
     let mut hostname = None;
@@ -184,13 +192,16 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
         .namespaces(t.namespaces()?)
         .cgroups_path(PathBuf::from(t.cgroups_path(req)))
         .resources(t.resources(&requests, &limits)?)
-        .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .masked_paths(container_paths(&security.masked_paths, MASKED_PATHS, "security.masked_paths")?)
+        .readonly_paths(container_paths(&security.readonly_paths, READONLY_PATHS, "security.readonly_paths")?)
         .build()
         .map_err(internal)?;
     let mut linux = linux;
-    if let Some(profile) = t.seccomp(&capabilities.bounding)? {
+    if let Some(profile) = t.seccomp(&capabilities.bounding, security)? {
         linux.set_seccomp(Some(profile));
+    }
+    if !security.sysctls.is_empty() {
+        linux.set_sysctl(Some(t.sysctls(&security.sysctls)?));
     }
 
     let builder = SpecBuilder::default()
@@ -198,7 +209,7 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
         .root(
             RootBuilder::default()
                 .path(rootfs.clone().unwrap_or_else(|| PathBuf::from(HOST_ROOTFS_DIR)))
-                .readonly(false)
+                .readonly(security.readonly_rootfs())
                 .build()
                 .map_err(internal)?,
         )
@@ -858,7 +869,43 @@ impl Translator<'_> {
         b.build().map_err(internal)
     }
 
-    fn seccomp(&self, bounding: &CapSet) -> Result<Option<LinuxSeccomp>> {
+    /// The kernel parameters to set: each scoped by a namespace the container has of its own.
+    fn sysctls(&self, sysctls: &HashMap<String, String>) -> Result<HashMap<String, String>> {
+        let field = "security.sysctls";
+        if self.nested {
+            return Err(Error::invalid(field, "a nested container shares its parent's namespaces; set them there"));
+        }
+        for (key, value) in sysctls {
+            let own = match validate::sysctl(key, value, field)? {
+                validate::SysctlScope::Ipc => self.ipc_private()?,
+                validate::SysctlScope::Network => self.has_own_network()?,
+                validate::SysctlScope::Uts => true,
+            };
+            if !own {
+                return Err(Error::invalid(
+                    format!("{field}[{key}]"),
+                    "the container shares that namespace with the host, so it would change the host",
+                ));
+            }
+        }
+        Ok(sysctls.clone())
+    }
+
+    fn seccomp(&self, bounding: &CapSet, security: &SecurityOptions) -> Result<Option<LinuxSeccomp>> {
+        if let Some(path) = security.seccomp_profile_path.as_deref() {
+            let at = "security.seccomp_profile_path";
+            if self.linux.seccomp.is_some() {
+                return Err(Error::invalid(at, "set either it or container.linux_info.seccomp"));
+            }
+            no_nul(path, at)?;
+            if !path.starts_with('/') {
+                return Err(Error::invalid(at, format!("`{}` must be an absolute path", path.escape_debug())));
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| Error::missing(at, format!("{path}: {e}")))?;
+            let profile: LinuxSeccomp = serde_json::from_str(&text)
+                .map_err(|e| Error::invalid(at, format!("{path} is not an OCI seccomp profile: {e}")))?;
+            return Ok(Some(profile));
+        }
         let Some(info) = &self.linux.seccomp else {
             return Ok(Some(seccomp::default_profile(bounding)));
         };
@@ -893,6 +940,34 @@ impl Translator<'_> {
         let profile: LinuxSeccomp = serde_json::from_str(&text)
             .map_err(|e| Error::invalid(at, format!("{} is not an OCI seccomp profile: {e}", file.display())))?;
         Ok(Some(profile))
+    }
+}
+
+/// `requested` (absolute container paths) when given, else `default`.
+fn container_paths(requested: &[String], default: &[&str], field: &str) -> Result<Vec<String>> {
+    if requested.is_empty() {
+        return Ok(default.iter().map(|s| s.to_string()).collect());
+    }
+    for (i, p) in requested.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        validate::volume_path(p, &at)?;
+        if !p.starts_with('/') || p == "/" {
+            return Err(Error::invalid(at, format!("`{}` must be an absolute path below `/`", p.escape_debug())));
+        }
+    }
+    Ok(requested.to_vec())
+}
+
+/// no_new_privs: the agent's setting, which a launch may add but not lift.
+fn no_new_privileges(security: &SecurityOptions, cfg: &Config) -> Result<bool> {
+    match security.no_new_privileges {
+        None => Ok(cfg.no_new_privileges),
+        Some(true) => Ok(true),
+        Some(false) if cfg.no_new_privileges => Err(Error::invalid(
+            "security.no_new_privileges",
+            "false is not allowed: this agent sets no_new_privs for every container (--no-new-privileges)",
+        )),
+        Some(false) => Ok(false),
     }
 }
 

@@ -255,6 +255,60 @@ pub fn hostname(name: &str, field: &str) -> Result<()> {
     Ok(())
 }
 
+/// The namespace that scopes a kernel parameter a container may set (runc's rule): setting any
+/// other would change the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SysctlScope {
+    Ipc,
+    Network,
+    Uts,
+}
+
+/// A sysctl's name (dot-separated parts of letters, digits, `_` and `-`, so that its path under
+/// `/proc/sys` stays there) and value, and the namespace that scopes it.
+pub fn sysctl(key: &str, value: &str, field: &str) -> Result<SysctlScope> {
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let well_formed = !key.is_empty()
+        && key.len() <= 256
+        && key
+            .split('.')
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+    if !well_formed {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "`{}` is not a sysctl name (dot-separated parts of letters, digits, `_` and `-`)",
+                key.escape_debug()
+            ),
+        ));
+    }
+    if value.len() > 4096 || value.contains('\0') {
+        return Err(Error::invalid(format!("{field}[{key}]"), "the value must be at most 4096 bytes, without NUL"));
+    }
+    if IPC.contains(&key) || key.starts_with("fs.mqueue.") {
+        Ok(SysctlScope::Ipc)
+    } else if key.starts_with("net.") {
+        Ok(SysctlScope::Network)
+    } else if key == "kernel.hostname" || key == "kernel.domainname" {
+        Ok(SysctlScope::Uts)
+    } else {
+        Err(Error::invalid(
+            format!("{field}[{key}]"),
+            "is not scoped by a namespace of the container's own (only IPC, net.* and UTS sysctls are); \
+             it would change the host",
+        ))
+    }
+}
+
 /// Validates rlimits: a known type, at most once each, both bounds or none, soft <= hard.
 pub fn rlimits(info: &husk_proto::mesos::v1::RLimitInfo, field: &str) -> Result<()> {
     let mut seen = std::collections::HashSet::new();

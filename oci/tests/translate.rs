@@ -448,6 +448,137 @@ fn seccomp_default_unconfined_and_named() {
 }
 
 #[test]
+fn security_options() {
+    use husk_proto::agent::v1::SecurityOptions;
+    let f = fixture();
+    let with = |sec: SecurityOptions| LaunchRequest { security: Some(sec), ..launch("true") };
+
+    // Defaults: a writable root, no_new_privs, husk's masked and read-only paths, no sysctls.
+    let s = spec(&launch("true"), &host(&f));
+    assert_eq!(s.root().as_ref().unwrap().readonly(), Some(false));
+    assert_eq!(s.process().as_ref().unwrap().no_new_privileges(), Some(true));
+    let linux = s.linux().as_ref().unwrap();
+    assert!(linux.masked_paths().as_ref().unwrap().contains(&"/proc/kcore".to_string()));
+    assert!(linux.readonly_paths().as_ref().unwrap().contains(&"/proc/sys".to_string()));
+    assert!(linux.sysctl().is_none());
+    assert_eq!(s.process().as_ref().unwrap().oom_score_adj(), None);
+
+    let s = spec(
+        &with(SecurityOptions {
+            readonly_rootfs: Some(true),
+            masked_paths: vec!["/proc/cpuinfo".into()],
+            readonly_paths: vec!["/etc".into()],
+            oom_score_adj: Some(-500),
+            ..Default::default()
+        }),
+        &image_place(&f),
+    );
+    assert_eq!(s.root().as_ref().unwrap().readonly(), Some(true));
+    let linux = s.linux().as_ref().unwrap();
+    assert_eq!(linux.masked_paths().as_deref(), Some(&["/proc/cpuinfo".to_string()][..]));
+    assert_eq!(linux.readonly_paths().as_deref(), Some(&["/etc".to_string()][..]));
+    assert_eq!(s.process().as_ref().unwrap().oom_score_adj(), Some(-500));
+
+    for (sec, want) in [
+        (
+            SecurityOptions { masked_paths: vec!["proc/kcore".into()], ..Default::default() },
+            "security.masked_paths[0]: `proc/kcore` must be an absolute path below `/`",
+        ),
+        (
+            SecurityOptions { readonly_paths: vec!["/etc/../..".into()], ..Default::default() },
+            "security.readonly_paths[0]: `/etc/../..` must not contain `..`",
+        ),
+        (SecurityOptions { oom_score_adj: Some(1001), ..Default::default() }, "security.oom_score_adj: 1001 is not within -1000 to 1000"),
+        (
+            SecurityOptions { no_new_privileges: Some(false), ..Default::default() },
+            "security.no_new_privileges: false is not allowed: this agent sets no_new_privs for every container (--no-new-privileges)",
+        ),
+    ] {
+        assert_eq!(err(&with(sec), &host(&f)), want);
+    }
+    let cfg = Config { no_new_privileges: false, ..Default::default() };
+    let s = translate(&launch("true"), &cfg, &host(&f)).unwrap().spec;
+    assert_eq!(s.process().as_ref().unwrap().no_new_privileges(), Some(false));
+    let req = with(SecurityOptions { no_new_privileges: Some(true), ..Default::default() });
+    let s = translate(&req, &cfg, &host(&f)).unwrap().spec;
+    assert_eq!(s.process().as_ref().unwrap().no_new_privileges(), Some(true));
+}
+
+#[test]
+fn sysctls_only_in_namespaces_of_the_containers_own() {
+    use husk_proto::agent::v1::SecurityOptions;
+    let f = fixture();
+    let with = |pairs: &[(&str, &str)], network: bool| {
+        let mut req = LaunchRequest {
+            security: Some(SecurityOptions {
+                sysctls: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                ..Default::default()
+            }),
+            ..launch("true")
+        };
+        if network {
+            let mut info = mesos_info();
+            info.network_infos = vec![NetworkInfo { name: Some("net".into()), ..Default::default() }];
+            req.container = Some(info);
+        }
+        req
+    };
+    let s = spec(&with(&[("kernel.shmmax", "1000000"), ("net.ipv4.ip_forward", "1")], true), &host(&f));
+    let sysctl = s.linux().as_ref().unwrap().sysctl().clone().unwrap();
+    assert_eq!(sysctl.get("kernel.shmmax").map(String::as_str), Some("1000000"));
+    assert_eq!(sysctl.get("net.ipv4.ip_forward").map(String::as_str), Some("1"));
+
+    for (pairs, network, want) in [
+        (
+            &[("net.ipv4.ip_forward", "1")][..],
+            false,
+            "security.sysctls[net.ipv4.ip_forward]: the container shares that namespace with the host, so it would change the host",
+        ),
+        (
+            &[("kernel.pid_max", "10")][..],
+            true,
+            "security.sysctls[kernel.pid_max]: is not scoped by a namespace of the container's own (only IPC, net.* and UTS sysctls are); it would change the host",
+        ),
+        (
+            &[("net.ipv4/../../x", "1")][..],
+            true,
+            "security.sysctls: `net.ipv4/../../x` is not a sysctl name (dot-separated parts of letters, digits, `_` and `-`)",
+        ),
+        (&[("net..x", "1")][..], true, "security.sysctls: `net..x` is not a sysctl name (dot-separated parts of letters, digits, `_` and `-`)"),
+    ] {
+        assert_eq!(err(&with(pairs, network), &host(&f)), want);
+    }
+}
+
+#[test]
+fn a_seccomp_profile_file_on_the_node() {
+    use husk_proto::agent::v1::SecurityOptions;
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.json");
+    std::fs::write(&file, r#"{"defaultAction":"SCMP_ACT_LOG","syscalls":[]}"#).unwrap();
+    let with = |path: &str| LaunchRequest {
+        security: Some(SecurityOptions { seccomp_profile_path: Some(path.into()), ..Default::default() }),
+        ..launch("true")
+    };
+    let s = spec(&with(file.to_str().unwrap()), &host(&f));
+    assert_eq!(serde_json::to_value(s.linux().as_ref().unwrap().seccomp()).unwrap()["defaultAction"], "SCMP_ACT_LOG");
+    assert_eq!(err(&with("p.json"), &host(&f)), "security.seccomp_profile_path: `p.json` must be an absolute path");
+    let missing = dir.path().join("none.json");
+    assert!(err(&with(missing.to_str().unwrap()), &host(&f)).starts_with("security.seccomp_profile_path: "));
+    std::fs::write(&file, "not json").unwrap();
+    assert!(err(&with(file.to_str().unwrap()), &host(&f)).contains("is not an OCI seccomp profile"));
+    let mut req = with(file.to_str().unwrap());
+    let mut info = mesos_info();
+    info.linux_info = Some(LinuxInfo {
+        seccomp: Some(SeccompInfo { unconfined: Some(true), profile_name: None }),
+        ..Default::default()
+    });
+    req.container = Some(info);
+    assert_eq!(err(&req, &host(&f)), "security.seccomp_profile_path: set either it or container.linux_info.seccomp");
+}
+
+#[test]
 fn user_is_resolved_in_the_rootfs() {
     let f = fixture();
     let mut req = launch("id");

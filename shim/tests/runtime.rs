@@ -462,8 +462,15 @@ fn only_namespaced_sysctls_are_set() {
     f.assert_gone("sysctl");
     let bundle = f.bundle("hostwide", "true", |s| s["linux"]["sysctl"] = serde_json::json!({"kernel.panic": "1"}));
     let out = f.runtime(&["create", "--bundle", bundle.to_str().unwrap(), "hostwide"]);
-    assert!(out.stderr.contains("linux.sysctl: kernel.panic is not scoped by a namespace"), "{}", out.stderr);
+    assert!(out.stderr.contains("linux.sysctl[kernel.panic]: is not scoped by a namespace"), "{}", out.stderr);
     f.assert_gone("hostwide");
+    // A name that would leave /proc/sys.
+    let bundle = f.bundle("escape", "true", |s| {
+        s["linux"]["sysctl"] = serde_json::json!({"net.ipv4/../../../kernel/panic": "1"});
+    });
+    let out = f.runtime(&["create", "--bundle", bundle.to_str().unwrap(), "escape"]);
+    assert!(out.stderr.contains("is not a sysctl name"), "{}", out.stderr);
+    f.assert_gone("escape");
 }
 
 /// `exec` as runc users call it: the process joins the container's pid, uts and mount

@@ -341,7 +341,8 @@ struct LaunchFlags {
         value_name = "FILE",
         conflicts_with_all = [
             "command", "resources", "limits", "hostname", "user", "env", "no_shell", "cpus", "mem",
-            "env_files", "volumes", "cap_add", "cap_drop", "uris", "network", "publish"
+            "env_files", "volumes", "cap_add", "cap_drop", "uris", "network", "publish", "read_only",
+            "sysctls", "oom_score_adj", "seccomp_profile"
         ]
     )]
     file: Option<String>,
@@ -389,6 +390,20 @@ struct LaunchFlags {
     /// (repeatable; needs --network).
     #[arg(short = 'p', long = "publish", value_name = "HOST:CONTAINER[/PROTO]", requires = "network")]
     publish: Vec<String>,
+    /// Mount the container's root filesystem read-only (volumes keep their own mode).
+    #[arg(long = "read-only")]
+    read_only: bool,
+    /// Set a kernel parameter in the container's own namespaces, e.g. net.ipv4.ip_forward=1
+    /// (repeatable; IPC sysctls, net.* with --network, kernel.hostname/domainname).
+    #[arg(long = "sysctl", value_name = "NAME=VALUE")]
+    sysctls: Vec<String>,
+    /// The process's oom_score_adj (-1000 to 1000; the kernel kills higher scores first).
+    #[arg(long = "oom-score-adj", value_name = "N", allow_hyphen_values = true)]
+    oom_score_adj: Option<i32>,
+    /// Apply this seccomp profile (an OCI seccomp JSON file on the agent's node, absolute path)
+    /// instead of husk's default one.
+    #[arg(long = "seccomp-profile", value_name = "PATH")]
+    seccomp_profile: Option<String>,
     /// User to run as (name, uid, name:group or uid:gid), resolved in the container's rootfs.
     #[arg(short = 'u', long)]
     user: Option<String>,
@@ -581,6 +596,20 @@ fn launch_from_flags(args: &LaunchFlags, id: &str, image_command: bool) -> Resul
     let volumes = args.volumes.iter().map(|v| volume(v)).collect::<Result<Vec<_>>>()?;
     let uris = args.uris.iter().map(|u| uri(u)).collect::<Result<Vec<_>>>()?;
     let linux_info = capabilities(&args.cap_add, &args.cap_drop)?;
+    let mut sysctls = std::collections::HashMap::new();
+    for kv in &args.sysctls {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--sysctl `{kv}` is not NAME=VALUE"))?;
+        if sysctls.insert(k.to_string(), v.to_string()).is_some() {
+            bail!("--sysctl `{k}` is given twice");
+        }
+    }
+    let security = husk_proto::agent::v1::SecurityOptions {
+        readonly_rootfs: args.read_only.then_some(true),
+        sysctls,
+        oom_score_adj: args.oom_score_adj,
+        seccomp_profile_path: args.seccomp_profile.clone(),
+        ..Default::default()
+    };
     let mut limits = std::collections::HashMap::new();
     for l in &args.limits {
         let (name, v) = l.split_once('=').with_context(|| format!("--limit `{l}` is not NAME=VALUE"))?;
@@ -616,6 +645,7 @@ fn launch_from_flags(args: &LaunchFlags, id: &str, image_command: bool) -> Resul
             },
             ..Default::default()
         }),
+        security: (security != Default::default()).then_some(security),
         ..Default::default()
     })
 }

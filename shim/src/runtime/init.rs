@@ -191,7 +191,7 @@ fn init(child: &Child) -> Result<Never, Error> {
     // scope.
     if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
         for (key, value) in sysctl {
-            check_sysctl(key, &new_ns)?;
+            check_sysctl(key, value, &new_ns)?;
             let path = Path::new("/proc/sys").join(key.replace('.', "/"));
             std::fs::write(&path, value).map_err(|e| Error::Process(format!("sysctl {key}: {e}")))?;
         }
@@ -340,29 +340,17 @@ fn read_line(f: &mut std::fs::File) -> Result<Vec<u8>, Error> {
     }
 }
 
-/// A sysctl the container may set: one its own IPC, network or UTS namespace scopes (runc's
-/// rule), never a host-wide one.
-fn check_sysctl(key: &str, new_ns: &dyn Fn(LinuxNamespaceType) -> bool) -> Result<(), Error> {
-    const IPC: &[&str] = &[
-        "kernel.msgmax",
-        "kernel.msgmnb",
-        "kernel.msgmni",
-        "kernel.sem",
-        "kernel.shmall",
-        "kernel.shmmax",
-        "kernel.shmmni",
-        "kernel.shm_rmid_forced",
-    ];
-    let ok = if IPC.contains(&key) || key.starts_with("fs.mqueue.") {
-        new_ns(LinuxNamespaceType::Ipc)
-    } else if key.starts_with("net.") {
-        new_ns(LinuxNamespaceType::Network)
-    } else if key == "kernel.hostname" || key == "kernel.domainname" {
-        new_ns(LinuxNamespaceType::Uts)
-    } else {
-        false
+/// A sysctl the container may set: a well-formed name that one of its own IPC, network or UTS
+/// namespaces scopes (runc's rule), never a host-wide one.
+fn check_sysctl(key: &str, value: &str, new_ns: &dyn Fn(LinuxNamespaceType) -> bool) -> Result<(), Error> {
+    use husk_oci::validate::SysctlScope;
+    let scope = husk_oci::validate::sysctl(key, value, "linux.sysctl").map_err(|e| Error::Bundle(e.to_string()))?;
+    let ns = match scope {
+        SysctlScope::Ipc => LinuxNamespaceType::Ipc,
+        SysctlScope::Network => LinuxNamespaceType::Network,
+        SysctlScope::Uts => LinuxNamespaceType::Uts,
     };
-    if !ok {
+    if !new_ns(ns) {
         return Err(Error::Bundle(format!(
             "linux.sysctl: {key} is not scoped by a namespace of the container's own; it would change the host"
         )));

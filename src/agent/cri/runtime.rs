@@ -86,7 +86,8 @@ fn pod_launch(cri: &Cri, id: &str, config: &cri::PodSandboxConfig) -> Result<pb:
             let cni = &cri.agent.settings.cni;
             let net = cni.networks().into_iter().next().ok_or_else(|| {
                 Status::failed_precondition(format!(
-                    "config.linux.security_context.namespace_options.network: the pod needs a CNI network and                      there is none in {} (or use network NODE)",
+                    "config.linux.security_context.namespace_options.network: the pod needs a CNI network \
+                     and there is none in {} (or use network NODE)",
                     cni.conf_dir.display()
                 ))
             })?;
@@ -139,6 +140,12 @@ fn pod_launch(cri: &Cri, id: &str, config: &cri::PodSandboxConfig) -> Result<pb:
             linux_info: Some(linux),
             ..Default::default()
         }),
+        // The pod's sysctls go to the namespaces its holder owns, which its containers join.
+        security: Some(pb::SecurityOptions {
+            sysctls: config.linux.as_ref().map(|l| l.sysctls.clone()).unwrap_or_default(),
+            ..Default::default()
+        })
+        .filter(|s| !s.sysctls.is_empty()),
         labels: labels(
             &config.labels,
             &[
@@ -280,6 +287,26 @@ fn container_launch(
     if sc.privileged {
         return Err(Status::unimplemented("config.linux.security_context.privileged: not supported yet"));
     }
+    let (seccomp, seccomp_profile_path) = seccomp(&sc)?;
+    linux_info.seccomp = seccomp;
+    let oom_score_adj = linux.resources.as_ref().map(|r| r.oom_score_adj).filter(|a| *a != 0);
+    let security = pb::SecurityOptions {
+        readonly_rootfs: Some(sc.readonly_rootfs),
+        // The agent's --no-new-privileges (the default) already sets it for every container.
+        no_new_privileges: sc.no_new_privs.then_some(true),
+        masked_paths: sc.masked_paths.clone(),
+        readonly_paths: sc.readonly_paths.clone(),
+        sysctls: HashMap::new(),
+        oom_score_adj: match oom_score_adj {
+            Some(a) if !(-1000..=1000).contains(&a) => {
+                return Err(Status::invalid_argument(format!(
+                    "config.linux.resources.oom_score_adj: {a} is not within -1000 to 1000"
+                )))
+            }
+            a => a.map(|a| a as i32),
+        },
+        seccomp_profile_path,
+    };
     let (requests, limits) = resources(linux.resources.as_ref())?;
     Ok(pb::LaunchRequest {
         container_id: mesos::ContainerId {
@@ -324,8 +351,52 @@ fn container_launch(
         stdin: Some(config.stdin),
         cri_log_path: Some(log_path.to_string()).filter(|p| !p.is_empty()),
         literal_command: Some(true),
+        security: Some(security),
         ..Default::default()
     })
+}
+
+/// The container's seccomp profile, as Mesos' SeccompInfo or a profile file on the node.
+/// Unset is RuntimeDefault (husk's default profile). Unconfined needs the agent's
+/// --allow-unconfined-seccomp, as for any launch.
+fn seccomp(sc: &cri::LinuxContainerSecurityContext) -> Result<(Option<mesos::SeccompInfo>, Option<String>), Status> {
+    let unconfined = Some(mesos::SeccompInfo { unconfined: Some(true), profile_name: None });
+    let localhost = |path: &str, field: &str| {
+        if !path.starts_with('/') {
+            return Err(Status::invalid_argument(format!(
+                "{field}: `{}` must be an absolute path on the node",
+                path.escape_debug()
+            )));
+        }
+        Ok((None, Some(path.to_string())))
+    };
+    match &sc.seccomp {
+        Some(p) => match cri::security_profile::ProfileType::try_from(p.profile_type) {
+            Ok(cri::security_profile::ProfileType::RuntimeDefault) => Ok((None, None)),
+            Ok(cri::security_profile::ProfileType::Unconfined) => Ok((unconfined, None)),
+            Ok(cri::security_profile::ProfileType::Localhost) => {
+                localhost(&p.localhost_ref, "config.linux.security_context.seccomp.localhost_ref")
+            }
+            Err(_) => Err(Status::invalid_argument(format!(
+                "config.linux.security_context.seccomp.profile_type: unknown type {}",
+                p.profile_type
+            ))),
+        },
+        // The field before `seccomp` (CRI < 1.23): "runtime/default", "unconfined",
+        // "localhost/<path>".
+        None => match sc.seccomp_profile_path.as_str() {
+            "" | "runtime/default" | "docker/default" => Ok((None, None)),
+            "unconfined" => Ok((unconfined, None)),
+            p => match p.strip_prefix("localhost/") {
+                Some(path) => localhost(path, "config.linux.security_context.seccomp_profile_path"),
+                None => Err(Status::invalid_argument(format!(
+                    "config.linux.security_context.seccomp_profile_path: `{}` is none of runtime/default, \
+                     unconfined, localhost/<path>",
+                    p.escape_debug()
+                ))),
+            },
+        },
+    }
 }
 
 /// The CRI state of a container, its termination and when it started.
