@@ -38,6 +38,11 @@ pub struct Flags {
     /// socket (`unix:///run/husk/cri.sock`). Same mode, group and admin group as the API socket.
     #[arg(long, value_name = "ADDRESS")]
     pub cri_listen: Option<String>,
+    /// Where the CRI streaming server (the URLs of Exec, Attach and PortForward) listens, as
+    /// HOST:PORT; port 0 picks a free one at each start. The kubelet and crictl connect to it
+    /// from the node. Default: 127.0.0.1:0.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub streaming_listen: Option<String>,
     /// CNI network configurations (`*.conflist`, `*.conf`, `*.json`), read at each launch. A
     /// launch's `NetworkInfo.name` picks one; CRI pods get the first in file-name order.
     /// Default: /etc/cni/net.d.
@@ -156,6 +161,7 @@ struct FileConfig {
     runtime_dir: Option<PathBuf>,
     listen: Option<String>,
     cri_listen: Option<String>,
+    streaming_listen: Option<String>,
     cni_conf_dir: Option<PathBuf>,
     cni_bin_dir: Option<String>,
     tcp_listen: Option<String>,
@@ -208,6 +214,8 @@ pub struct Settings {
     pub socket: PathBuf,
     /// The CRI socket (None: the CRI is not served).
     pub cri_socket: Option<PathBuf>,
+    /// The CRI streaming server's address.
+    pub streaming_listen: std::net::SocketAddr,
     pub cni: super::cni::Cni,
     /// The TCP address and its TLS material (PEM: certificate chain, key, client CA).
     pub tcp: Option<TcpListen>,
@@ -355,6 +363,9 @@ impl Settings {
         if !(0.0..=1.0).contains(&gc_disk_headroom) {
             anyhow::bail!("--gc-disk-headroom {gc_disk_headroom} must be between 0 and 1");
         }
+        let streaming = pick(flags.streaming_listen.clone(), file.streaming_listen, "127.0.0.1:0");
+        let streaming_listen =
+            streaming.parse().map_err(|e| anyhow::anyhow!("--streaming-listen `{streaming}`: {e} (want HOST:PORT)"))?;
         let metrics_address = match flags.metrics_address.clone().or(file.metrics_address) {
             Some(a) => Some(a.parse().map_err(|e| anyhow::anyhow!("--metrics-address `{a}`: {e} (want HOST:PORT)"))?),
             None => None,
@@ -397,6 +408,7 @@ impl Settings {
             runtime_dir: flags.runtime_dir.clone().or(file.runtime_dir).unwrap_or_else(|| "/run/husk".into()),
             socket,
             cri_socket,
+            streaming_listen,
             cni: super::cni::Cni {
                 conf_dir: flags.cni_conf_dir.clone().or(file.cni_conf_dir).unwrap_or_else(|| "/etc/cni/net.d".into()),
                 bin_dirs: flags

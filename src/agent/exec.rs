@@ -45,7 +45,7 @@ fn running(agent: &Agent, id: &husk_proto::mesos::v1::ContainerId, field: &str) 
 type ShimExec = (mpsc::Sender<shim_pb::ExecInput>, Streaming<shim_pb::ExecOutput>);
 
 /// Starts `p` in its container through the shim.
-async fn start(agent: &Agent, p: &pb::ExecProcess) -> Result<ShimExec, Status> {
+pub(crate) async fn start(agent: &Agent, p: &pb::ExecProcess) -> Result<ShimExec, Status> {
     let c = running(agent, &p.container_id, "start.container_id")?;
     let mut client = super::shim_client(&c).await?;
     let state = super::within_deadline(&c, client.state(shim_pb::StateRequest {})).await?;
@@ -69,6 +69,16 @@ async fn start(agent: &Agent, p: &pb::ExecProcess) -> Result<ShimExec, Status> {
             .into_inner();
     tracing::info!(container = %c.id, args = ?process.args(), "exec");
     Ok((tx, outputs))
+}
+
+/// The pid of a running container's init, as its shim knows it.
+pub(crate) async fn init_pid(agent: &Agent, key: &str) -> Result<u32, Status> {
+    let c = agent.get(key)?;
+    if c.terminated().is_some() || c.state() != pb::ContainerState::Running {
+        return Err(Status::failed_precondition(format!("`{key}` is not running")));
+    }
+    let mut client = super::shim_client(&c).await?;
+    Ok(super::within_deadline(&c, client.state(shim_pb::StateRequest {})).await?.pid)
 }
 
 fn exit_of(e: &shim_pb::ExitStatus) -> pb::ExecExit {
@@ -232,9 +242,9 @@ pub async fn attach(
 /// Takes the container's input (its terminal or open stdin) through its shim and feeds it what
 /// `input` brings, converted by `convert`, until `input` ends. Returns once the input is ours.
 /// Reports whether the client's stream ended cleanly (`true`) or broke.
-async fn relay_input<T: Send + 'static>(
+pub(crate) async fn relay_input<T: Send + 'static>(
     c: &Container,
-    mut input: Streaming<T>,
+    mut input: impl tokio_stream::Stream<Item = Result<T, Status>> + Send + Unpin + 'static,
     convert: fn(T) -> Option<shim_pb::attach_input::Input>,
 ) -> Result<tokio::sync::oneshot::Receiver<bool>, Status> {
     let mut client = super::shim_client(c).await?;
@@ -246,16 +256,16 @@ async fn relay_input<T: Send + 'static>(
     let (ended_tx, ended) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let clean = loop {
-            match input.message().await {
-                Ok(Some(m)) => {
+            match input.next().await {
+                Some(Ok(m)) => {
                     if let Some(forwarded) = convert(m) {
                         if tx.send(shim_pb::AttachInput { input: Some(forwarded) }).await.is_err() {
                             break true;
                         }
                     }
                 }
-                Ok(None) => break true,
-                Err(_) => break false,
+                None => break true,
+                Some(Err(_)) => break false,
             }
         };
         let _ = ended_tx.send(clean);

@@ -12,6 +12,7 @@
 //! checkpointed under `<work dir>/cri/` and read back at start.
 mod image;
 mod runtime;
+pub mod streaming;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -100,6 +101,8 @@ pub struct Cri {
     /// Serializes the calls that create and remove records (ids, names).
     ops: tokio::sync::Mutex<()>,
     events: tokio::sync::broadcast::Sender<cri::ContainerEventResponse>,
+    /// Serves the URLs of Exec, Attach and PortForward.
+    streaming: Arc<streaming::Streaming>,
 }
 
 fn load_dir<T: for<'de> Deserialize<'de>>(dir: &Path) -> anyhow::Result<Vec<T>> {
@@ -119,13 +122,15 @@ fn load_dir<T: for<'de> Deserialize<'de>>(dir: &Path) -> anyhow::Result<Vec<T>> 
 }
 
 impl Cri {
-    /// Loads the CRI's records under `<work dir>/cri/`.
+    /// Loads the CRI's records under `<work dir>/cri/` and starts the streaming server.
     pub fn new(agent: Arc<Agent>) -> anyhow::Result<Arc<Cri>> {
         let dir = agent.settings.work_dir.join("cri");
         let pods: Vec<PodRecord> = load_dir(&dir.join("pods"))?;
         let containers: Vec<ContainerRecord> = load_dir(&dir.join("containers"))?;
         let (events, _) = tokio::sync::broadcast::channel(1024);
+        let streaming = streaming::Streaming::bind(&agent, agent.settings.streaming_listen)?;
         let cri = Arc::new(Cri {
+            streaming,
             agent,
             dir,
             pods: Mutex::new(pods.into_iter().map(|p| (p.id.clone(), p)).collect()),

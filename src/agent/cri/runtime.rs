@@ -9,6 +9,7 @@ use husk_proto::cri;
 use husk_proto::mesos::v1 as mesos;
 use tonic::{Request, Response, Status};
 
+use super::streaming::{Opts, Request as StreamRequest};
 use super::{matches, now_ns, ContainerRecord, Cri, PodRecord};
 use crate::agent::service::Service;
 
@@ -1017,19 +1018,52 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
         }))
     }
 
-    async fn exec(&self, _: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
-        Err(Status::unimplemented("Exec: husk has no CRI streaming server yet; use ExecSync (`crictl exec -s`)"))
+    async fn exec(&self, req: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
+        let cri = &self.0;
+        let req = req.into_inner();
+        let r = cri.container(&req.container_id, "container_id")?;
+        if req.cmd.is_empty() {
+            return Err(Status::invalid_argument("cmd: must not be empty"));
+        }
+        let opts = Opts { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, tty: req.tty };
+        opts.check()?;
+        running(cri, &r)?;
+        let url = cri.streaming.url(StreamRequest::Exec { container: r.husk_id(), cmd: req.cmd, opts })?;
+        Ok(Response::new(cri::ExecResponse { url }))
     }
 
-    async fn attach(&self, _: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
-        Err(Status::unimplemented("Attach: husk has no CRI streaming server yet"))
+    async fn attach(&self, req: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
+        let cri = &self.0;
+        let req = req.into_inner();
+        let r = cri.container(&req.container_id, "container_id")?;
+        let opts = Opts { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, tty: req.tty };
+        opts.check()?;
+        running(cri, &r)?;
+        if req.stdin && !r.config.stdin && !r.config.tty {
+            return Err(Status::failed_precondition(format!(
+                "stdin: container {} was created without stdin (config.stdin) or a terminal (config.tty)",
+                r.id
+            )));
+        }
+        let url = cri.streaming.url(StreamRequest::Attach { container: r.husk_key(), opts })?;
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
     async fn port_forward(
         &self,
-        _: Request<cri::PortForwardRequest>,
+        req: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        Err(Status::unimplemented("PortForward: husk has no CRI streaming server yet"))
+        let cri = &self.0;
+        let req = req.into_inner();
+        let p = cri.pod(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        if let Some(bad) = req.port.iter().find(|p| !(1..=65535).contains(*p)) {
+            return Err(Status::invalid_argument(format!("port: {bad} is not a TCP port (1-65535)")));
+        }
+        if cri.pod_state(&p) != cri::PodSandboxState::SandboxReady {
+            return Err(Status::failed_precondition(format!("pod_sandbox_id: pod {} is not ready", p.id)));
+        }
+        let url = cri.streaming.url(StreamRequest::PortForward { pod: p.id.clone() })?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
     async fn container_stats(
@@ -1151,6 +1185,18 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
 }
 
 /// The container records a list filter selects: id and pod id by prefix, labels exactly.
+/// The CRI container runs (a stream can only reach a running process).
+fn running(cri: &Cri, r: &ContainerRecord) -> Result<(), Status> {
+    match state_of(cri, r).0 {
+        cri::ContainerState::ContainerRunning => Ok(()),
+        state => Err(Status::failed_precondition(format!(
+            "container_id: container {} is {}, not running",
+            r.id,
+            state.as_str_name()
+        ))),
+    }
+}
+
 fn records_matching(cri: &Cri, id: &str, pod: &str, labels: &HashMap<String, String>) -> Vec<ContainerRecord> {
     let records = cri.containers.lock().unwrap();
     records
