@@ -562,18 +562,20 @@ async fn security_context_through_the_cri() {
     let locked = with_security(
         "locked",
         "echo oom=$(cat /proc/self/oom_score_adj) shm=$(cat /proc/sys/kernel/shmmax) \
-         uptime=$(wc -c < /proc/uptime); touch /x 2>/dev/null || echo read-only; exec sleep 1000",
+         uptime=$(wc -c < /proc/uptime) groups=$(id -G | tr ' ' ,); touch /x 2>/dev/null || echo read-only; \
+         exec sleep 1000",
         cri::LinuxContainerSecurityContext {
             readonly_rootfs: true,
             masked_paths: vec!["/proc/uptime".into()],
             no_new_privs: true,
+            supplemental_groups: vec![3000, 44],
             ..Default::default()
         },
         321,
     );
     let locked = rt.create_container(create(locked)).await.unwrap().into_inner().container_id;
     rt.start_container(cri::StartContainerRequest { container_id: locked.clone() }).await.unwrap();
-    until_logged(&logs.join("locked.log"), "oom=321 shm=12345678 uptime=0").await;
+    until_logged(&logs.join("locked.log"), "oom=321 shm=12345678 uptime=0 groups=0,44,3000").await;
     until_logged(&logs.join("locked.log"), "read-only").await;
     // The pod's IPC namespace has the value; the node's is untouched.
     assert_ne!(std::fs::read_to_string("/proc/sys/kernel/shmmax").unwrap().trim(), "12345678");
@@ -612,6 +614,10 @@ async fn security_context_through_the_cri() {
     let e = rt.create_container(create(with_security("rel", "true", localhost("p.json"), 0))).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("seccomp.localhost_ref: `p.json` must be an absolute path"), "{}", e.message());
+    let bad_group = cri::LinuxContainerSecurityContext { supplemental_groups: vec![-1], ..Default::default() };
+    let e = rt.create_container(create(with_security("gid", "true", bad_group, 0))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("supplemental_groups[0]: -1 is not a group id"), "{}", e.message());
     let e = rt.create_container(create(with_security("oom", "true", Default::default(), 5000))).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("oom_score_adj: 5000"), "{}", e.message());

@@ -239,11 +239,15 @@ fn run_flags_reach_the_container() {
             "kernel.msgmax=4321",
             "--oom-score-adj",
             "7",
+            "--group-add",
+            "4242",
+            "--group-add",
+            "44",
             "--",
-            "touch /x 2>/dev/null || echo ro; cat /proc/sys/kernel/msgmax /proc/self/oom_score_adj",
+            "touch /x 2>/dev/null || echo ro; cat /proc/sys/kernel/msgmax /proc/self/oom_score_adj; id -G",
         ],
     );
-    assert_eq!(out.stdout, "ro\n4321\n7\n", "{}", out.stderr);
+    assert_eq!(out.stdout, "ro\n4321\n7\n0 44 4242\n", "{}", out.stderr);
     let bad = huskctl(&agent, &["run", "--sysctl", "kernel.panic=1", "--", "true"]);
     assert!(
         bad.status.code() == Some(1) && bad.stderr.contains("security.sysctls[kernel.panic]: is not scoped"),

@@ -39,6 +39,8 @@ pub const MIN_CPU_SHARES: u64 = 2;
 pub const CFS_PERIOD_US: u64 = 100_000;
 pub const MIN_CFS_QUOTA_US: i64 = 1_000;
 const MIB: f64 = 1024.0 * 1024.0;
+/// Linux's NGROUPS_MAX.
+const MAX_SUPPLEMENTAL_GROUPS: usize = 65536;
 
 /// Default masked paths: hidden from the container (a file by /dev/null, a dir by an empty tmpfs).
 pub const MASKED_PATHS: &[&str] = &[
@@ -113,13 +115,22 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
 
     let mut t = Translator { cfg, place, info, linux, nested, warnings: Vec::new(), sandbox_dirs: Vec::new() };
     let rootfs = t.rootfs()?;
-    let user = match cmd.user.as_deref() {
+    let mut user = match cmd.user.as_deref() {
         Some(u) => user::resolve(rootfs_or_host(&rootfs), u, "command.user")?,
         None => ResolvedUser { uid: 0, gid: 0, additional_gids: Vec::new(), name: Some("root".into()), home: None },
     };
     let capabilities = t.capabilities(user.uid)?;
     let default_security = SecurityOptions::default();
     let security = req.security.as_ref().unwrap_or(&default_security);
+    if security.supplemental_groups.len() > MAX_SUPPLEMENTAL_GROUPS {
+        return Err(Error::invalid(
+            "security.supplemental_groups",
+            format!("{} groups (at most {MAX_SUPPLEMENTAL_GROUPS})", security.supplemental_groups.len()),
+        ));
+    }
+    user.additional_gids.extend(security.supplemental_groups.iter().filter(|g| **g != user.gid));
+    user.additional_gids.sort_unstable();
+    user.additional_gids.dedup();
     let mut annotations = HashMap::from([
         (ANNOTATION_CONTAINER_ID.to_string(), display_id(&req.container_id)),
         (ANNOTATION_SANDBOX.to_string(), place.sandbox_dir.display().to_string()),

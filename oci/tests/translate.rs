@@ -469,11 +469,14 @@ fn security_options() {
             masked_paths: vec!["/proc/cpuinfo".into()],
             readonly_paths: vec!["/etc".into()],
             oom_score_adj: Some(-500),
+            supplemental_groups: vec![7000, 0, 7000, 5],
             ..Default::default()
         }),
         &image_place(&f),
     );
     assert_eq!(s.root().as_ref().unwrap().readonly(), Some(true));
+    // Root's primary group is not repeated; the rest are sorted and unique.
+    assert_eq!(s.process().as_ref().unwrap().user().additional_gids().as_deref(), Some(&[5, 7000][..]));
     let linux = s.linux().as_ref().unwrap();
     assert_eq!(linux.masked_paths().as_deref(), Some(&["/proc/cpuinfo".to_string()][..]));
     assert_eq!(linux.readonly_paths().as_deref(), Some(&["/etc".to_string()][..]));
@@ -489,6 +492,10 @@ fn security_options() {
             "security.readonly_paths[0]: `/etc/../..` must not contain `..`",
         ),
         (SecurityOptions { oom_score_adj: Some(1001), ..Default::default() }, "security.oom_score_adj: 1001 is not within -1000 to 1000"),
+        (
+            SecurityOptions { supplemental_groups: vec![1; 65537], ..Default::default() },
+            "security.supplemental_groups: 65537 groups (at most 65536)",
+        ),
         (
             SecurityOptions { no_new_privileges: Some(false), ..Default::default() },
             "security.no_new_privileges: false is not allowed: this agent sets no_new_privs for every container (--no-new-privileges)",

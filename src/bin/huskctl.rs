@@ -342,7 +342,7 @@ struct LaunchFlags {
         conflicts_with_all = [
             "command", "resources", "limits", "hostname", "user", "env", "no_shell", "cpus", "mem",
             "env_files", "volumes", "cap_add", "cap_drop", "uris", "network", "publish", "read_only",
-            "sysctls", "oom_score_adj", "seccomp_profile"
+            "sysctls", "oom_score_adj", "seccomp_profile", "group_add"
         ]
     )]
     file: Option<String>,
@@ -404,6 +404,9 @@ struct LaunchFlags {
     /// instead of husk's default one.
     #[arg(long = "seccomp-profile", value_name = "PATH")]
     seccomp_profile: Option<String>,
+    /// Give the process this group id too, besides its user's own groups (repeatable).
+    #[arg(long = "group-add", value_name = "GID")]
+    group_add: Vec<u32>,
     /// User to run as (name, uid, name:group or uid:gid), resolved in the container's rootfs.
     #[arg(short = 'u', long)]
     user: Option<String>,
@@ -608,6 +611,7 @@ fn launch_from_flags(args: &LaunchFlags, id: &str, image_command: bool) -> Resul
         sysctls,
         oom_score_adj: args.oom_score_adj,
         seccomp_profile_path: args.seccomp_profile.clone(),
+        supplemental_groups: args.group_add.clone(),
         ..Default::default()
     };
     let mut limits = std::collections::HashMap::new();

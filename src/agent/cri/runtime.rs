@@ -290,6 +290,14 @@ fn container_launch(
     }
     let (seccomp, seccomp_profile_path) = seccomp(&sc)?;
     linux_info.seccomp = seccomp;
+    let mut supplemental_groups = Vec::with_capacity(sc.supplemental_groups.len());
+    for (i, g) in sc.supplemental_groups.iter().enumerate() {
+        supplemental_groups.push(u32::try_from(*g).map_err(|_| {
+            Status::invalid_argument(format!(
+                "config.linux.security_context.supplemental_groups[{i}]: {g} is not a group id (0 to 4294967295)"
+            ))
+        })?);
+    }
     let oom_score_adj = linux.resources.as_ref().map(|r| r.oom_score_adj).filter(|a| *a != 0);
     let security = pb::SecurityOptions {
         readonly_rootfs: Some(sc.readonly_rootfs),
@@ -307,6 +315,7 @@ fn container_launch(
             a => a.map(|a| a as i32),
         },
         seccomp_profile_path,
+        supplemental_groups,
     };
     let (requests, limits) = resources(linux.resources.as_ref())?;
     Ok(pb::LaunchRequest {
