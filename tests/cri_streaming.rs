@@ -160,7 +160,7 @@ async fn exec_attach_and_port_forward_through_the_streaming_server() {
         .unwrap()
         .into_inner()
         .pod_sandbox_id;
-    let start = |name: &str, script: &str, stdin: bool| {
+    let start = |name: &str, script: &str, stdin: bool, stdin_once: bool| {
         let config = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
             image: Some(cri::ImageSpec { image: "localhost/busybox:1".into(), ..Default::default() }),
@@ -168,6 +168,7 @@ async fn exec_attach_and_port_forward_through_the_streaming_server() {
             args: vec![script.into()],
             log_path: format!("{name}.log"),
             stdin,
+            stdin_once,
             labels: HashMap::from([("app".into(), name.into())]),
             ..Default::default()
         };
@@ -188,9 +189,13 @@ async fn exec_attach_and_port_forward_through_the_streaming_server() {
         "web",
         "mkdir -p /www && echo hello-from-the-pod > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www",
         false,
+        false,
     )
     .await;
-    let shell = start("shell", "while read l; do echo \"got:$l\"; done; echo bye", true).await;
+    let echo = "while read l; do echo \"got:$l\"; done; echo bye";
+    // Attach to `shell` leaves its stdin open when it ends; `once` (stdin_once) closes it.
+    let shell = start("shell", echo, true, false).await;
+    let once = start("once", echo, true, true).await;
 
     // SPDY: stdout, stderr and the exit code.
     let url =
@@ -246,24 +251,33 @@ async fn exec_attach_and_port_forward_through_the_streaming_server() {
     assert_ne!(out.exit_code, 0, "a refused stream ran its command");
 
     // A client that hangs up takes its process with it.
-    let url = exec_url(&mut rt, &web, &["sleep", "737"], (false, true, false, false)).await;
-    let out = client(&["-url", &url, "-hangup", "1s"], b"").await;
+    // It is sent more input than it reads (more than the pipe and husk buffer), which must not
+    // keep husk from seeing the client leave.
+    let url = exec_url(&mut rt, &web, &["sleep", "737"], (true, true, false, false)).await;
+    let out = client(&["-url", &url, "-stdin", "-hangup", "2s"], &vec![b'x'; 4 << 20]).await;
     assert_eq!(out.status.code(), Some(0));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while running_in(&mut rt, &web, "sleep 737").await {
-        assert!(std::time::Instant::now() < deadline, "the exec outlived its client");
+        assert!(std::time::Instant::now() < deadline, "the exec outlived its client: {}", agent.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Attach: input reaches the container's stdin, its output comes back, and the stream ends
-    // with the container (its input closed, the shell says bye and exits).
-    let url = rt
-        .attach(cri::AttachRequest { container_id: shell.clone(), stdin: true, stdout: true, stderr: true, tty: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
-    let out = client(&["-url", &url, "-stdin", "-stderr"], b"ping\n").await;
+    // Attach: input reaches the container's stdin and its output comes back. The end of the
+    // client's input leaves the container's open for the next attach...
+    let attach = |id: String| {
+        let mut rt = rt.clone();
+        async move {
+            let req = cri::AttachRequest { container_id: id, stdin: true, stdout: true, stderr: true, tty: false };
+            rt.attach(req).await.unwrap().into_inner().url
+        }
+    };
+    let out = client(&["-url", &attach(shell.clone()).await, "-stdin", "-stderr", "-until", "got:one"], b"one\n").await;
+    assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "got:one\n".into()), "{}", text(&out.stderr));
+    let out = client(&["-url", &attach(shell.clone()).await, "-stdin", "-stderr", "-until", "got:two"], b"two\n").await;
+    assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "got:two\n".into()), "{}", text(&out.stderr));
+    // ...unless the container asked for stdin_once: then it closes, the shell says bye and
+    // exits, and the stream ends with the container.
+    let out = client(&["-url", &attach(once.clone()).await, "-stdin", "-stderr"], b"ping\n").await;
     assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "got:ping\nbye\n".into()), "{}", text(&out.stderr));
 
     // Port forwarding reaches a port only the pod's loopback has.
@@ -321,14 +335,20 @@ async fn exec_attach_and_port_forward_through_the_streaming_server() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     let e = rt
         .exec(cri::ExecRequest {
-            container_id: shell.clone(),
+            container_id: once.clone(),
             cmd: vec!["true".into()],
             stdout: true,
             ..Default::default()
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "the shell exited: {e:?}");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "`once` exited: {e:?}");
+    let e = rt
+        .attach(cri::AttachRequest { container_id: web.clone(), stdin: true, stdout: true, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(e.message().starts_with("stdin: container"), "{}", e.message());
     let e =
         rt.port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![70000] }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);

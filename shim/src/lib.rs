@@ -12,4 +12,6 @@ pub mod runtime;
 pub mod shim;
 mod sys;
 
+pub use sys::{pidfd_open, pidfd_signal};
+
 pub use sys::{forward_signals_to, peer_groups};

@@ -270,3 +270,26 @@ pub fn peer_groups(socket: std::os::fd::BorrowedFd) -> io::Result<Vec<u32>> {
         groups.resize(needed, 0);
     }
 }
+
+/// A pidfd for `pid`: a handle that names that process only, never a later one with its pid.
+pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(own_fd(fd as i32))
+}
+
+/// Sends `sig` (0: only checks that the process lives) to the process of a pidfd.
+pub fn pidfd_signal(fd: std::os::fd::BorrowedFd, sig: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a descriptor the caller keeps open, no siginfo, no flags.
+    let r = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0)
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -41,8 +41,47 @@ fn running(agent: &Agent, id: &husk_proto::mesos::v1::ContainerId, field: &str) 
     Ok(c)
 }
 
-/// Input for the shim's exec stream and the stream of its output.
-type ShimExec = (mpsc::Sender<shim_pb::ExecInput>, Streaming<shim_pb::ExecOutput>);
+/// Input for the shim's exec stream, the stream of its output, and the input's [`Cut`].
+type ShimExec = (mpsc::Sender<shim_pb::ExecInput>, Streaming<shim_pb::ExecOutput>, Cut);
+
+/// Ends the exec's input stream to the shim at once, dropping what is queued on it. A process
+/// that does not read its stdin leaves input queued (and the HTTP/2 window full) for good; a
+/// caller that gives up on the exec cuts its input so the stream can end, and the shim, seeing
+/// the exec's client gone, kills the process group.
+pub(crate) struct Cut(Option<tokio::sync::oneshot::Sender<()>>);
+
+/// An exec'd process held by a pidfd, so the agent can kill it without the shim: a shim whose
+/// input to the process is blocked (a process that does not read its stdin) stops reading the
+/// exec stream, and a kill sent on it would wait behind that input for good.
+pub(crate) struct ExecProcess {
+    pid: i32,
+    fd: std::os::fd::OwnedFd,
+}
+
+impl ExecProcess {
+    /// Holds the process the shim reported (None: it is gone already).
+    pub(crate) fn open(pid: u32) -> Option<ExecProcess> {
+        let pid = i32::try_from(pid).ok().filter(|p| *p > 0)?;
+        husk_shim::pidfd_open(pid).ok().map(|fd| ExecProcess { pid, fd })
+    }
+
+    /// SIGKILL to the process and, while it is alive (so its pid is still its own), its group.
+    pub(crate) fn kill(&self) {
+        use std::os::fd::AsFd;
+        if husk_shim::pidfd_signal(self.fd.as_fd(), 0).is_ok() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-self.pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = husk_shim::pidfd_signal(self.fd.as_fd(), libc::SIGKILL);
+    }
+}
+
+impl Cut {
+    pub(crate) fn now(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
 
 /// Starts `p` in its container through the shim.
 pub(crate) async fn start(agent: &Agent, p: &pb::ExecProcess) -> Result<ShimExec, Status> {
@@ -57,18 +96,23 @@ pub(crate) async fn start(agent: &Agent, p: &pb::ExecProcess) -> Result<ShimExec
     let process = husk_oci::exec::exec_process(&base, p, &root).map_err(super::status_of)?;
     let process_json = serde_json::to_string(&process).map_err(|e| Status::internal(e.to_string()))?;
     let (tx, rx) = mpsc::channel(16);
+    let (cut, cut_rx) = tokio::sync::oneshot::channel::<()>();
+    // Only an explicit cut ends the input early; a dropped Cut leaves it to end with `tx`.
+    let cut_now = async move {
+        if cut_rx.await.is_err() {
+            std::future::pending::<()>().await
+        }
+    };
+    let input = futures_util::StreamExt::take_until(tokio_stream::wrappers::ReceiverStream::new(rx), cut_now);
     let start = shim_pb::exec_input::Input::Start(shim_pb::ExecStart { process_json, stdin: p.stdin() });
     let _ = tx.send(shim_pb::ExecInput { input: Some(start) }).await;
     // The shim answers once the process runs (or the runtime said why it could not).
-    let outputs =
-        tokio::time::timeout(Duration::from_secs(90), client.exec(tokio_stream::wrappers::ReceiverStream::new(rx)))
-            .await
-            .map_err(|_| {
-                Status::deadline_exceeded(format!("container_id: `{}`: the exec did not start in time", c.id))
-            })??
-            .into_inner();
+    let outputs = tokio::time::timeout(Duration::from_secs(90), client.exec(input))
+        .await
+        .map_err(|_| Status::deadline_exceeded(format!("container_id: `{}`: the exec did not start in time", c.id)))??
+        .into_inner();
     tracing::info!(container = %c.id, args = ?process.args(), "exec");
-    Ok((tx, outputs))
+    Ok((tx, outputs, Cut(Some(cut))))
 }
 
 /// The pid of a running container's init, as its shim knows it.
@@ -116,7 +160,7 @@ pub async fn exec(
     let Some(pb::ExecRequest { request: Some(pb::exec_request::Request::Start(p)) }) = first else {
         return Err(Status::invalid_argument("start: the first message of an exec must be `start`"));
     };
-    let (tx, outputs) = start(&agent, &p).await?;
+    let (tx, outputs, _cut) = start(&agent, &p).await?;
     tokio::spawn(async move {
         use pb::exec_request::Request as R;
         use shim_pb::exec_input::Input as I;
@@ -153,7 +197,7 @@ pub async fn exec_sync(agent: Arc<Agent>, req: pb::ExecSyncRequest) -> Result<pb
         Some(d) => Some(Duration::from_nanos(d.nanoseconds as u64)),
         None => None,
     };
-    let (tx, mut outputs) = start(&agent, &p).await.map_err(|e| rename(e, "start.", "process."))?;
+    let (tx, mut outputs, mut cut) = start(&agent, &p).await.map_err(|e| rename(e, "start.", "process."))?;
     if let Some(data) = req.stdin {
         use shim_pb::exec_input::Input as I;
         let _ = tx.send(shim_pb::ExecInput { input: Some(I::Stdin(data)) }).await;
@@ -182,7 +226,11 @@ pub async fn exec_sync(agent: Arc<Agent>, req: pb::ExecSyncRequest) -> Result<pb
                 continue;
             }
             _ = tokio::time::sleep_until(deadline_after_kill.unwrap_or_else(tokio::time::Instant::now)),
-                if deadline_after_kill.is_some() => break,
+                if deadline_after_kill.is_some() => {
+                    // The kill may be queued behind input the process never read.
+                    cut.now();
+                    break;
+                }
         };
         use shim_pb::exec_output::Output as O;
         match next? {

@@ -53,7 +53,27 @@ var (
 	port      = flag.Int("port", 0, "portforward: the pod's port")
 	protocols = flag.String("protocols", "", "comma-separated protocols to offer (default: as client-go)")
 	hangup    = flag.Duration("hangup", 0, "drop the connection after this long instead of waiting")
+	until     = flag.String("until", "", "drop the connection once stdout shows this text")
 )
+
+// output is stdout, watched for -until.
+type output struct {
+	mu   sync.Mutex
+	seen []byte
+}
+
+func (o *output) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	os.Stdout.Write(p)
+	o.seen = append(o.seen, p...)
+	if *until != "" && strings.Contains(string(o.seen), *until) {
+		os.Exit(0)
+	}
+	return len(p), nil
+}
+
+var stdoutW = &output{}
 
 func fail(format string, a ...interface{}) {
 	fmt.Fprintf(os.Stderr, "streaming-client: "+format+"\n", a...)
@@ -168,7 +188,7 @@ func spdyExec(u *url.URL) {
 	if *stdout {
 		out := open(sc, streamOf("stdout"))
 		wg.Add(1)
-		go func() { defer wg.Done(); io.Copy(os.Stdout, out) }()
+		go func() { defer wg.Done(); io.Copy(stdoutW, out) }()
 	}
 	if *stderr {
 		e := open(sc, streamOf("stderr"))
@@ -246,7 +266,7 @@ func wsExec(u *url.URL) {
 		}
 		switch m[0] {
 		case 1:
-			os.Stdout.Write(m[1:])
+			stdoutW.Write(m[1:])
 		case 2:
 			os.Stderr.Write(m[1:])
 		case 3:

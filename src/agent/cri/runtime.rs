@@ -1054,7 +1054,8 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
                 r.id
             )));
         }
-        let url = cri.streaming.url(StreamRequest::Attach { container: r.husk_key(), opts })?;
+        let close_stdin = r.config.stdin_once && !r.config.tty;
+        let url = cri.streaming.url(StreamRequest::Attach { container: r.husk_key(), opts, close_stdin })?;
         Ok(Response::new(cri::AttachResponse { url }))
     }
 

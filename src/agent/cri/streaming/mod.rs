@@ -8,6 +8,7 @@
 //! kubelet's own streaming server does); it names the request the RPC checked, so the HTTP side
 //! takes nothing from the client but the streams. The server listens on loopback by default: the
 //! kubelet and crictl run on the node and reach it there.
+mod inbox;
 mod spdy;
 mod ws;
 
@@ -28,6 +29,7 @@ use tokio_stream::StreamExt;
 use tonic::Status;
 
 use crate::agent::Agent;
+use inbox::Inbox;
 
 /// How long a URL stays valid unused.
 const TOKEN_TTL: Duration = Duration::from_secs(60);
@@ -38,6 +40,17 @@ const HEAD_LIMIT: usize = 16 << 10;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the client gets to open the streams of an exec or attach.
 const STREAMS_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections still sending their request head, at most; more wait to be accepted.
+const MAX_HANDSHAKES: usize = 256;
+/// Port forwarding: streams waiting for the other half of their pair, and connections being
+/// forwarded, per SPDY connection.
+const MAX_UNPAIRED: usize = 128;
+const MAX_FORWARDS: usize = 128;
+/// After the client closed its side of a forwarded connection, how long the pod's side may
+/// still answer.
+const FORWARD_LINGER: Duration = Duration::from_secs(1);
+/// A terminal size message is a few dozen bytes; a resize stream buffering more is garbage.
+const MAX_SIZE_MESSAGE: usize = 4096;
 
 /// Protocols of exec and attach, in husk's order of preference (v5 differs from v4 only in the
 /// websocket's close-stdin signal).
@@ -48,9 +61,21 @@ const PORT_FORWARD: &str = "portforward.k8s.io";
 /// What a URL was made for, as its RPC checked it.
 #[derive(Clone, Debug)]
 pub enum Request {
-    Exec { container: mesos::ContainerId, cmd: Vec<String>, opts: Opts },
-    Attach { container: String, opts: Opts },
-    PortForward { pod: String },
+    Exec {
+        container: mesos::ContainerId,
+        cmd: Vec<String>,
+        opts: Opts,
+    },
+    /// `close_stdin`: the client's end of input closes the container's (the container's
+    /// `stdin_once`, without a terminal), as containerd does.
+    Attach {
+        container: String,
+        opts: Opts,
+        close_stdin: bool,
+    },
+    PortForward {
+        pod: String,
+    },
 }
 
 /// The streams an exec or attach asked for.
@@ -106,8 +131,10 @@ impl Streaming {
         });
         tracing::info!(address = %local, "serving CRI streams (exec, attach, port-forward)");
         let weak = Arc::downgrade(&server);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
+                let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
                 let (tcp, peer) = match listener.accept().await {
                     Ok(c) => c,
                     Err(e) => {
@@ -119,7 +146,9 @@ impl Streaming {
                 let Some(server) = weak.upgrade() else { return };
                 tokio::spawn(async move {
                     let _ = tcp.set_nodelay(true);
-                    if let Err(e) = server.connection(tcp).await {
+                    // A client that vanishes without a FIN (its node rebooted) is noticed.
+                    let _ = nix::sys::socket::setsockopt(&tcp, nix::sys::socket::sockopt::KeepAlive, &true);
+                    if let Err(e) = server.connection(tcp, permit).await {
                         tracing::info!(%peer, "streaming request: {e}");
                     }
                 });
@@ -157,8 +186,14 @@ impl Streaming {
         }
     }
 
-    async fn connection(self: Arc<Self>, mut tcp: TcpStream) -> Result<(), String> {
-        let (head, rest) = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut tcp)).await {
+    async fn connection(
+        self: Arc<Self>,
+        mut tcp: TcpStream,
+        handshake: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<(), String> {
+        let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut tcp)).await;
+        drop(handshake);
+        let (head, rest) = match head {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
                 let _ = respond(&mut tcp, 400, &e).await;
@@ -267,7 +302,11 @@ impl Streaming {
                 };
                 if let Some((chans, pump)) = spdy_channels(&session, incoming, opts).await {
                     run(agent, request, chans).await;
-                    pump.await.ok();
+                    // What is still queued goes out, unless the client stopped reading.
+                    let stop = pump.abort_handle();
+                    if tokio::time::timeout(Duration::from_secs(10), pump).await.is_err() {
+                        stop.abort();
+                    }
                 }
             }
         }
@@ -378,9 +417,9 @@ impl AsyncWrite for Rewind {
 /// The streams of an exec or attach, whatever carries them.
 pub(super) struct Channels {
     /// What the client types; ends when it closes its input.
-    stdin: Option<mpsc::Receiver<Bytes>>,
+    stdin: Option<Inbox>,
     /// Terminal sizes as JSON (`{"Width":80,"Height":24}`), one after the other.
-    resize: Option<mpsc::Receiver<Bytes>>,
+    resize: Option<Inbox>,
     /// Output for the client; closed once the client is gone.
     out: mpsc::Sender<(Chan, Bytes)>,
 }
@@ -421,8 +460,8 @@ async fn spdy_channels(
                     "error" => error = Some(s.id),
                     "stdout" => stdout = Some(s.id),
                     "stderr" => stderr = Some(s.id),
-                    "stdin" => stdin = Some(s.data),
-                    "resize" => resize = Some(s.data),
+                    "stdin" if opts.stdin => stdin = Some(s.data),
+                    "resize" if opts.tty => resize = Some(s.data),
                     other => {
                         tracing::debug!(streamtype = other, "refusing a stream of unknown type");
                         writer.reset(s.id, spdy::REFUSED_STREAM).await;
@@ -434,6 +473,7 @@ async fn spdy_channels(
                 if let Some(id) = error {
                     let status = status_json(Err(format!("the streams were not all opened within {STREAMS_TIMEOUT:?}")));
                     writer.data(id, status).await;
+                    writer.finish(id).await;
                 }
                 return None;
             }
@@ -477,7 +517,9 @@ async fn spdy_channels(
 async fn run(agent: Arc<Agent>, request: Request, mut chans: Channels) {
     let result = match request {
         Request::Exec { container, cmd, opts } => exec(&agent, container, cmd, opts, &mut chans).await,
-        Request::Attach { container, opts } => attach(&agent, &container, opts, &mut chans).await.map(|_| 0),
+        Request::Attach { container, opts, close_stdin } => {
+            attach(&agent, &container, opts, close_stdin, &mut chans).await.map(|_| 0)
+        }
         Request::PortForward { .. } => Err("port forwarding over this transport is not supported".into()),
     };
     if let Err(e) = &result {
@@ -530,6 +572,10 @@ impl Sizes {
             height: u32,
         }
         self.0.extend_from_slice(data);
+        if self.0.len() > MAX_SIZE_MESSAGE {
+            self.0.clear();
+            return Vec::new();
+        }
         let mut sizes = Vec::new();
         let mut it = serde_json::Deserializer::from_slice(&self.0).into_iter::<Size>();
         let mut used = 0;
@@ -558,10 +604,10 @@ impl Sizes {
 
 /// Turns the client's stdin and resize streams into [`Input`]s for `tx`.
 async fn feed<T>(
-    mut stdin: Option<mpsc::Receiver<Bytes>>,
-    mut resize: Option<mpsc::Receiver<Bytes>>,
+    mut stdin: Option<Inbox>,
+    mut resize: Option<Inbox>,
     tx: mpsc::Sender<T>,
-    wrap: fn(Input) -> T,
+    wrap: fn(Input) -> Option<T>,
 ) {
     let mut sizes = Sizes::default();
     loop {
@@ -582,8 +628,8 @@ async fn feed<T>(
             },
             else => return,
         };
-        for i in input {
-            if tx.send(wrap(i)).await.is_err() {
+        for i in input.into_iter().filter_map(wrap) {
+            if tx.send(i).await.is_err() {
                 return;
             }
         }
@@ -609,7 +655,7 @@ async fn exec(
         stdin: Some(chans.stdin.is_some()),
         ..Default::default()
     };
-    let (tx, mut outputs) = crate::agent::exec::start(agent, &p).await.map_err(|e| e.message().to_string())?;
+    let (tx, mut outputs, mut cut) = crate::agent::exec::start(agent, &p).await.map_err(|e| e.message().to_string())?;
     let input = tokio::spawn(feed(chans.stdin.take(), chans.resize.take(), tx.clone(), |i| {
         use shim_pb::exec_input::Input as I;
         let i = match i {
@@ -617,9 +663,10 @@ async fn exec(
             Input::Close => I::CloseStdin(true),
             Input::Resize(size) => I::Resize(size),
         };
-        shim_pb::ExecInput { input: Some(i) }
+        Some(shim_pb::ExecInput { input: Some(i) })
     }));
     let out = chans.out.clone();
+    let mut process = None;
     let result = loop {
         use shim_pb::exec_output::Output as O;
         tokio::select! {
@@ -629,26 +676,53 @@ async fn exec(
                         Some(O::Stdout(d)) if opts.stdout => out.send((Chan::Stdout, d.into())).await.is_ok(),
                         Some(O::Stderr(d)) if opts.stderr => out.send((Chan::Stderr, d.into())).await.is_ok(),
                         Some(O::Exit(e)) => break Ok(exit_code(&e)),
+                        Some(O::Pid(pid)) => {
+                            process = crate::agent::exec::ExecProcess::open(pid);
+                            true
+                        }
                         _ => true,
                     };
                     if !sent {
-                        break Err(gone(&tx).await);
+                        break Err(gone(&input, &tx, process.as_ref(), outputs, &mut cut).await);
                     }
                 }
                 Ok(None) => break Err("the exec ended without an exit status".to_string()),
                 Err(e) => break Err(e.message().to_string()),
             },
-            _ = out.closed() => break Err(gone(&tx).await),
+            _ = out.closed() => break Err(gone(&input, &tx, process.as_ref(), outputs, &mut cut).await),
         }
     };
     input.abort();
     result
 }
 
-/// The client went away mid-exec: its process goes too (as with containerd).
-async fn gone(tx: &mpsc::Sender<shim_pb::ExecInput>) -> String {
+/// The client went away mid-exec: its process goes too (as with containerd). SIGKILL goes to
+/// its process group, from here through its pidfd and through the shim; if the exit does not
+/// follow soon, the input is cut and the exec's output dropped, on which the shim kills the
+/// group itself.
+async fn gone(
+    input: &tokio::task::JoinHandle<()>,
+    tx: &mpsc::Sender<shim_pb::ExecInput>,
+    process: Option<&crate::agent::exec::ExecProcess>,
+    mut outputs: tonic::Streaming<shim_pb::ExecOutput>,
+    cut: &mut crate::agent::exec::Cut,
+) -> String {
     use shim_pb::exec_input::Input as I;
-    let _ = tx.send(shim_pb::ExecInput { input: Some(I::Signal(libc::SIGKILL as u32)) }).await;
+    input.abort();
+    if let Some(p) = process {
+        p.kill();
+    }
+    let _ = tx.try_send(shim_pb::ExecInput { input: Some(I::Signal(libc::SIGKILL as u32)) });
+    let exited = async {
+        while let Ok(Some(o)) = outputs.message().await {
+            if matches!(o.output, Some(shim_pb::exec_output::Output::Exit(_))) {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(2), exited).await.is_err() {
+        cut.now();
+    }
     "the client went away; its exec was killed".into()
 }
 
@@ -660,23 +734,36 @@ fn exit_code(e: &shim_pb::ExitStatus) -> i32 {
     }
 }
 
-fn attach_input(i: Input) -> Result<shim_pb::attach_input::Input, Status> {
+fn attach_input(i: Input) -> Option<Result<shim_pb::attach_input::Input, Status>> {
     use shim_pb::attach_input::Input as I;
-    Ok(match i {
+    Some(Ok(match i {
         Input::Stdin(d) => I::Stdin(d.to_vec()),
         Input::Close => I::CloseStdin(true),
         Input::Resize(size) => I::Resize(size),
-    })
+    }))
 }
 
-async fn attach(agent: &Agent, key: &str, opts: Opts, chans: &mut Channels) -> Result<(), String> {
+/// As [`attach_input`], but the client's end of input leaves the container's open (for the
+/// next attach), as a detach does.
+fn attach_input_kept_open(i: Input) -> Option<Result<shim_pb::attach_input::Input, Status>> {
+    match i {
+        Input::Close => None,
+        i => attach_input(i),
+    }
+}
+
+async fn attach(agent: &Agent, key: &str, opts: Opts, close_stdin: bool, chans: &mut Channels) -> Result<(), String> {
     let c = agent.get(key).map_err(|e| e.message().to_string())?;
     if c.terminated().is_some() || c.state() != pb::ContainerState::Running {
         return Err(format!("container {key} is not running"));
     }
     if let Some(stdin) = chans.stdin.take() {
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(feed(Some(stdin), chans.resize.take(), tx, attach_input));
+        let wrap = match close_stdin {
+            true => attach_input,
+            false => attach_input_kept_open,
+        };
+        tokio::spawn(feed(Some(stdin), chans.resize.take(), tx, wrap));
         crate::agent::exec::relay_input(&c, tokio_stream::wrappers::ReceiverStream::new(rx), Some)
             .await
             .map_err(|e| e.message().to_string())?;
@@ -732,6 +819,7 @@ async fn port_forward(agent: &Agent, pod: &str, session: &spdy::Session, mut inc
         }
     };
     let writer = &session.writer;
+    let forwards = Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS));
     let mut halves: HashMap<String, (Option<spdy::Incoming>, Option<spdy::Incoming>)> = HashMap::new();
     while let Some(s) = incoming.recv().await {
         let (Some(request), Some(kind)) = (s.header("requestid"), s.header("streamtype")) else {
@@ -739,21 +827,52 @@ async fn port_forward(agent: &Agent, pod: &str, session: &spdy::Session, mut inc
             continue;
         };
         let request = request.to_string();
+        if !halves.contains_key(&request) && halves.len() >= MAX_UNPAIRED {
+            tracing::info!(pod, "port-forward: {MAX_UNPAIRED} streams wait for their pair; refusing more");
+            writer.reset(s.id, spdy::REFUSED_STREAM).await;
+            continue;
+        }
         let entry = halves.entry(request.clone()).or_default();
-        match kind {
-            "error" => entry.0 = Some(s),
-            "data" => entry.1 = Some(s),
+        let slot = match kind {
+            "error" => &mut entry.0,
+            "data" => &mut entry.1,
             _ => {
                 writer.reset(s.id, spdy::PROTOCOL_ERROR).await;
                 continue;
             }
+        };
+        if slot.is_some() {
+            // A second stream of one kind for one request: the first stays.
+            writer.reset(s.id, spdy::PROTOCOL_ERROR).await;
+            continue;
         }
+        *slot = Some(s);
         if let (Some(_), Some(_)) = entry {
             let Some((Some(error), Some(data))) = halves.remove(&request) else { continue };
             let port = data.header("port").and_then(|p| p.parse::<u16>().ok()).filter(|p| *p > 0);
-            tokio::spawn(forward(ns.clone(), pod.to_string(), port, error, data, writer.clone()));
+            let Ok(permit) = forwards.clone().try_acquire_owned() else {
+                let msg = format!(
+                    "error forwarding port {} to pod {pod}: {MAX_FORWARDS} connections are open",
+                    port.unwrap_or(0)
+                );
+                refuse(writer, error.id, data.id, msg).await;
+                continue;
+            };
+            let (ns, pod, w) = (ns.clone(), pod.to_string(), writer.clone());
+            tokio::spawn(async move {
+                forward(ns, pod, port, error, data, w).await;
+                drop(permit);
+            });
         }
     }
+}
+
+/// Says why a forwarded connection could not be made, and closes its streams.
+async fn refuse(w: &spdy::Writer, error: u32, data: u32, msg: String) {
+    tracing::info!("port-forward: {msg}");
+    w.data(error, Bytes::from(msg)).await;
+    w.finish(error).await;
+    w.finish(data).await;
 }
 
 async fn forward(
@@ -764,6 +883,8 @@ async fn forward(
     data: spdy::Incoming,
     w: spdy::Writer,
 ) {
+    // The client sends nothing on the error stream; whatever it would is dropped unread.
+    let error = error.id;
     let spdy::Incoming { id: data_id, data: mut from_client, .. } = data;
     let connected = match port {
         None => Err("the `port` header is missing or not a port number".to_string()),
@@ -775,39 +896,47 @@ async fn forward(
     let tcp = match connected {
         Ok(tcp) => tcp,
         Err(e) => {
-            let msg = format!("error forwarding port {} to pod {pod}: {e}", port.unwrap_or(0));
-            tracing::info!("port-forward: {msg}");
-            w.data(error.id, Bytes::from(msg)).await;
-            w.finish(error.id).await;
-            w.finish(data_id).await;
-            return;
+            return refuse(&w, error, data_id, format!("error forwarding port {} to pod {pod}: {e}", port.unwrap_or(0)))
+                .await
         }
     };
     let (mut r, mut tw) = tcp.into_split();
     // The client's bytes go to the pod until the client closes its side (then the pod reads
-    // EOF); the connection ends when the pod's side does, as containerd's does.
+    // EOF and gets FORWARD_LINGER to finish answering); the pod's go to the client until the
+    // pod closes its side. Either end going away ends the connection.
+    let (client_done, mut client_closed) = tokio::sync::oneshot::channel::<()>();
     let up = tokio::spawn(async move {
         while let Some(b) = from_client.recv().await {
             if tw.write_all(&b).await.is_err() {
-                return;
+                break;
             }
         }
         let _ = tw.shutdown().await;
+        let _ = client_done.send(());
     });
+    let linger = async {
+        let _ = (&mut client_closed).await;
+        tokio::time::sleep(FORWARD_LINGER).await;
+    };
+    tokio::pin!(linger);
     let mut buf = vec![0u8; 32 << 10];
     loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if !w.data(data_id, Bytes::copy_from_slice(&buf[..n])).await {
-                    break;
+        tokio::select! {
+            n = r.read(&mut buf) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if !w.data(data_id, Bytes::copy_from_slice(&buf[..n])).await {
+                        break;
+                    }
                 }
-            }
+            },
+            _ = &mut linger => break,
+            _ = w.closed() => break,
         }
     }
     up.abort();
     w.finish(data_id).await;
-    w.finish(error.id).await;
+    w.finish(error).await;
 }
 
 /// A TCP connection to `127.0.0.1:port` in the network namespace `ns`, made by a thread of its
@@ -839,6 +968,10 @@ mod tests {
         assert_eq!(got.iter().map(|w| (w.columns, w.rows)).collect::<Vec<_>>(), vec![(1, 2)]);
         assert!(s.feed(b"not json").is_empty());
         assert!(s.0.is_empty(), "garbage is dropped, not kept");
+        // A size that never ends is dropped once it outgrows any real one.
+        assert!(s.feed(b"{\"Width\":\"").is_empty());
+        assert!(s.feed(&[b'9'; MAX_SIZE_MESSAGE]).is_empty());
+        assert!(s.0.is_empty());
     }
 
     #[test]

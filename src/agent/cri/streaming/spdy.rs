@@ -14,6 +14,8 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::inbox::{inbox, Inbox, Refused};
+
 const VERSION: u16 = 3;
 const SYN_STREAM: u16 = 1;
 const SYN_REPLY: u16 = 2;
@@ -25,8 +27,11 @@ const FLAG_FIN: u8 = 0x01;
 /// RST_STREAM status codes.
 pub const PROTOCOL_ERROR: u32 = 1;
 pub const REFUSED_STREAM: u32 = 3;
+const FLOW_CONTROL_ERROR: u32 = 7;
 /// The largest control frame accepted (its header block compressed).
 const MAX_CONTROL_FRAME: usize = 64 << 10;
+/// The largest DATA frame accepted (client-go writes 32 KiB at a time).
+const MAX_DATA_IN: usize = 1 << 20;
 /// The largest header block accepted, decompressed.
 const MAX_HEADER_BLOCK: usize = 64 << 10;
 const MAX_HEADER_PAIRS: usize = 256;
@@ -68,7 +73,7 @@ pub struct Incoming {
     /// Header names lowercased; a value holding several (NUL-separated) is kept whole.
     pub headers: Vec<(String, String)>,
     /// What the client sends on the stream; ends at its FIN, a reset or the connection's end.
-    pub data: mpsc::Receiver<Bytes>,
+    pub data: Inbox,
 }
 
 impl Incoming {
@@ -147,7 +152,11 @@ impl Session {
         let Session { writer, reader, written } = self;
         let _ = writer.0.send(Out::GoAway).await;
         drop(writer);
-        let _ = written.await;
+        // A client that stopped reading cannot hold the connection open.
+        let stop = written.abort_handle();
+        if tokio::time::timeout(std::time::Duration::from_secs(10), written).await.is_err() {
+            stop.abort();
+        }
         let abort = reader.abort_handle();
         if tokio::time::timeout(std::time::Duration::from_secs(5), reader).await.is_err() {
             abort.abort();
@@ -165,7 +174,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     incoming: mpsc::Sender<Incoming>,
 ) -> Result<(), String> {
     let mut inflate = Inflate::default();
-    let mut streams: HashMap<u32, mpsc::Sender<Bytes>> = HashMap::new();
+    let mut streams: HashMap<u32, super::inbox::Sender> = HashMap::new();
     let mut last_id = 0u32;
     loop {
         let mut head = [0u8; 8];
@@ -178,11 +187,24 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let len = u32::from_be_bytes([0, head[5], head[6], head[7]]) as usize;
         if head[0] & 0x80 == 0 {
             let id = be32(&head) & 0x7fff_ffff;
+            if len > MAX_DATA_IN {
+                return Err(format!("a DATA frame of {len} bytes (at most {MAX_DATA_IN})"));
+            }
             let mut payload = vec![0u8; len];
             r.read_exact(&mut payload).await.map_err(|e| format!("read: {e}"))?;
-            if let Some(tx) = streams.get(&id) {
-                if !payload.is_empty() && tx.send(Bytes::from(payload)).await.is_err() {
-                    streams.remove(&id);
+            if let Some(tx) = streams.get(&id).filter(|_| !payload.is_empty()) {
+                match tx.offer(Bytes::from(payload)) {
+                    Ok(()) => {}
+                    Err(Refused::Closed) => {
+                        streams.remove(&id);
+                    }
+                    Err(Refused::Full) => {
+                        // Its consumer does not keep up (a process that does not read its
+                        // stdin): the stream is reset, the connection goes on.
+                        streams.remove(&id);
+                        writer.reset(id, FLOW_CONTROL_ERROR).await;
+                        continue;
+                    }
                 }
             }
             if flags & FLAG_FIN != 0 {
@@ -215,7 +237,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     continue;
                 }
                 last_id = id;
-                let (tx, data) = mpsc::channel(16);
+                let (tx, data) = inbox();
                 writer.0.send(Out::Reply(id)).await.map_err(|_| "the connection closed".to_string())?;
                 if flags & FLAG_FIN == 0 {
                     streams.insert(id, tx);
@@ -274,10 +296,11 @@ impl Inflate {
                 Err(e) => return Err(format!("header block: {e}")),
             }
             used += (self.0.total_in() - in_before) as usize;
-            if used == input.len() && out.len() < out.capacity() {
+            let progressed = self.0.total_in() != in_before || out.len() != out_before;
+            if used == input.len() && (out.len() < out.capacity() || !progressed) {
                 return Ok(out);
             }
-            if self.0.total_in() == in_before && out.len() == out_before {
+            if !progressed {
                 return Err("header block: truncated zlib data".into());
             }
         }

@@ -7,6 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, Message, Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use super::inbox::{inbox, Refused};
 use super::{Channels, Opts, Rewind};
 
 const STDIN: u8 = 0;
@@ -37,8 +38,8 @@ pub(super) async fn start(io: Rewind, opts: Opts, v5: bool) -> (Channels, Pump) 
     let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE));
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let (mut sink, mut source) = ws.split();
-    let (stdin_tx, stdin) = mpsc::channel::<Bytes>(16);
-    let (resize_tx, resize) = mpsc::channel::<Bytes>(16);
+    let (stdin_tx, stdin) = inbox();
+    let (resize_tx, resize) = inbox();
     let (out, mut out_rx) = mpsc::channel::<(super::Chan, Bytes)>(16);
     let (gone_tx, mut gone) = oneshot::channel::<()>();
     let reader = tokio::spawn(async move {
@@ -54,13 +55,20 @@ pub(super) async fn start(io: Rewind, opts: Opts, v5: bool) -> (Channels, Pump) 
             match chan {
                 STDIN => {
                     if let Some(tx) = &stdin_tx {
-                        if !body.is_empty() && tx.send(body).await.is_err() {
-                            stdin_tx = None;
+                        match tx.offer(body) {
+                            Ok(()) => {}
+                            Err(Refused::Closed) => stdin_tx = None,
+                            Err(Refused::Full) => {
+                                // The process does not read what it is sent: its input ends
+                                // here rather than the connection's reader stall.
+                                tracing::info!("streaming: stdin over {} bytes unread; closing it", super::inbox::CAP);
+                                stdin_tx = None;
+                            }
                         }
                     }
                 }
                 RESIZE => {
-                    let _ = resize_tx.send(body).await;
+                    let _ = resize_tx.offer(body);
                 }
                 CLOSE if v5 && body.first() == Some(&STDIN) => stdin_tx = None,
                 _ => {}
