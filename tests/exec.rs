@@ -347,6 +347,13 @@ async fn attach_follows_output_and_feeds_a_terminal_or_stdin() {
         ..Default::default()
     });
     c.launch(req).await.unwrap();
+    // The launch's size first: the resize below must not overtake the shell's first `stty`.
+    let stdout = agent.path("work/containers/tty/sandbox/stdout");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&stdout).unwrap_or_default().contains("20 60") {
+        assert!(std::time::Instant::now() < deadline, "the launch's terminal size never showed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (tx, mut out) = attach(&mut c, "tty", true).await;
     tx.send(pb::AttachRequest {
         request: Some(pb::attach_request::Request::Resize(tty_info::WindowSize { rows: 50, columns: 132 })),
