@@ -131,6 +131,16 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if let Some(addr) = metrics_address {
         husk::agent::metrics::serve(addr, Arc::downgrade(&agent)).await?;
     }
+    // Every listener is bound before the API socket appears: clients (and tests) take the
+    // socket as the sign that the agent serves.
+    let tcp_listener = match &tcp {
+        Some(tcp) => Some(
+            tokio::net::TcpListener::bind(tcp.addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("--tcp-listen {}: {e}", tcp.addr))?,
+        ),
+        None => None,
+    };
     let listener = bind_unix(&agent.settings, &socket)?;
     tracing::info!(socket = %socket.display(), containers = agent.all().len(), "serving");
     let cri = match agent.settings.cri_socket.clone() {
@@ -174,15 +184,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             .await
     };
     let unix = async { tokio::try_join!(unix, cri).map(|_| ()) };
-    let result = match tcp {
+    let result = match tcp.zip(tcp_listener) {
         None => unix.await.map_err(anyhow::Error::from),
-        Some(tcp) => {
+        Some((tcp, incoming)) => {
             let tls = ServerTlsConfig::new()
                 .identity(Identity::from_pem(&tcp.cert_pem, &tcp.key_pem))
                 .client_ca_root(Certificate::from_pem(&tcp.client_ca_pem));
-            let incoming = tokio::net::TcpListener::bind(tcp.addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("--tcp-listen {}: {e}", tcp.addr))?;
             tracing::info!(addr = %tcp.addr, "serving over TCP with mutual TLS");
             let remote = Server::builder()
                 .tls_config(tls)
