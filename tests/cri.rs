@@ -21,22 +21,6 @@ use husk_proto::cri::image_service_client::ImageServiceClient;
 use husk_proto::cri::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
-async fn channel(socket: &Path) -> Channel {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        assert!(std::time::Instant::now() < deadline, "the CRI socket never appeared");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let path = socket.to_path_buf();
-    tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
-        }))
-        .await
-        .unwrap()
-}
-
 fn busybox_image(agent: &Agent, files: &Path) {
     let root = files.join("rootfs");
     common::busybox_rootfs(&root);
@@ -126,9 +110,8 @@ async fn a_pod_of_two_containers_through_the_cri() {
     busybox_image(&agent, files.path());
     let logs = files.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let socket = agent.path("cri.sock");
-    let mut rt = RuntimeServiceClient::new(channel(&socket).await);
-    let mut img = ImageServiceClient::new(channel(&socket).await);
+    let mut rt = RuntimeServiceClient::new(agent.cri_channel().await);
+    let mut img = ImageServiceClient::new(agent.cri_channel().await);
 
     // What crictl asks first.
     let v = rt.version(cri::VersionRequest { version: "v1".into() }).await.unwrap().into_inner();
@@ -442,7 +425,7 @@ async fn a_pod_of_two_containers_through_the_cri() {
     drop((rt, img, husk));
     agent.kill9();
     agent.restart();
-    let mut rt = RuntimeServiceClient::new(channel(&socket).await);
+    let mut rt = RuntimeServiceClient::new(agent.cri_channel().await);
     assert_eq!(status(&mut rt, &app).await.state, cri::ContainerState::ContainerRunning as i32);
     assert_eq!(status(&mut rt, &hog).await.reason, "OOMKilled");
     assert_eq!(exec(&mut rt, &app, "echo still").await.stdout, b"still\n");
@@ -506,7 +489,7 @@ async fn security_context_through_the_cri() {
     busybox_image(&agent, files.path());
     let logs = files.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let mut rt = RuntimeServiceClient::new(channel(&agent.path("cri.sock")).await);
+    let mut rt = RuntimeServiceClient::new(agent.cri_channel().await);
 
     // On the node's network (no CNI needed), with an IPC namespace of its own for its sysctl.
     let node = cri::NamespaceOption { network: cri::NamespaceMode::Node as i32, ..Default::default() };

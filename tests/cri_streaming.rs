@@ -23,22 +23,6 @@ use tonic::transport::Channel;
 
 const BRIDGE: &str = "huskcri2";
 
-async fn channel(socket: &Path) -> Channel {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        assert!(std::time::Instant::now() < deadline, "the CRI socket never appeared");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let path = socket.to_path_buf();
-    tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
-        }))
-        .await
-        .unwrap()
-}
-
 /// The Go client (tests/streaming-client), built once per test binary from Debian's Go
 /// packages (golang-go, golang-github-docker-spdystream-dev, golang-github-gorilla-websocket-dev).
 fn go_client() -> PathBuf {
@@ -141,7 +125,7 @@ async fn exec_attach_and_port_forward_through_the_streaming_server() {
         "1",
     );
     ok(&agent, &["import", layout.to_str().unwrap(), "--name", "localhost/busybox"]);
-    let mut rt = RuntimeServiceClient::new(channel(&agent.path("cri.sock")).await);
+    let mut rt = RuntimeServiceClient::new(agent.cri_channel().await);
 
     let pod_config = cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {

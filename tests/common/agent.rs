@@ -201,16 +201,29 @@ impl Agent {
 
     /// A client, unless the agent refuses the connection (it is gone).
     pub async fn try_client(&self) -> Option<ContainerizerClient<Channel>> {
-        let path = self.socket();
-        let channel = tonic::transport::Endpoint::from_static("http://agent")
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let path = path.clone();
-                async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
-            }))
-            .await
-            .ok()?;
-        Some(ContainerizerClient::new(channel))
+        Some(ContainerizerClient::new(unix_channel(self.socket()).await.ok()?))
     }
+
+    /// A channel to the agent's CRI socket (`cri.sock`), once it appears.
+    pub async fn cri_channel(&self) -> Channel {
+        let socket = self.path("cri.sock");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "the CRI socket never appeared");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        unix_channel(socket).await.expect("connecting to the CRI socket")
+    }
+}
+
+/// A gRPC channel over the unix socket at `path`.
+async fn unix_channel(path: PathBuf) -> Result<Channel, tonic::transport::Error> {
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
+        }))
+        .await
 }
 
 /// Runs huskctl against `agent` (with a deadline, so a hang fails the test instead of CI).

@@ -194,12 +194,7 @@ impl Cri {
 
     /// A fresh id: 96 random bits in hex (a collision is not a practical concern).
     fn new_id(&self) -> Result<String, Status> {
-        use std::io::Read;
-        let mut bytes = [0u8; ID_LENGTH / 2];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut bytes))
-            .map_err(|e| Status::internal(format!("/dev/urandom: {e}")))?;
-        Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+        random_hex(ID_LENGTH / 2)
     }
 
     /// The pod an id or a unique prefix of one names (crictl prints 13 characters).
@@ -290,6 +285,16 @@ fn resolve<'a, T>(map: &'a HashMap<String, T>, id: &str, field: &str, what: &str
 
 fn now_ns() -> i64 {
     super::now_ns()
+}
+
+/// `bytes` random bytes from /dev/urandom, in hex.
+fn random_hex(bytes: usize) -> Result<String, Status> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| Status::internal(format!("/dev/urandom: {e}")))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Whether every `selector` label is in `labels` with the same value.

@@ -101,6 +101,14 @@ impl Opts {
 }
 
 impl Request {
+    /// The streams an exec or attach asked for (None: port forwarding).
+    fn opts(&self) -> Option<Opts> {
+        match self {
+            Request::Exec { opts, .. } | Request::Attach { opts, .. } => Some(*opts),
+            Request::PortForward { .. } => None,
+        }
+    }
+
     fn path(&self) -> &'static str {
         match self {
             Request::Exec { .. } => "exec",
@@ -159,7 +167,7 @@ impl Streaming {
 
     /// The URL that serves `request` once.
     pub fn url(&self, request: Request) -> Result<String, Status> {
-        let token = token()?;
+        let token = super::random_hex(16)?;
         let path = request.path();
         let mut pending = self.pending.lock().unwrap();
         let now = Instant::now();
@@ -235,20 +243,18 @@ impl Streaming {
             return Err(format!("unknown or expired URL {}", path.escape_debug()));
         };
         let Some(agent) = self.agent.upgrade() else { return Err("the agent is stopping".into()) };
-        let io = Rewind { head: rest, at: 0, io: tcp };
+        let mut io = Rewind { head: rest, at: 0, io: tcp };
         let websocket = upgrade.iter().any(|u| u.eq_ignore_ascii_case("websocket"));
         let spdy = upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1"));
-        let mut io = io;
         if websocket {
-            let supported: &[&str] = match request {
-                Request::PortForward { .. } => &[],
-                _ => &[CHANNEL_V5, CHANNEL_V4],
+            let Some(opts) = request.opts() else {
+                let msg = "port forwarding is served over SPDY/3.1 only";
+                let _ = respond(&mut io.io, 400, msg).await;
+                return Err(msg.into());
             };
+            let supported = [CHANNEL_V5, CHANNEL_V4];
             let Some(protocol) = ws_protocols.iter().find(|p| supported.contains(&p.as_str())).cloned() else {
-                let msg = match supported.is_empty() {
-                    true => "port forwarding is served over SPDY/3.1 only".to_string(),
-                    false => format!("Sec-WebSocket-Protocol: none of {ws_protocols:?} is supported ({supported:?})"),
-                };
+                let msg = format!("Sec-WebSocket-Protocol: none of {ws_protocols:?} is supported ({supported:?})");
                 let _ = respond(&mut io.io, 400, &msg).await;
                 return Err(msg);
             };
@@ -263,10 +269,6 @@ impl Streaming {
             );
             io.io.write_all(answer.as_bytes()).await.map_err(|e| e.to_string())?;
             tracing::debug!(request = request.path(), %protocol, "websocket stream");
-            let opts = match &request {
-                Request::Exec { opts, .. } | Request::Attach { opts, .. } => *opts,
-                Request::PortForward { .. } => unreachable!("refused above"),
-            };
             let (chans, pump) = ws::start(io, opts, protocol == CHANNEL_V5).await;
             run(agent, request, chans).await;
             pump.finish().await;
@@ -293,13 +295,8 @@ impl Streaming {
         io.io.write_all(answer.as_bytes()).await.map_err(|e| e.to_string())?;
         tracing::debug!(request = request.path(), %protocol, "SPDY stream");
         let (session, incoming) = spdy::Session::start(io);
-        match request {
-            Request::PortForward { pod } => port_forward(&agent, &pod, &session, incoming).await,
-            request => {
-                let opts = match &request {
-                    Request::Exec { opts, .. } | Request::Attach { opts, .. } => *opts,
-                    Request::PortForward { .. } => unreachable!(),
-                };
+        match (request.opts(), &request) {
+            (Some(opts), _) => {
                 if let Some((chans, pump)) = spdy_channels(&session, incoming, opts).await {
                     run(agent, request, chans).await;
                     // What is still queued goes out, unless the client stopped reading.
@@ -309,20 +306,12 @@ impl Streaming {
                     }
                 }
             }
+            (None, Request::PortForward { pod }) => port_forward(&agent, pod, &session, incoming).await,
+            (None, _) => {}
         }
         session.close().await;
         Ok(())
     }
-}
-
-/// 128 random bits, in hex.
-fn token() -> Result<String, Status> {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| Status::internal(format!("/dev/urandom: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Reads up to the end of the request head: the head, and what came after it.
@@ -757,23 +746,20 @@ async fn attach(agent: &Agent, key: &str, opts: Opts, close_stdin: bool, chans: 
     if c.terminated().is_some() || c.state() != pb::ContainerState::Running {
         return Err(format!("container {key} is not running"));
     }
-    if let Some(stdin) = chans.stdin.take() {
+    // Input, or (a terminal without input) only the client's terminal size.
+    let (stdin, resize) = (chans.stdin.take(), chans.resize.take());
+    if stdin.is_some() || resize.is_some() {
+        let wants_input = stdin.is_some();
         let (tx, rx) = mpsc::channel(16);
         let wrap = match close_stdin {
             true => attach_input,
             false => attach_input_kept_open,
         };
-        tokio::spawn(feed(Some(stdin), chans.resize.take(), tx, wrap));
-        crate::agent::exec::relay_input(&c, tokio_stream::wrappers::ReceiverStream::new(rx), Some)
-            .await
-            .map_err(|e| e.message().to_string())?;
-    } else if let Some(resize) = chans.resize.take() {
-        // A terminal without input still follows the client's size.
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(feed(None, Some(resize), tx, attach_input));
-        if let Err(e) = crate::agent::exec::relay_input(&c, tokio_stream::wrappers::ReceiverStream::new(rx), Some).await
-        {
-            tracing::debug!(container = key, "attach: terminal size: {}", e.message());
+        tokio::spawn(feed(stdin, resize, tx, wrap));
+        match crate::agent::exec::relay_input(&c, tokio_stream::wrappers::ReceiverStream::new(rx), Some).await {
+            Ok(_) => {}
+            Err(e) if wants_input => return Err(e.message().to_string()),
+            Err(e) => tracing::debug!(container = key, "attach: terminal size: {}", e.message()),
         }
     }
     let mut output = crate::agent::service::logs(&c, pb::logs_request::Stream::Both, Some(0), true, None);
