@@ -5,7 +5,7 @@ mod common;
 #[path = "common/agent.rs"]
 mod fixture;
 
-use fixture::{cid, launch, wait, Agent};
+use fixture::{cid, exec_script, launch, wait, Agent};
 
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
@@ -304,6 +304,9 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
         "command.uris[0].output_file: is required",
     ));
     cases.extend(more);
+    let mut r = launch("privileged", "true");
+    r.security = Some(pb::SecurityOptions { privileged: Some(true), ..Default::default() });
+    cases.push((r, inv, "security.privileged: is not allowed by this agent (see --allow-privileged)"));
     assert!(cases.len() >= 30, "a table of at least 30 bad requests ({})", cases.len());
     for (req, code, text) in cases {
         let id = req.container_id.value.clone();
@@ -1092,4 +1095,80 @@ async fn the_admin_group_guards_state_changing_calls() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(wait(&mut c, "running").await.exit_code, None);
     c.remove(pb::RemoveRequest { container_id: cid("running") }).await.unwrap();
+}
+
+/// What a container's process sees of its privileges, one `key=value` line each.
+const PRIVILEGE_PROBE: &str = "grep -E '^(CapEff|Seccomp|NoNewPrivs):' /proc/self/status | tr -d ' \\t' | tr : =; \
+     echo sys=$(grep ' /sys ' /proc/mounts | tail -1 | cut -d' ' -f4 | cut -d, -f1); \
+     echo devices=$(cat /sys/fs/cgroup/devices/devices.list | tr ' ' _); \
+     echo keys_masked=$(grep -c ' /proc/keys ' /proc/mounts)";
+
+#[tokio::test]
+async fn privileged_containers_get_the_agents_capabilities_every_device_and_a_writable_sys() {
+    require!(false);
+    let agent = Agent::start_with("agent-privileged", "allow_privileged = true\n");
+    let mut c = agent.client().await;
+    let privileged = |mut r: pb::LaunchRequest| {
+        r.security = Some(pb::SecurityOptions { privileged: Some(true), ..Default::default() });
+        r
+    };
+    c.launch(privileged(launch("priv", "sleep 60"))).await.unwrap();
+    c.launch(launch("plain", "sleep 60")).await.unwrap();
+    // A host device no container gets by default, to look for.
+    let default = ["null", "zero", "full", "random", "urandom", "tty", "console", "ptmx"];
+    let device = husk_oci::translate::host_devices(Path::new("/dev"))
+        .unwrap()
+        .into_iter()
+        .find(|d| !default.iter().any(|n| *d.path() == Path::new("/dev").join(n)))
+        .expect("the node has a device beyond the default ones");
+    let probe =
+        format!("{PRIVILEGE_PROBE}; echo device=$(stat -c %t:%T {} 2>/dev/null || echo none)", device.path().display());
+    let observe = |out: pb::ExecSyncResponse| {
+        let stderr = String::from_utf8_lossy(out.stderr.as_deref().unwrap_or_default()).to_string();
+        assert_eq!(out.exit.and_then(|e| e.exit_code), Some(0), "{stderr}");
+        common::observations(&String::from_utf8_lossy(&out.stdout.unwrap_or_default()))
+    };
+    let seen = observe(exec_script(&mut c, cid("priv"), &probe).await);
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    let own_caps = own.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim();
+    assert_eq!(seen["CapEff"], own_caps, "every capability the agent (root, as this test) holds: {seen:?}");
+    assert_eq!(seen["Seccomp"], "0", "no seccomp filter");
+    assert_eq!(seen["NoNewPrivs"], "0", "the agent's no_new_privs is lifted");
+    assert_eq!(seen["sys"], "rw");
+    assert_eq!(seen["devices"], "a_*:*_rwm", "the device cgroup allows every device");
+    assert_eq!(seen["keys_masked"], "0", "nothing masked");
+    assert_eq!(seen["device"], format!("{:x}:{:x}", device.major(), device.minor()), "{}", device.path().display());
+
+    let seen = observe(exec_script(&mut c, cid("plain"), &probe).await);
+    assert_eq!(seen["CapEff"], "00000000a80425fb", "the default set");
+    assert_eq!(seen["Seccomp"], "2");
+    assert_eq!(seen["NoNewPrivs"], "1");
+    assert_eq!(seen["sys"], "ro");
+    assert_ne!(seen["devices"], "a_*:*_rwm");
+    assert_eq!(seen["keys_masked"], "1");
+    assert_eq!(seen["device"], "none");
+
+    // A privileged child only inside a privileged parent.
+    let child = |parent: &str| {
+        let mut r = privileged(launch("child", "grep CapEff /proc/self/status"));
+        r.container_id.parent = Some(Box::new(cid(parent)));
+        r
+    };
+    let e = c.launch(child("plain")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("only inside a privileged parent"), "{e:?}");
+    c.launch(child("priv")).await.unwrap();
+    let t = tokio::time::timeout(
+        Duration::from_secs(60),
+        c.wait(pb::WaitRequest { container_id: child("priv").container_id }),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .into_inner();
+    assert_eq!(t.exit_code, Some(0), "{t:?}");
+    for id in ["priv", "plain"] {
+        c.kill(pb::KillRequest { container_id: cid(id), ..Default::default() }).await.unwrap();
+        wait(&mut c, id).await;
+    }
 }

@@ -621,8 +621,52 @@ async fn security_context_through_the_cri() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("--allow-unconfined-seccomp"), "{}", e.message());
     let privileged = cri::LinuxContainerSecurityContext { privileged: true, ..Default::default() };
-    let e = rt.create_container(create(with_security("priv", "true", privileged, 0))).await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unimplemented);
+    let e = rt.create_container(create(with_security("priv", "true", privileged.clone(), 0))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("privileged: the pod sandbox is not privileged"), "{}", e.message());
+
+    // A privileged pod: only when the agent allows it.
+    let mut privileged_pod = pod_config.clone();
+    privileged_pod.metadata.as_mut().unwrap().name = "privileged".into();
+    privileged_pod.linux.as_mut().unwrap().sysctls.clear();
+    privileged_pod.linux.as_mut().unwrap().security_context.as_mut().unwrap().privileged = true;
+    let run_privileged = cri::RunPodSandboxRequest { config: Some(privileged_pod.clone()), ..Default::default() };
+    let e = rt.run_pod_sandbox(run_privileged.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("see husk-agent --allow-privileged"), "{}", e.message());
+    let mut agent = agent;
+    let config = std::fs::read_to_string(agent.path("agent.toml")).unwrap();
+    std::fs::write(agent.path("agent.toml"), format!("{config}allow_privileged = true\n")).unwrap();
+    agent.restart();
+    let mut rt = RuntimeServiceClient::new(agent.cri_channel().await);
+    let ppod = rt.run_pod_sandbox(run_privileged).await.unwrap().into_inner().pod_sandbox_id;
+    // Capabilities and seccomp it asks for are moot: it has every capability, no filter.
+    let mut everything = privileged.clone();
+    everything.capabilities = Some(cri::Capability { drop_capabilities: vec!["ALL".into()], ..Default::default() });
+    let mut c = with_security(
+        "priv",
+        "echo $(grep -E '^(CapEff|Seccomp):' /proc/self/status | tr -d ' \t') \
+         devices=$(cat /sys/fs/cgroup/devices/devices.list | tr ' ' _); exec sleep 1000",
+        everything,
+        0,
+    );
+    c.log_path = "priv.log".into();
+    let pc = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: ppod.clone(),
+            config: Some(c),
+            sandbox_config: Some(privileged_pod.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest { container_id: pc.clone() }).await.unwrap();
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    let own_caps = own.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim().to_string();
+    until_logged(&logs.join("priv.log"), &format!("CapEff:{own_caps} Seccomp:0 devices=a_*:*_rwm")).await;
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: ppod.clone() }).await.unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: ppod }).await.unwrap();
 
     rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
     rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();

@@ -254,6 +254,14 @@ fn run_flags_reach_the_container() {
         "{}",
         bad.stderr
     );
+    let bad = huskctl(&agent, &["run", "--privileged", "--", "true"]);
+    assert!(
+        bad.status.code() == Some(1) && bad.stderr.contains("security.privileged: is not allowed by this agent"),
+        "{}",
+        bad.stderr
+    );
+    let bad = huskctl(&agent, &["run", "--privileged", "--cap-add", "NET_ADMIN", "--", "true"]);
+    assert!(bad.status.code() == Some(2) && bad.stderr.contains("cannot be used with"), "{}", bad.stderr);
 }
 
 #[test]

@@ -71,6 +71,31 @@ pub fn all() -> CapSet {
     (1000..=1040).filter_map(|n| MesosCap::try_from(n).ok()).map(|c| format!("CAP_{}", c.as_str_name())).collect()
 }
 
+/// The capabilities this process holds (its effective set, from `/proc/self/status`): what a
+/// privileged container gets, since nothing can hand on more (containerd's rule). A host or a
+/// container that runs the agent without some capability runs its privileged containers
+/// without it too.
+pub fn current() -> Result<CapSet> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| Error::missing("capabilities", format!("/proc/self/status: {e}")))?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .ok_or_else(|| Error::missing("capabilities", "/proc/self/status has no CapEff"))?;
+    let mask = u64::from_str_radix(hex.trim(), 16)
+        .map_err(|e| Error::invalid("capabilities", format!("CapEff `{}`: {e}", hex.trim())))?;
+    Ok(of_mask(mask))
+}
+
+/// The capabilities whose bits are set in a kernel capability mask (bit n is Mesos' 1000 + n).
+pub fn of_mask(mask: u64) -> CapSet {
+    (0..64)
+        .filter(|bit| mask & (1u64 << bit) != 0)
+        .filter_map(|bit| MesosCap::try_from(1000 + bit).ok())
+        .map(|c| format!("CAP_{}", c.as_str_name()))
+        .collect()
+}
+
 /// The `CAP_*` name of a Mesos capability enum value.
 pub fn from_mesos(value: i32, field: &str) -> Result<String> {
     match MesosCap::try_from(value) {
@@ -109,6 +134,22 @@ mod tests {
         assert_eq!(adjust_default(&["ALL".into()], &[], "add", "drop").unwrap().len(), 41);
         let e = adjust_default(&[], &["x".into(), "FLY".into()], "add", "drop").unwrap_err();
         assert_eq!(e.to_string(), "drop[0]: unknown capability `x`");
+    }
+
+    #[test]
+    fn kernel_masks() {
+        assert_eq!(of_mask(0), CapSet::new());
+        assert_eq!(of_mask(1).into_iter().collect::<Vec<_>>(), ["CAP_CHOWN"]);
+        assert_eq!(
+            of_mask(1 << 21 | 1 << 40).into_iter().collect::<Vec<_>>(),
+            ["CAP_CHECKPOINT_RESTORE", "CAP_SYS_ADMIN"]
+        );
+        assert_eq!(of_mask(u64::MAX), all(), "bits the kernel may grow beyond 40 are not capabilities yet");
+        assert_eq!(of_mask(0x1ff_feff_ffff).len(), 40);
+        assert!(!of_mask(0x1ff_feff_ffff).contains("CAP_SYS_RESOURCE"));
+        // The test runs as root: it holds at least the container default set.
+        let current = current().unwrap();
+        assert!(DEFAULT_ALLOWED.iter().all(|c| current.contains(*c)), "{current:?}");
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct Config {
     /// Whether a top-level container may share the host's IPC namespace and `/dev/shm`
     /// (`ipc_mode: SHARE_PARENT`); off by default.
     pub allow_host_ipc_namespace: bool,
+    /// Whether a launch may ask for a privileged container (`SecurityOptions.privileged`); off
+    /// by default.
+    pub allow_privileged: bool,
 }
 
 impl Default for Config {
@@ -55,6 +58,7 @@ impl Default for Config {
             no_new_privileges: true,
             allow_host_pid_namespace: false,
             allow_host_ipc_namespace: false,
+            allow_privileged: false,
         }
     }
 }
@@ -86,4 +90,7 @@ pub struct ParentContext {
     pub pid_ns: PathBuf,
     pub ipc_ns: PathBuf,
     pub cgroups_path: String,
+    /// Whether the parent is privileged: a child's device cgroup cannot allow more than its
+    /// parent's, so only a privileged parent can hold a privileged child.
+    pub privileged: bool,
 }

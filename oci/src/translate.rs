@@ -12,10 +12,11 @@ use husk_proto::mesos::v1::{
     linux_info, mount_propagation, r_limit_info, volume, CapabilityInfo, CommandInfo, ContainerInfo, LinuxInfo, Volume,
 };
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroup,
-    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder, PosixRlimit,
-    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxBuilder, LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice, LinuxDeviceBuilder,
+    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, Mount,
+    MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
 
 use crate::caps::{self, CapSet};
@@ -113,15 +114,21 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
     let default_linux = LinuxInfo::default();
     let linux = info.linux_info.as_ref().unwrap_or(&default_linux);
 
-    let mut t = Translator { cfg, place, info, linux, nested, warnings: Vec::new(), sandbox_dirs: Vec::new() };
+    let default_security = SecurityOptions::default();
+    let security = req.security.as_ref().unwrap_or(&default_security);
+    let privileged = security.privileged();
+    let mut t =
+        Translator { cfg, place, info, linux, nested, privileged, warnings: Vec::new(), sandbox_dirs: Vec::new() };
+    t.check_privileged()?;
     let rootfs = t.rootfs()?;
     let mut user = match cmd.user.as_deref() {
         Some(u) => user::resolve(rootfs_or_host(&rootfs), u, "command.user")?,
         None => ResolvedUser { uid: 0, gid: 0, additional_gids: Vec::new(), name: Some("root".into()), home: None },
     };
-    let capabilities = t.capabilities(user.uid)?;
-    let default_security = SecurityOptions::default();
-    let security = req.security.as_ref().unwrap_or(&default_security);
+    let capabilities = match privileged {
+        true => privileged_capabilities()?,
+        false => t.capabilities(user.uid)?,
+    };
     if security.supplemental_groups.len() > MAX_SUPPLEMENTAL_GROUPS {
         return Err(Error::invalid(
             "security.supplemental_groups",
@@ -154,7 +161,7 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
                 .map_err(internal)?,
         )
         .capabilities(capabilities.oci)
-        .no_new_privileges(no_new_privileges(security, cfg)?)
+        .no_new_privileges(no_new_privileges(security, cfg, privileged)?)
         .rlimits(t.rlimits()?)
         .terminal(info.tty_info.is_some())
         .build()
@@ -197,17 +204,24 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
     mounts.extend(t.sandbox_mount(&rootfs)?);
     mounts.extend(t.volumes(&rootfs)?);
 
+    // A privileged container hides and protects only what its launch lists.
+    let (masked, readonly) = match privileged {
+        true => (&[][..], &[][..]),
+        false => (MASKED_PATHS, READONLY_PATHS),
+    };
     // rootfsPropagation stays unset: runtimes then make `/` recursively slave (runc, crun and
     // husk's own), and the schema's values only offer the non-recursive "slave".
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default()
         .namespaces(t.namespaces()?)
         .cgroups_path(PathBuf::from(t.cgroups_path(req)))
         .resources(t.resources(&requests, &limits)?)
-        .masked_paths(container_paths(&security.masked_paths, MASKED_PATHS, "security.masked_paths")?)
-        .readonly_paths(container_paths(&security.readonly_paths, READONLY_PATHS, "security.readonly_paths")?)
+        .masked_paths(container_paths(&security.masked_paths, masked, "security.masked_paths")?)
+        .readonly_paths(container_paths(&security.readonly_paths, readonly, "security.readonly_paths")?)
         .build()
         .map_err(internal)?;
-    let mut linux = linux;
+    if privileged {
+        linux.set_devices(Some(host_devices(Path::new("/dev"))?));
+    }
     if let Some(profile) = t.seccomp(&capabilities.bounding, security)? {
         linux.set_seccomp(Some(profile));
     }
@@ -296,6 +310,7 @@ struct Translator<'a> {
     info: &'a ContainerInfo,
     linux: &'a LinuxInfo,
     nested: bool,
+    privileged: bool,
     warnings: Vec<String>,
     sandbox_dirs: Vec<(PathBuf, PathBuf)>,
 }
@@ -382,6 +397,35 @@ impl Translator<'_> {
             values.insert("PATH".to_string(), DEFAULT_PATH.to_string());
         }
         order.into_iter().map(|k| format!("{k}={}", values[&k])).collect()
+    }
+
+    /// A privileged launch: allowed by the agent, inside a privileged parent, and without
+    /// capability fields (it has every capability).
+    fn check_privileged(&self) -> Result<()> {
+        if !self.privileged {
+            return Ok(());
+        }
+        let at = "security.privileged";
+        if !self.cfg.allow_privileged {
+            return Err(Error::invalid(at, "is not allowed by this agent (see --allow-privileged)"));
+        }
+        if self.place.parent.as_ref().is_some_and(|p| !p.privileged) {
+            return Err(Error::invalid(
+                at,
+                "a nested container can be privileged only inside a privileged parent (its device cgroup \
+                 bounds the child's)",
+            ));
+        }
+        #[allow(deprecated)]
+        let fields = [
+            ("container.linux_info.capability_info", self.linux.capability_info.is_some()),
+            ("container.linux_info.effective_capabilities", self.linux.effective_capabilities.is_some()),
+            ("container.linux_info.bounding_capabilities", self.linux.bounding_capabilities.is_some()),
+        ];
+        if let Some((field, _)) = fields.iter().find(|(_, set)| *set) {
+            return Err(Error::invalid(*field, "a privileged container has every capability; leave it unset"));
+        }
+        Ok(())
     }
 
     fn capabilities(&mut self, uid: u32) -> Result<Capabilities> {
@@ -524,6 +568,8 @@ impl Translator<'_> {
     }
 
     fn special_mounts(&self) -> Result<Vec<Mount>> {
+        // A privileged container may write /sys and its own cgroups.
+        let ro: &[&str] = if self.privileged { &[] } else { &["ro"] };
         let m = |dest: &str, typ: &str, source: &str, opts: &[&str]| -> Result<Mount> {
             MountBuilder::default()
                 .destination(dest)
@@ -559,14 +605,15 @@ impl Translator<'_> {
             mounts.push(m("/dev/shm", "bind", "/dev/shm", &["rbind", "nosuid", "noexec", "nodev"])?);
         }
         if self.has_own_network()? {
-            mounts.push(m("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?);
+            mounts.push(m("/sys", "sysfs", "sysfs", &[&["nosuid", "noexec", "nodev"], ro].concat())?);
         } else {
             // sysfs shows the network namespace that mounts it, and the kernel refuses a second
             // mount of the host's sysfs over itself (EBUSY on a host rootfs). Bind the host's
-            // /sys read-only instead, without its submounts (debugfs, securityfs, bpf, ...).
-            mounts.push(m("/sys", "bind", "/sys", &["bind", "nosuid", "noexec", "nodev", "ro"])?);
+            // /sys instead, without its submounts (debugfs, securityfs, bpf, ...).
+            mounts.push(m("/sys", "bind", "/sys", &[&["bind", "nosuid", "noexec", "nodev"], ro].concat())?);
         }
-        mounts.push(m("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"])?);
+        let cgroup_opts = [&["nosuid", "noexec", "nodev", "relatime"], ro].concat();
+        mounts.push(m("/sys/fs/cgroup", "cgroup", "cgroup", &cgroup_opts)?);
         Ok(mounts)
     }
 
@@ -831,7 +878,7 @@ impl Translator<'_> {
                 "cannot be false for a top-level container (it has its own cgroups)",
             ));
         }
-        let mut b = LinuxResourcesBuilder::default().devices(default_device_rules()?);
+        let mut b = LinuxResourcesBuilder::default().devices(default_device_rules(self.privileged)?);
         if self.nested && self.linux.share_cgroups() {
             // The parent's cgroup above holds the limits; this one only groups the processes.
             return b.build().map_err(internal);
@@ -917,8 +964,13 @@ impl Translator<'_> {
                 .map_err(|e| Error::invalid(at, format!("{path} is not an OCI seccomp profile: {e}")))?;
             return Ok(Some(profile));
         }
+        // A privileged container runs without husk's default profile; one it names still applies.
+        let default = match self.privileged {
+            true => None,
+            false => Some(seccomp::default_profile(bounding)),
+        };
         let Some(info) = &self.linux.seccomp else {
-            return Ok(Some(seccomp::default_profile(bounding)));
+            return Ok(default);
         };
         if info.unconfined() {
             if info.profile_name.is_some() {
@@ -927,7 +979,7 @@ impl Translator<'_> {
                     "set either `unconfined` or `profile_name`",
                 ));
             }
-            if !self.cfg.allow_unconfined_seccomp {
+            if !self.cfg.allow_unconfined_seccomp && !self.privileged {
                 return Err(Error::invalid(
                     "container.linux_info.seccomp.unconfined",
                     "is not allowed by this agent (see --allow-unconfined-seccomp)",
@@ -936,7 +988,7 @@ impl Translator<'_> {
             return Ok(None);
         }
         let Some(name) = info.profile_name.as_deref() else {
-            return Ok(Some(seccomp::default_profile(bounding)));
+            return Ok(default);
         };
         let at = "container.linux_info.seccomp.profile_name";
         if name.is_empty() || name.contains('/') || name.starts_with('.') || name.contains('\0') {
@@ -954,6 +1006,26 @@ impl Translator<'_> {
     }
 }
 
+/// A privileged container's capabilities: every one the agent holds, in the bounding,
+/// effective and permitted sets, none inheritable or ambient (as containerd gives them since
+/// CVE-2022-24769).
+fn privileged_capabilities() -> Result<Capabilities> {
+    let all = caps::current()?;
+    let oci: oci_spec::runtime::Capabilities = all
+        .iter()
+        .map(|n| caps::to_oci(n).map_err(|e| Error::invalid("capabilities", format!("{n}: {e}"))))
+        .collect::<Result<_>>()?;
+    let oci = LinuxCapabilitiesBuilder::default()
+        .bounding(oci.clone())
+        .effective(oci.clone())
+        .permitted(oci)
+        .inheritable(oci_spec::runtime::Capabilities::new())
+        .ambient(oci_spec::runtime::Capabilities::new())
+        .build()
+        .map_err(internal)?;
+    Ok(Capabilities { oci, bounding: all })
+}
+
 /// `requested` (absolute container paths) when given, else `default`.
 fn container_paths(requested: &[String], default: &[&str], field: &str) -> Result<Vec<String>> {
     if requested.is_empty() {
@@ -969,9 +1041,13 @@ fn container_paths(requested: &[String], default: &[&str], field: &str) -> Resul
     Ok(requested.to_vec())
 }
 
-/// no_new_privs: the agent's setting, which a launch may add but not lift.
-fn no_new_privileges(security: &SecurityOptions, cfg: &Config) -> Result<bool> {
+/// no_new_privs: the agent's setting, which a launch may add but not lift. A privileged
+/// container gets it only when it asks (Kubernetes refuses privileged without privilege
+/// escalation, and a privileged container's setuid binaries are meant to work).
+fn no_new_privileges(security: &SecurityOptions, cfg: &Config, privileged: bool) -> Result<bool> {
     match security.no_new_privileges {
+        None if privileged => Ok(false),
+        Some(false) if privileged => Ok(false),
         None => Ok(cfg.no_new_privileges),
         Some(true) => Ok(true),
         Some(false) if cfg.no_new_privileges => Err(Error::invalid(
@@ -1001,8 +1077,9 @@ fn host_path(path: &str, field: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// The device cgroup: deny everything, then allow the devices every container gets.
-fn default_device_rules() -> Result<Vec<LinuxDeviceCgroup>> {
+/// The device cgroup: deny everything, then allow the devices every container gets; a
+/// privileged container may use every device.
+fn default_device_rules(privileged: bool) -> Result<Vec<LinuxDeviceCgroup>> {
     let rule = |allow: bool, typ: LinuxDeviceType, major: Option<i64>, minor: Option<i64>, access: &str| {
         let mut b = LinuxDeviceCgroupBuilder::default().allow(allow).typ(typ).access(access);
         if let Some(m) = major {
@@ -1013,6 +1090,9 @@ fn default_device_rules() -> Result<Vec<LinuxDeviceCgroup>> {
         }
         b.build().map_err(internal)
     };
+    if privileged {
+        return Ok(vec![rule(true, LinuxDeviceType::A, None, None, "rwm")?]);
+    }
     let c = LinuxDeviceType::C;
     Ok(vec![
         rule(false, LinuxDeviceType::A, None, None, "rwm")?,
@@ -1026,4 +1106,59 @@ fn default_device_rules() -> Result<Vec<LinuxDeviceCgroup>> {
         rule(true, c, Some(5), Some(2), "rwm")?, // ptmx
         rule(true, c, Some(136), None, "rwm")?,  // pts/*
     ])
+}
+
+/// Every character and block device under the host's `dir` (`/dev`), as a privileged container
+/// gets them (containerd's and runc's host device list): not the terminals and the
+/// filesystems the container has of its own (`pts`, `shm`, `mqueue`), nor `console` (the
+/// container's terminal, when it has one).
+pub fn host_devices(dir: &Path) -> Result<Vec<LinuxDevice>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    const SKIP_DIRS: &[&str] = &["pts", "shm", "mqueue", "fd", ".lxc", ".lxd-mounts", ".udev"];
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            // A directory that went away (udev renames) or that we may not read is skipped.
+            Err(_) if d != dir => continue,
+            Err(e) => return Err(Error::missing("security.privileged", format!("{}: {e}", d.display()))),
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            // Not followed: a link is a name, not a device (its target is listed itself).
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                if !SKIP_DIRS.contains(&name.as_ref()) {
+                    pending.push(path);
+                }
+                continue;
+            }
+            let typ = match () {
+                _ if ft.is_char_device() => LinuxDeviceType::C,
+                _ if ft.is_block_device() => LinuxDeviceType::B,
+                _ => continue,
+            };
+            if d == dir && name == "console" {
+                continue;
+            }
+            let rdev = meta.rdev();
+            let device = LinuxDeviceBuilder::default()
+                .path(path.clone())
+                .typ(typ)
+                .major(nix::sys::stat::major(rdev) as i64)
+                .minor(nix::sys::stat::minor(rdev) as i64)
+                .file_mode(meta.mode() & 0o7777)
+                .uid(meta.uid())
+                .gid(meta.gid())
+                .build()
+                .map_err(internal)?;
+            out.push(device);
+        }
+    }
+    out.sort_by(|a, b| a.path().cmp(b.path()));
+    Ok(out)
 }

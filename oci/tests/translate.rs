@@ -789,6 +789,7 @@ fn nested_container_joins_its_parent() {
             pid_ns: "/proc/42/ns/pid".into(),
             ipc_ns: "/proc/42/ns/ipc".into(),
             cgroups_path: "/husk/pod".into(),
+            privileged: false,
         }),
         ..Default::default()
     };
@@ -926,4 +927,136 @@ fn bundle_is_written_atomically_and_reads_back() {
     let bundle = f.sandbox.parent().unwrap().join("host-bundle");
     t.write_bundle(&bundle).unwrap();
     assert!(bundle.join("rootfs").is_dir(), "a host-rootfs bundle has its mount point");
+}
+
+#[test]
+fn privileged_containers() {
+    use husk_proto::agent::v1::SecurityOptions;
+    let f = fixture();
+    let privileged = |sec: SecurityOptions| LaunchRequest {
+        security: Some(SecurityOptions { privileged: Some(true), ..sec }),
+        ..launch("true")
+    };
+    let allowed = Config { allow_privileged: true, ..Default::default() };
+
+    // Only an agent that allows it.
+    assert_eq!(
+        err(&privileged(Default::default()), &host(&f)),
+        "security.privileged: is not allowed by this agent (see --allow-privileged)"
+    );
+
+    let s = translate(&privileged(Default::default()), &allowed, &image_place(&f)).unwrap().spec;
+    let process = s.process().as_ref().unwrap();
+    let caps = process.capabilities().as_ref().unwrap();
+    let n = husk_oci::caps::current().unwrap().len();
+    assert!(n >= husk_oci::caps::DEFAULT_ALLOWED.len());
+    assert_eq!(caps.bounding().as_ref().unwrap().len(), n, "every capability the agent holds");
+    assert_eq!(caps.effective().as_ref().unwrap().len(), n);
+    assert_eq!(caps.permitted().as_ref().unwrap().len(), n);
+    assert!(caps.inheritable().as_ref().unwrap().is_empty(), "none inheritable (CVE-2022-24769)");
+    assert!(caps.ambient().as_ref().unwrap().is_empty());
+    assert_eq!(process.no_new_privileges(), Some(false), "the agent's no_new_privs is lifted");
+    let linux = s.linux().as_ref().unwrap();
+    assert!(linux.seccomp().is_none(), "no default seccomp profile");
+    assert_eq!(linux.masked_paths().as_deref(), Some(&[][..]));
+    assert_eq!(linux.readonly_paths().as_deref(), Some(&[][..]));
+    let rules = linux.resources().as_ref().unwrap().devices().as_ref().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert!(rules[0].allow() && rules[0].typ() == Some(oci_spec::runtime::LinuxDeviceType::A));
+    let devices = linux.devices().as_ref().unwrap();
+    let null = devices.iter().find(|d| d.path() == Path::new("/dev/null")).expect("the host's /dev/null");
+    assert_eq!((null.major(), null.minor()), (1, 3));
+    assert!(devices.iter().all(|d| !d.path().starts_with("/dev/pts") && d.path() != Path::new("/dev/console")));
+    for dest in ["/sys", "/sys/fs/cgroup"] {
+        let opts = mount_at(&s, dest).unwrap().options().as_ref().unwrap();
+        assert!(!opts.iter().any(|o| o == "ro"), "{dest} is writable: {opts:?}");
+    }
+    // Without it, /sys is read-only.
+    let s = spec(&launch("true"), &image_place(&f));
+    assert!(mount_at(&s, "/sys").unwrap().options().as_ref().unwrap().iter().any(|o| o == "ro"));
+    assert!(s.linux().as_ref().unwrap().devices().is_none());
+
+    // Paths it lists are still masked; no_new_privs when it asks; a named profile applies.
+    let sec = SecurityOptions {
+        masked_paths: vec!["/proc/kcore".into()],
+        no_new_privileges: Some(true),
+        seccomp_profile_path: Some("/nonexistent/profile.json".into()),
+        ..Default::default()
+    };
+    let e = translate(&privileged(sec.clone()), &allowed, &host(&f)).unwrap_err().to_string();
+    assert!(e.starts_with("security.seccomp_profile_path: /nonexistent/profile.json"), "{e}");
+    let s = translate(&privileged(SecurityOptions { seccomp_profile_path: None, ..sec }), &allowed, &host(&f))
+        .unwrap()
+        .spec;
+    assert_eq!(s.linux().as_ref().unwrap().masked_paths().as_deref(), Some(&["/proc/kcore".to_string()][..]));
+    assert_eq!(s.process().as_ref().unwrap().no_new_privileges(), Some(true));
+
+    // Capability fields contradict it.
+    let mut req = privileged(Default::default());
+    let mut info = mesos_info();
+    info.linux_info = Some(LinuxInfo {
+        bounding_capabilities: Some(CapabilityInfo { capabilities: vec![Capability::Chown as i32] }),
+        ..Default::default()
+    });
+    req.container = Some(info);
+    assert_eq!(
+        translate(&req, &allowed, &host(&f)).unwrap_err().to_string(),
+        "container.linux_info.bounding_capabilities: a privileged container has every capability; leave it unset"
+    );
+
+    // A nested container only inside a privileged parent.
+    let mut req = privileged(Default::default());
+    req.container_id = ContainerId { value: "child".into(), parent: Some(Box::new(id("p"))) };
+    let parent = |privileged| ParentContext {
+        sandbox_dir: f.sandbox.clone(),
+        net_ns: "/proc/42/ns/net".into(),
+        uts_ns: "/proc/42/ns/uts".into(),
+        pid_ns: "/proc/42/ns/pid".into(),
+        ipc_ns: "/proc/42/ns/ipc".into(),
+        cgroups_path: "/husk/p".into(),
+        privileged,
+    };
+    let place = |privileged| Placement { parent: Some(parent(privileged)), ..host(&f) };
+    assert!(translate(&req, &allowed, &place(false))
+        .unwrap_err()
+        .to_string()
+        .starts_with("security.privileged: a nested container can be privileged only inside a privileged parent"));
+    translate(&req, &allowed, &place(true)).unwrap();
+}
+
+#[test]
+fn host_devices_lists_devices_not_links_or_private_dirs() {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("pts")).unwrap();
+    std::fs::create_dir_all(d.join("snd")).unwrap();
+    mknod(&d.join("null"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(1, 3)).unwrap();
+    mknod(&d.join("snd/timer"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o660), makedev(116, 33)).unwrap();
+    mknod(&d.join("loop7"), SFlag::S_IFBLK, Mode::from_bits_truncate(0o660), makedev(7, 7)).unwrap();
+    mknod(&d.join("pts/0"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o620), makedev(136, 0)).unwrap();
+    mknod(&d.join("console"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o600), makedev(5, 1)).unwrap();
+    std::os::unix::fs::symlink("null", d.join("link")).unwrap();
+    std::fs::write(d.join("file"), "").unwrap();
+    // mknod honours the umask.
+    for (name, mode) in [("null", 0o666), ("snd/timer", 0o660), ("loop7", 0o660)] {
+        std::fs::set_permissions(d.join(name), std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+    let got: Vec<_> = husk_oci::translate::host_devices(d)
+        .unwrap()
+        .into_iter()
+        .map(|dev| {
+            let rel = dev.path().strip_prefix(d).unwrap().display().to_string();
+            (rel, dev.typ(), dev.major(), dev.minor(), dev.file_mode())
+        })
+        .collect();
+    use oci_spec::runtime::LinuxDeviceType::{B, C};
+    assert_eq!(
+        got,
+        [
+            ("loop7".to_string(), B, 7, 7, Some(0o660)),
+            ("null".to_string(), C, 1, 3, Some(0o666)),
+            ("snd/timer".to_string(), C, 116, 33, Some(0o660)),
+        ]
+    );
 }

@@ -80,7 +80,12 @@ fn run_under(runtime: &Path, tag: &str, req: &LaunchRequest, place: &Placement, 
     let work = &work.join(tag);
     std::fs::create_dir_all(work).unwrap();
     let cgroups = CgroupRoot::new(tag);
-    let cfg = Config { cgroup_root: cgroups.name.clone(), default_pids_limit: Some(64), ..Default::default() };
+    let cfg = Config {
+        cgroup_root: cgroups.name.clone(),
+        default_pids_limit: Some(64),
+        allow_privileged: true,
+        ..Default::default()
+    };
     let t = translate(req, &cfg, place).expect("translation");
     assert!(t.warnings.is_empty(), "unexpected warnings: {:?}", t.warnings);
     let bundle = work.join("bundle");
@@ -316,4 +321,52 @@ fn failing_command_exit_code_reaches_the_caller() {
             assert_eq!(run.status.code(), Some(code), "{name} `{script}`: stderr: {}", run.stderr);
         }
     }
+}
+
+#[test]
+fn privileged_bundle_runs_alike_under_runc_and_husk() {
+    require!(true);
+    let work = tempfile::tempdir().unwrap();
+    let rootfs = work.path().join("rootfs");
+    busybox_rootfs(&rootfs);
+    let sandbox = work.path().join("sandbox");
+    std::fs::create_dir(&sandbox).unwrap();
+    // A host device no container gets by default, to look for.
+    let default = ["null", "zero", "full", "random", "urandom", "tty", "console", "ptmx"];
+    let device = husk_oci::translate::host_devices(Path::new("/dev"))
+        .unwrap()
+        .into_iter()
+        .find(|d| !default.iter().any(|n| *d.path() == Path::new("/dev").join(n)))
+        .expect("the node has a device beyond the default ones");
+    let mut req = base_launch("privileged");
+    req.container = None;
+    req.command.as_mut().unwrap().value = Some(format!(
+        r#"grep -E '^(CapEff|CapBnd|CapInh|Seccomp|NoNewPrivs):' /proc/self/status | tr -d ' \t' | sed 's/:/=/'
+echo devices=$(tr ' ' _ < /sys/fs/cgroup/devices/devices.list)
+echo sys=$(grep ' /sys ' /proc/mounts | tail -1 | cut -d' ' -f4 | cut -d, -f1)
+[ -c /proc/keys ] && echo keys=masked || echo keys=visible
+echo proc_sys_ro=$( (echo 1 > /proc/sys/kernel/ns_last_pid) 2>/dev/null && echo no || echo yes)
+echo device=$(stat -c %t:%T {})"#,
+        device.path().display()
+    ));
+    req.security = Some(husk_proto::agent::v1::SecurityOptions { privileged: Some(true), ..Default::default() });
+    let place = Placement { sandbox_dir: sandbox, rootfs: Some(rootfs), ..Default::default() };
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    let own_caps = own.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim().to_string();
+    let mut seen_by = Vec::new();
+    for (name, runtime) in runtimes() {
+        let Run { seen, .. } = run_under(&runtime, "privileged", &req, &place, work.path()).succeeded();
+        assert_eq!(seen["CapEff"], own_caps, "{name}: every capability the caller holds");
+        assert_eq!(seen["CapBnd"], own_caps, "{name}");
+        assert_eq!(seen["CapInh"], "0000000000000000", "{name}");
+        assert_eq!(seen["Seccomp"], "0", "{name}");
+        assert_eq!(seen["NoNewPrivs"], "0", "{name}");
+        assert_eq!(seen["devices"], "a_*:*_rwm", "{name}");
+        assert_eq!(seen["sys"], "rw", "{name}");
+        assert_eq!(seen["keys"], "visible", "{name}");
+        assert_eq!(seen["proc_sys_ro"], "no", "{name}");
+        assert_eq!(seen["device"], format!("{:x}:{:x}", device.major(), device.minor()), "{name}");
+        seen_by.push(seen);
+    }
+    assert_eq!(seen_by[0], seen_by[1], "husk-runtime and runc agree");
 }

@@ -91,6 +91,11 @@ pub struct Flags {
     /// Let containers turn seccomp off (`SeccompInfo.unconfined`).
     #[arg(long)]
     pub allow_unconfined_seccomp: bool,
+    /// Let launches ask for privileged containers (`security.privileged`, CRI `privileged`):
+    /// every capability, every host device, writable /sys, no seccomp default. Such a
+    /// container can take over the node.
+    #[arg(long)]
+    pub allow_privileged: bool,
     /// Run husk's init as pid 1 of every container (signal forwarding, orphan reaping).
     #[arg(long)]
     pub init: Option<bool>,
@@ -179,6 +184,7 @@ struct FileConfig {
     allow_host_pid_namespace: Option<bool>,
     allow_host_ipc_namespace: Option<bool>,
     allow_unconfined_seccomp: Option<bool>,
+    allow_privileged: Option<bool>,
     init: Option<bool>,
     log_level: Option<String>,
     log_format: Option<String>,
@@ -332,6 +338,7 @@ impl Settings {
             flags.allow_host_ipc_namespace || file.allow_host_ipc_namespace.unwrap_or(false);
         translation.allow_unconfined_seccomp =
             flags.allow_unconfined_seccomp || file.allow_unconfined_seccomp.unwrap_or(false);
+        translation.allow_privileged = flags.allow_privileged || file.allow_privileged.unwrap_or(false);
         let shim_binary = flags.shim_binary.clone().or(file.shim_binary).unwrap_or_else(|| {
             std::env::current_exe()
                 .ok()

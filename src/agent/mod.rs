@@ -501,6 +501,7 @@ impl Agent {
                 pid_ns: proc.join("ns/pid"),
                 ipc_ns: proc.join("ns/ipc"),
                 cgroups_path: cgroups_path.display().to_string(),
+                privileged: p.launch.security.as_ref().is_some_and(|s| s.privileged()),
             },
             rootfs: rootfs.is_dir().then_some(rootfs),
         })

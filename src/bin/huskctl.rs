@@ -342,7 +342,7 @@ struct LaunchFlags {
         conflicts_with_all = [
             "command", "resources", "limits", "hostname", "user", "env", "no_shell", "cpus", "mem",
             "env_files", "volumes", "cap_add", "cap_drop", "uris", "network", "publish", "read_only",
-            "sysctls", "oom_score_adj", "seccomp_profile", "group_add"
+            "sysctls", "oom_score_adj", "seccomp_profile", "group_add", "privileged"
         ]
     )]
     file: Option<String>,
@@ -407,6 +407,11 @@ struct LaunchFlags {
     /// Give the process this group id too, besides its user's own groups (repeatable).
     #[arg(long = "group-add", value_name = "GID")]
     group_add: Vec<u32>,
+    /// Run privileged: every capability, every host device, writable /sys, no default
+    /// seccomp profile or masked paths. The agent must run with --allow-privileged; such a
+    /// container can take over the node.
+    #[arg(long, conflicts_with_all = ["cap_add", "cap_drop"])]
+    privileged: bool,
     /// User to run as (name, uid, name:group or uid:gid), resolved in the container's rootfs.
     #[arg(short = 'u', long)]
     user: Option<String>,
@@ -612,6 +617,7 @@ fn launch_from_flags(args: &LaunchFlags, id: &str, image_command: bool) -> Resul
         oom_score_adj: args.oom_score_adj,
         seccomp_profile_path: args.seccomp_profile.clone(),
         supplemental_groups: args.group_add.clone(),
+        privileged: args.privileged.then_some(true),
         ..Default::default()
     };
     let mut limits = std::collections::HashMap::new();
@@ -753,6 +759,8 @@ fn write(args: &BundleArgs, req: &LaunchRequest, bundle: &Path, sandbox: &Path) 
         cgroup_root: args.cgroup_root.clone(),
         default_pids_limit: (args.pids_limit > 0).then_some(args.pids_limit),
         sandbox_directory: args.sandbox_directory.clone(),
+        // No agent stands between the operator and their own bundle: --privileged is theirs.
+        allow_privileged: true,
         ..Default::default()
     };
     let place = Placement { sandbox_dir: sandbox.to_path_buf(), rootfs, ..Default::default() };

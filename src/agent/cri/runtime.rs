@@ -36,6 +36,12 @@ fn pod_namespaces(config: &cri::PodSandboxConfig) -> Option<&cri::NamespaceOptio
     config.linux.as_ref()?.security_context.as_ref()?.namespace_options.as_ref()
 }
 
+/// Whether the pod may hold privileged containers (its holder is then privileged too, so the
+/// containers' device cgroups, below the pod's, can allow every device).
+fn pod_privileged(config: &cri::PodSandboxConfig) -> bool {
+    config.linux.as_ref().and_then(|l| l.security_context.as_ref()).is_some_and(|s| s.privileged)
+}
+
 /// The resolv.conf of a pod: its DNS config, or the node's when it gives none.
 fn resolv_conf(dns: Option<&cri::DnsConfig>) -> Result<String, Status> {
     let Some(dns) = dns.filter(|d| !(d.servers.is_empty() && d.searches.is_empty() && d.options.is_empty())) else {
@@ -68,6 +74,12 @@ fn resolv_conf(dns: Option<&cri::DnsConfig>) -> Result<String, Status> {
 /// namespaces.
 fn pod_launch(cri: &Cri, id: &str, config: &cri::PodSandboxConfig) -> Result<pb::LaunchRequest, Status> {
     let ns = pod_namespaces(config);
+    if pod_privileged(config) && !cri.agent.settings.translation.allow_privileged {
+        return Err(Status::invalid_argument(
+            "config.linux.security_context.privileged: this agent does not allow privileged pods \
+             (see husk-agent --allow-privileged)",
+        ));
+    }
     let holder = cri.agent.settings.shim_binary.display().to_string();
     let host_network = mode(ns, |o| o.network) == cri::NamespaceMode::Node;
     let mut linux = mesos::LinuxInfo::default();
@@ -144,9 +156,10 @@ fn pod_launch(cri: &Cri, id: &str, config: &cri::PodSandboxConfig) -> Result<pb:
         // The pod's sysctls go to the namespaces its holder owns, which its containers join.
         security: Some(pb::SecurityOptions {
             sysctls: config.linux.as_ref().map(|l| l.sysctls.clone()).unwrap_or_default(),
+            privileged: pod_privileged(config).then_some(true),
             ..Default::default()
         })
-        .filter(|s| !s.sysctls.is_empty()),
+        .filter(|s| !s.sysctls.is_empty() || s.privileged()),
         labels: labels(
             &config.labels,
             &[
@@ -271,10 +284,19 @@ fn container_launch(
     if pid_mode != cri::NamespaceMode::Container {
         linux_info.share_pid_namespace = Some(true);
     }
+    if sc.privileged && !pod_privileged(&pod.config) {
+        return Err(Status::invalid_argument(
+            "config.linux.security_context.privileged: the pod sandbox is not privileged \
+             (its linux.security_context.privileged), so it cannot hold a privileged container",
+        ));
+    }
     // The default set adjusted, as containerd does; the agent's --allowed-capabilities still
-    // bounds what a container may get.
-    if let Some(caps) =
-        sc.capabilities.as_ref().filter(|c| !c.add_capabilities.is_empty() || !c.drop_capabilities.is_empty())
+    // bounds what a container may get. A privileged container has every capability, whatever
+    // these say (containerd's rule too).
+    if let Some(caps) = sc
+        .capabilities
+        .as_ref()
+        .filter(|c| !sc.privileged && (!c.add_capabilities.is_empty() || !c.drop_capabilities.is_empty()))
     {
         let capabilities = husk_oci::caps::adjust_default(
             &caps.add_capabilities,
@@ -285,10 +307,11 @@ fn container_launch(
         .map_err(crate::agent::status_of)?;
         linux_info.bounding_capabilities = Some(mesos::CapabilityInfo { capabilities });
     }
-    if sc.privileged {
-        return Err(Status::unimplemented("config.linux.security_context.privileged: not supported yet"));
-    }
-    let (seccomp, seccomp_profile_path) = seccomp(&sc)?;
+    // A privileged container runs without seccomp, whatever profile it names (containerd's rule).
+    let (seccomp, seccomp_profile_path) = match sc.privileged {
+        true => (None, None),
+        false => seccomp(&sc)?,
+    };
     linux_info.seccomp = seccomp;
     let mut supplemental_groups = Vec::with_capacity(sc.supplemental_groups.len());
     for (i, g) in sc.supplemental_groups.iter().enumerate() {
@@ -316,6 +339,7 @@ fn container_launch(
         },
         seccomp_profile_path,
         supplemental_groups,
+        privileged: sc.privileged.then_some(true),
     };
     let (requests, limits) = resources(linux.resources.as_ref())?;
     Ok(pb::LaunchRequest {
