@@ -105,7 +105,22 @@ async fn until_logged(path: &Path, line: &str) -> Vec<(String, String, String)> 
 #[tokio::test]
 async fn a_pod_of_two_containers_through_the_cri() {
     require!(false);
-    let mut agent = Agent::start("cri");
+    // portmap behind a wrapper whose DEL fails while `del-fails` exists, to see a failed
+    // teardown reported by StopPodSandbox.
+    let plugins = tempfile::tempdir().unwrap();
+    let flaky = plugins.path().join("flakyportmap");
+    let marker = plugins.path().join("del-fails");
+    std::fs::write(
+        &flaky,
+        format!(
+            "#!/bin/sh\nif [ \"$CNI_COMMAND\" = DEL ] && [ -e {} ]; then cat >/dev/null; \
+             echo '{{\"code\":11,\"msg\":\"DEL refused by the test\"}}'; exit 1; fi\nexec /usr/lib/cni/portmap\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&flaky, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut agent = Agent::start_with("cri", &format!("cni_bin_dir = \"/usr/lib/cni:{}\"\n", plugins.path().display()));
     let files = tempfile::tempdir().unwrap();
     busybox_image(&agent, files.path());
     let logs = files.path().join("logs");
@@ -189,6 +204,10 @@ async fn a_pod_of_two_containers_through_the_cri() {
     assert!(no_net.message().contains("needs a CNI network"), "{}", no_net.message());
     let veths_before = veths();
     agent.cni_bridge("husk-pods", "huskcri0", "10.88.77.0/24");
+    let conf = agent.path("cni/10-husk-pods.conflist");
+    let text = std::fs::read_to_string(&conf).unwrap().replace("\"type\":\"portmap\"", "\"type\":\"flakyportmap\"");
+    assert!(text.contains("flakyportmap"), "{text}");
+    std::fs::write(&conf, text).unwrap();
     let st = rt.status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner().status.unwrap();
     assert!(network_ready(&st), "{st:?}");
     let pod = rt
@@ -326,6 +345,14 @@ async fn a_pod_of_two_containers_through_the_cri() {
     let ping = exec(&mut rt, &app, &format!("ping -c 1 -W 5 {db_ip}")).await;
     assert_eq!(ping.exit_code, 0, "{}{}", String::from_utf8_lossy(&ping.stdout), String::from_utf8_lossy(&ping.stderr));
     assert_eq!(leased(&agent, "husk-pods").len(), 2);
+    // A DEL that fails makes StopPodSandbox fail (the kubelet retries it), until it works.
+    std::fs::write(&marker, "").unwrap();
+    let e = rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: db.clone() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("CNI plugin `flakyportmap` DEL failed (code 11): DEL refused by the test"), "{e:?}");
+    let e = rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: db.clone() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "still failing: {e:?}");
+    std::fs::remove_file(&marker).unwrap();
     rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: db.clone() }).await.unwrap();
     let stopped = rt
         .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: db.clone(), verbose: false })

@@ -1148,6 +1148,23 @@ impl Agent {
         Ok(())
     }
 
+    /// Tries once more the network teardown (CNI DEL, the namespace's pin) of a terminated
+    /// container whose teardown failed when it terminated; nothing to do when it succeeded.
+    /// UNAVAILABLE while it fails: the caller retries (the kubelet retries StopPodSandbox).
+    pub async fn release_network(&self, id: &str) -> Result<(), Status> {
+        let c = self.get(id)?;
+        let _op = c.op.lock().await;
+        if c.terminated().is_none() {
+            return Err(Status::failed_precondition(format!(
+                "container_id: `{id}` is {}; its network goes when it terminates",
+                c.state().as_str_name()
+            )));
+        }
+        self.network_down(&c).await.map_err(|e| {
+            Status::unavailable(format!("container_id: `{id}`: its network could not be torn down ({e}); try again"))
+        })
+    }
+
     /// Removes a terminated container: its sandbox, bundle and checkpoints.
     pub async fn remove(&self, id: &str) -> Result<(), Status> {
         let c = self.get(id)?;

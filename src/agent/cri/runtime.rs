@@ -691,6 +691,13 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
             stop(cri, &c.husk_key(), None).await?;
         }
         stop(cri, &pod.id, None).await?;
+        // The pod's network is gone when this answers OK (the kubelet counts on its IP being
+        // free): a DEL that failed at the pod's end is tried again, and its failure returned.
+        match cri.agent.release_network(&pod.id).await {
+            Ok(()) => {}
+            Err(e) if e.code() == tonic::Code::NotFound => {}
+            Err(e) => return Err(Status::unavailable(format!("pod sandbox `{}`: {}", pod.id, e.message()))),
+        }
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
