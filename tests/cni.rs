@@ -159,6 +159,19 @@ async fn bridge_network_between_containers_with_a_published_port() {
     let web_ip = ip_of(&mut c, cid("web")).await;
     assert!(web_ip.starts_with("10.88.78."), "{web_ip}");
     assert_eq!(leased(&agent), std::slice::from_ref(&web_ip));
+    // Its host port is taken: another launch that publishes it is refused, and so is a launch
+    // that publishes one port twice; neither takes an address.
+    let e = c.launch(on_network("thief", "true", &[(HOST_PORT + 1, 81), (HOST_PORT, 80)])).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    let taken = format!(
+        "container.network_infos[0].port_mappings[1].host_port: {HOST_PORT}/tcp is published by container `web` already"
+    );
+    assert!(e.message().contains(&taken), "{}", e.message());
+    let e = c.launch(on_network("twice", "true", &[(HOST_PORT + 1, 81), (HOST_PORT + 1, 82)])).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("port_mappings[1].host_port: "), "{}", e.message());
+    assert!(e.message().contains("/tcp is published by port_mappings[0] already"), "{}", e.message());
+    assert_eq!(leased(&agent), std::slice::from_ref(&web_ip));
 
     // A nested container is on its parent's network.
     let nested = ContainerId { value: "side".into(), parent: Some(Box::new(cid("web"))) };

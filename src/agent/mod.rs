@@ -640,6 +640,10 @@ impl Agent {
             if map.contains_key(&id) || dir.exists() {
                 return Err(Status::already_exists(format!("container_id: `{id}` is already in use")));
             }
+            // Checked under the table's lock, so two launches cannot both take a port.
+            if network.is_some() {
+                host_ports_free(&map, &effective)?;
+            }
             // Checked under the table's lock: a parent being destroyed has its children
             // collected under it too, so none slips in after that.
             if let Some(p) = &parent {
@@ -925,8 +929,16 @@ impl Agent {
                     protocol.escape_debug()
                 )));
             }
+            let host_port = port(p.host_port, "host_port")?;
+            if let Some(j) =
+                port_mappings.iter().position(|m: &cni::PortMapping| m.host_port == host_port && m.protocol == protocol)
+            {
+                return Err(Status::invalid_argument(format!(
+                    "{field}.host_port: {host_port}/{protocol} is published by port_mappings[{j}] already"
+                )));
+            }
             port_mappings.push(cni::PortMapping {
-                host_port: port(p.host_port, "host_port")?,
+                host_port,
                 container_port: port(p.container_port, "container_port")?,
                 protocol,
                 host_ip: String::new(),
@@ -1378,4 +1390,42 @@ fn load(dir: &Path) -> anyhow::Result<(LaunchRequest, Checkpoint)> {
     let launch: LaunchRequest = serde_json::from_slice(&std::fs::read(dir.join(LAUNCH_FILE))?)?;
     let checkpoint: Checkpoint = serde_json::from_slice(&std::fs::read(dir.join(STATE_FILE))?)?;
     Ok((launch, checkpoint))
+}
+
+/// The host ports a container publishes: (field, port, protocol), as its launch asks for them.
+fn host_ports(launch: &LaunchRequest) -> Vec<(String, u32, String)> {
+    let infos = launch.container.as_ref().map(|c| c.network_infos.as_slice()).unwrap_or_default();
+    let named = infos.iter().enumerate().filter(|(_, n)| n.name.is_some());
+    named
+        .flat_map(|(i, n)| n.port_mappings.iter().enumerate().map(move |(k, p)| (i, k, p)))
+        .map(|(i, k, p)| {
+            let protocol = p.protocol.as_deref().unwrap_or("tcp").to_ascii_lowercase();
+            (format!("container.network_infos[{i}].port_mappings[{k}]"), p.host_port, protocol)
+        })
+        .collect()
+}
+
+/// Refuses a host port another container publishes: portmap would install both, and the first
+/// rule would win, silently. A container holds its ports until its network is torn down (a
+/// failed DEL keeps them, with their rules).
+fn host_ports_free(map: &HashMap<String, Arc<Container>>, launch: &LaunchRequest) -> Result<(), Status> {
+    let wanted = host_ports(launch);
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    for c in map.values().filter(|c| c.launch.container_id.parent.is_none()) {
+        let held = host_ports(&c.launch);
+        if held.is_empty() || (c.terminated().is_some() && !c.dir.join(cni::STATE_FILE).exists()) {
+            continue;
+        }
+        for (field, port, protocol) in &wanted {
+            if held.iter().any(|(_, p, proto)| p == port && proto == protocol) {
+                return Err(Status::failed_precondition(format!(
+                    "{field}.host_port: {port}/{protocol} is published by container `{}` already",
+                    c.id
+                )));
+            }
+        }
+    }
+    Ok(())
 }
