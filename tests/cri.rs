@@ -647,6 +647,32 @@ async fn security_context_through_the_cri() {
     let e = rt.start_container(cri::StartContainerRequest { container_id: free.clone() }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("--allow-unconfined-seccomp"), "{}", e.message());
+    // A container starts from the image it was created from, even when its name has moved to
+    // another image since.
+    let pinned = rt
+        .create_container(create(container("pinned", "cat /marker 2>/dev/null || echo original", "pinned.log")))
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    let marker = files.path().join("marker");
+    std::fs::create_dir_all(&marker).unwrap();
+    std::fs::write(marker.join("marker"), "moved\n").unwrap();
+    let layout = files.path().join("layout2");
+    let config = serde_json::json!({"config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]}});
+    image::oci_layout(&layout, &[image::tar_of(&files.path().join("rootfs")), image::tar_of(&marker)], config, "1");
+    ok(&agent, &["import", layout.to_str().unwrap(), "--name", "localhost/busybox"]);
+    rt.start_container(cri::StartContainerRequest { container_id: pinned.clone() }).await.unwrap();
+    until_logged(&logs.join("pinned.log"), "original").await;
+    let moved = rt
+        .create_container(create(container("moved", "cat /marker 2>/dev/null || echo original", "moved.log")))
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest { container_id: moved.clone() }).await.unwrap();
+    until_logged(&logs.join("moved.log"), "moved").await;
+
     let privileged = cri::LinuxContainerSecurityContext { privileged: true, ..Default::default() };
     let e = rt.create_container(create(with_security("priv", "true", privileged.clone(), 0))).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);

@@ -84,9 +84,14 @@ impl Images {
         const FIELD: &str = "container.mesos.image.docker.name";
         let reference = Reference::parse(name).map_err(|e| status(FIELD, e))?;
         let store = self.store.clone();
-        let known = match cached {
-            true => store.lookup(&reference.to_string()).ok().map(|(_, r)| r.digest),
-            false => None,
+        let known = match (cached, &reference.digest) {
+            // A reference with a digest is that image, whatever its names are now.
+            (true, Some(d)) => {
+                let (store, d) = (store.clone(), d.clone());
+                blocking(move || store.image_of(None, &d).ok().map(|i| i.digest)).await?
+            }
+            (true, None) => store.lookup(&reference.to_string()).ok().map(|(_, r)| r.digest),
+            (false, _) => None,
         };
         let digest = match known {
             Some(d) => d,

@@ -839,7 +839,12 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
             }
         };
         let id = cri.new_id()?;
-        let launch = container_launch(&pod, &id, &config, &name, &image_config, &log_path)?;
+        // Started from the image it was created from (its digest), even if the name moves to
+        // another image in between.
+        let mut pinned = husk_oci::image::Reference::parse(&name)
+            .map_err(|e| Status::internal(format!("the image's name `{name}`: {e}")))?;
+        pinned.digest = Some(image_ref.clone());
+        let launch = container_launch(&pod, &id, &config, &pinned.to_string(), &image_config, &log_path)?;
         let record = ContainerRecord {
             id: id.clone(),
             pod_id: pod.id.clone(),
