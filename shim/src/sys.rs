@@ -293,3 +293,130 @@ pub fn pidfd_signal(fd: std::os::fd::BorrowedFd, sig: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// A mapping of `/proc/self/smaps` whose pages are exactly the file's: readable, not writable,
+/// private, file-backed, and without a page of its own (`Anonymous: 0`, none swapped). Dropping
+/// such pages from the page tables loses nothing: the next access maps them again from the page
+/// cache. The relocated read-only data (RELRO) has private copies and is never one of them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CleanMapping {
+    pub start: usize,
+    pub end: usize,
+}
+
+/// The clean file mappings listed in `smaps` (its text).
+pub fn clean_file_mappings(smaps: &str) -> Vec<CleanMapping> {
+    let mut out = Vec::new();
+    let mut current: Option<(CleanMapping, bool)> = None;
+    let finish = |m: Option<(CleanMapping, bool)>, out: &mut Vec<CleanMapping>| {
+        if let Some((m, true)) = m {
+            out.push(m);
+        }
+    };
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if let Some((start, end)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else {
+                finish(current.take(), &mut out);
+                continue;
+            };
+            let perms = fields.next().unwrap_or_default();
+            let path = fields.nth(3).unwrap_or_default();
+            let eligible = perms.len() == 4
+                && perms.starts_with('r')
+                && &perms[1..2] == "-"
+                && perms.ends_with('p')
+                && path.starts_with('/');
+            finish(current.take(), &mut out);
+            current = Some((CleanMapping { start, end }, eligible));
+            continue;
+        }
+        let Some((_, eligible)) = current.as_mut() else { continue };
+        let kb = |l: &str| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok());
+        match first {
+            // Dirty pages of a private file mapping are the file's own page cache, written
+            // lately, until they are copied: only copies (anonymous, maybe swapped) matter.
+            "Anonymous:" | "Swap:" if kb(line) != Some(0) => *eligible = false,
+            _ => {}
+        }
+    }
+    finish(current.take(), &mut out);
+    out
+}
+
+/// Drops this process's clean file mappings from its page tables (MADV_DONTNEED): the code and
+/// read-only data that starting up touched, and the kernel's fault-around mapped with it. What
+/// the process goes on using is mapped back on its next access, from the page cache that every
+/// process running the binary shares. Returns the bytes released from the page tables.
+pub fn release_clean_file_pages() -> usize {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return 0 };
+    let mut released = 0;
+    for m in clean_file_mappings(&smaps) {
+        // SAFETY: the range is a whole mapping of this process, read-only and private, whose
+        // pages are all the file's (none written, none anonymous): MADV_DONTNEED on it only
+        // unmaps pages that the next access maps again with the same contents. No Rust object
+        // lives there (it is code and constant data of loaded files).
+        let rc = unsafe { libc::madvise(m.start as *mut libc::c_void, m.end - m.start, libc::MADV_DONTNEED) };
+        if rc == 0 {
+            released += m.end - m.start;
+        }
+    }
+    released
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_untouched_read_only_file_mappings_are_clean() {
+        let smaps = "\
+55d0a0000000-55d0a0100000 r--p 00000000 fd:01 123 /usr/bin/husk-shim
+Rss:                 100 kB
+Anonymous:             0 kB
+Private_Dirty:         0 kB
+Swap:                  0 kB
+55d0a0100000-55d0a0300000 r-xp 00100000 fd:01 123 /usr/bin/husk-shim
+Anonymous:             0 kB
+Shared_Dirty:        512 kB
+Private_Dirty:       512 kB
+55d0a0300000-55d0a0310000 r--p 00300000 fd:01 123 /usr/bin/husk-shim
+Anonymous:            64 kB
+Private_Dirty:        64 kB
+55d0a0310000-55d0a0311000 rw-p 00310000 fd:01 123 /usr/bin/husk-shim
+Anonymous:             4 kB
+55d0a1000000-55d0a1100000 rw-p 00000000 00:00 0 [heap]
+Anonymous:           264 kB
+7f0000000000-7f0000001000 r-xp 00000000 00:00 0
+Anonymous:             0 kB
+7f0000100000-7f0000200000 r-xp 00000000 fd:01 77 /usr/lib/libc.so.6
+Anonymous:             0 kB
+Swap:                  4 kB
+7ffc00000000-7ffc00002000 r-xp 00000000 00:00 0 [vdso]
+Anonymous:             0 kB
+7f0000300000-7f0000400000 r--s 00000000 fd:01 78 /usr/lib/shared
+Anonymous:             0 kB
+7f0000500000-7f0000600000 r-xp 00000000 fd:01 79 /usr/lib/libm.so.6
+";
+        assert_eq!(
+            clean_file_mappings(smaps),
+            [
+                CleanMapping { start: 0x55d0a0000000, end: 0x55d0a0100000 },
+                CleanMapping { start: 0x55d0a0100000, end: 0x55d0a0300000 },
+                CleanMapping { start: 0x7f0000500000, end: 0x7f0000600000 },
+            ],
+            "not RELRO (private copies), not writable, not anonymous, not swapped, not shared, not [vdso]"
+        );
+    }
+
+    #[test]
+    fn releasing_keeps_the_process_working() {
+        let before = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap();
+        assert!(release_clean_file_pages() > 0, "a test binary has code mappings");
+        // Code and constant data come back on use.
+        let after = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap();
+        assert!(before.contains("Rss:") && after.contains("Rss:"));
+        assert_eq!(format!("{:?}", clean_file_mappings("")), "[]");
+    }
+}

@@ -67,6 +67,8 @@ pub fn hold() -> Result<(), String> {
         set.add(s);
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(|e| format!("sigprocmask: {e}"))?;
+    // It only waits from here: the code that started it need not stay mapped.
+    crate::sys::release_clean_file_pages();
     loop {
         match set.wait().map_err(|e| format!("sigwait: {e}"))? {
             Signal::SIGTERM | Signal::SIGINT => return Ok(()),
@@ -403,6 +405,9 @@ async fn pump(fd: OwnedFd, path: PathBuf, env: Vec<String>, stream: &'static str
     to_cri(None);
 }
 
+/// How long after its last call (or its start) a shim drops its clean code pages.
+const RELEASE_CODE_AFTER: Duration = Duration::from_millis(250);
+
 fn serve(opts: Options, p: Prepared, ready: &mut Option<std::fs::File>) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async move {
@@ -497,11 +502,29 @@ fn serve(opts: Options, p: Prepared, ready: &mut Option<std::fs::File>) -> Resul
             }
         });
 
+        // A shim mostly waits: a while after each call, the code and constant data that calls
+        // (and the start) touched are dropped from its page tables, so an idle shim's resident
+        // set is its own memory, not the binary's pages that every shim shares.
+        let activity = Arc::new(Notify::new());
+        tokio::spawn({
+            let activity = activity.clone();
+            async move {
+                loop {
+                    activity.notified().await;
+                    tokio::time::sleep(RELEASE_CODE_AFTER).await;
+                    crate::sys::release_clean_file_pages();
+                }
+            }
+        });
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
         let shared2 = shared.clone();
+        activity.notify_one();
         tell(ready, "ok");
         tonic::transport::Server::builder()
-            .add_service(ShimServer::new(service::Service(shared)))
+            .add_service(ShimServer::with_interceptor(service::Service(shared), move |req| {
+                activity.notify_one();
+                Ok(req)
+            }))
             .serve_with_incoming_shutdown(incoming, async move { shared2.shutdown.notified().await })
             .await
             .map_err(|e| e.to_string())?;
