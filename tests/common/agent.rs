@@ -131,9 +131,11 @@ impl Agent {
         );
     }
 
-    /// (Re)starts the agent process: whether it served (false: it exited first, its status
-    /// left for [`Agent::exited`]).
+    /// (Re)starts the agent process (a running one is killed first, so no two agents ever
+    /// share the directories): whether it served (false: it exited first, its status left for
+    /// [`Agent::exited`]).
     pub fn try_restart(&mut self) -> bool {
+        self.kill9();
         let agent = PathBuf::from(env!("CARGO_BIN_EXE_husk-agent"));
         let shim = agent.with_file_name("husk-shim");
         assert!(shim.exists(), "{} is missing: build the workspace (cargo test --workspace)", shim.display());
