@@ -112,7 +112,8 @@ async fn exec_attach_and_port_forward_through_the_streaming_server() {
     require!(false);
     let client_bin = go_client();
     assert!(client_bin.exists());
-    let mut agent = Agent::start("cri-streaming");
+    // Long enough for every session below but the silent one.
+    let mut agent = Agent::start_with("cri-streaming", "streaming_idle_timeout = \"5secs\"\n");
     agent.cni_bridge("husk-streams", BRIDGE, "10.88.79.0/24");
     let files = tempfile::tempdir().unwrap();
     let root = files.path().join("rootfs");
@@ -245,6 +246,19 @@ async fn exec_attach_and_port_forward_through_the_streaming_server() {
         assert!(std::time::Instant::now() < deadline, "the exec outlived its client: {}", agent.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // A session silent both ways for the idle timeout is closed, and its exec killed.
+    let url = exec_url(&mut rt, &web, &["sleep", "739"], (false, true, false, false)).await;
+    let began = std::time::Instant::now();
+    let out = client(&["-url", &url], b"").await;
+    assert_ne!(out.status.code(), Some(0), "the stream was cut, not finished: {}", text(&out.stderr));
+    assert!(began.elapsed() >= Duration::from_secs(5), "not before the timeout: {:?}", began.elapsed());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while running_in(&mut rt, &web, "sleep 739").await {
+        assert!(std::time::Instant::now() < deadline, "the idle exec outlived its connection: {}", agent.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(agent.log().contains("closing a streaming connection idle for"), "{}", agent.log());
 
     // Attach: input reaches the container's stdin and its output comes back. The end of the
     // client's input leaves the container's open for the next attach...

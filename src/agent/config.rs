@@ -43,6 +43,11 @@ pub struct Flags {
     /// from the node. Default: 127.0.0.1:0.
     #[arg(long, value_name = "HOST:PORT")]
     pub streaming_listen: Option<String>,
+    /// Close a streaming connection (exec, attach, port-forward) that neither sent nor received
+    /// anything for this long, as the kubelet's streaming server does; its exec is killed.
+    /// Mesos duration form (`30mins`, `4hrs`). Default: 4hrs.
+    #[arg(long, value_name = "DURATION")]
+    pub streaming_idle_timeout: Option<String>,
     /// CNI network configurations (`*.conflist`, `*.conf`, `*.json`), read at each launch. A
     /// launch's `NetworkInfo.name` picks one; CRI pods get the first in file-name order.
     /// Default: /etc/cni/net.d.
@@ -167,6 +172,7 @@ struct FileConfig {
     listen: Option<String>,
     cri_listen: Option<String>,
     streaming_listen: Option<String>,
+    streaming_idle_timeout: Option<String>,
     cni_conf_dir: Option<PathBuf>,
     cni_bin_dir: Option<String>,
     tcp_listen: Option<String>,
@@ -222,6 +228,8 @@ pub struct Settings {
     pub cri_socket: Option<PathBuf>,
     /// The CRI streaming server's address.
     pub streaming_listen: std::net::SocketAddr,
+    /// How long a streaming connection may stay silent both ways.
+    pub streaming_idle_timeout: std::time::Duration,
     pub cni: super::cni::Cni,
     /// The TCP address and its TLS material (PEM: certificate chain, key, client CA).
     pub tcp: Option<TcpListen>,
@@ -373,6 +381,12 @@ impl Settings {
         let streaming = pick(flags.streaming_listen.clone(), file.streaming_listen, "127.0.0.1:0");
         let streaming_listen =
             streaming.parse().map_err(|e| anyhow::anyhow!("--streaming-listen `{streaming}`: {e} (want HOST:PORT)"))?;
+        let idle = pick(flags.streaming_idle_timeout.clone(), file.streaming_idle_timeout, "4hrs");
+        let streaming_idle_timeout =
+            super::sweep::parse_duration(&idle).map_err(|e| anyhow::anyhow!("--streaming-idle-timeout {e}"))?;
+        if streaming_idle_timeout < std::time::Duration::from_secs(1) {
+            anyhow::bail!("--streaming-idle-timeout {idle}: must be at least 1s");
+        }
         let metrics_address = match flags.metrics_address.clone().or(file.metrics_address) {
             Some(a) => Some(a.parse().map_err(|e| anyhow::anyhow!("--metrics-address `{a}`: {e} (want HOST:PORT)"))?),
             None => None,
@@ -416,6 +430,7 @@ impl Settings {
             socket,
             cri_socket,
             streaming_listen,
+            streaming_idle_timeout,
             cni: super::cni::Cni {
                 conf_dir: flags.cni_conf_dir.clone().or(file.cni_conf_dir).unwrap_or_else(|| "/etc/cni/net.d".into()),
                 bin_dirs: flags

@@ -128,7 +128,8 @@ impl Cri {
         let pods: Vec<PodRecord> = load_dir(&dir.join("pods"))?;
         let containers: Vec<ContainerRecord> = load_dir(&dir.join("containers"))?;
         let (events, _) = tokio::sync::broadcast::channel(1024);
-        let streaming = streaming::Streaming::bind(&agent, agent.settings.streaming_listen)?;
+        let streaming =
+            streaming::Streaming::bind(&agent, agent.settings.streaming_listen, agent.settings.streaming_idle_timeout)?;
         let cri = Arc::new(Cri {
             streaming,
             agent,

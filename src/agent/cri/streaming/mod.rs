@@ -122,11 +122,13 @@ pub struct Streaming {
     agent: Weak<Agent>,
     base: String,
     pending: Mutex<HashMap<String, (Request, Instant)>>,
+    /// A connection silent both ways for this long is closed.
+    idle_timeout: Duration,
 }
 
 impl Streaming {
     /// Binds `addr` and serves it for as long as the returned server lives.
-    pub fn bind(agent: &Arc<Agent>, addr: SocketAddr) -> anyhow::Result<Arc<Streaming>> {
+    pub fn bind(agent: &Arc<Agent>, addr: SocketAddr, idle_timeout: Duration) -> anyhow::Result<Arc<Streaming>> {
         let listener = std::net::TcpListener::bind(addr)
             .and_then(|l| l.set_nonblocking(true).map(|_| l))
             .and_then(tokio::net::TcpListener::from_std)
@@ -136,6 +138,7 @@ impl Streaming {
             agent: Arc::downgrade(agent),
             base: format!("http://{local}"),
             pending: Mutex::new(HashMap::new()),
+            idle_timeout,
         });
         tracing::info!(address = %local, "serving CRI streams (exec, attach, port-forward)");
         let weak = Arc::downgrade(&server);
@@ -243,7 +246,11 @@ impl Streaming {
             return Err(format!("unknown or expired URL {}", path.escape_debug()));
         };
         let Some(agent) = self.agent.upgrade() else { return Err("the agent is stopping".into()) };
-        let mut io = Rewind { head: rest, at: 0, io: tcp };
+        // From here the connection carries streams: one silent both ways for the idle timeout
+        // is shut down, and whatever it served ends as if its client had left.
+        let activity = Activity::new();
+        let _idle = IdleWatch::start(&tcp, self.idle_timeout, activity.clone());
+        let mut io = Rewind { head: rest, at: 0, io: tcp, activity };
         let websocket = upgrade.iter().any(|u| u.eq_ignore_ascii_case("websocket"));
         let spdy = upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1"));
         if websocket {
@@ -355,11 +362,70 @@ async fn respond<W: AsyncWrite + Unpin>(w: &mut W, code: u16, msg: &str) -> std:
     w.shutdown().await
 }
 
+/// When a connection last carried a byte, either way (milliseconds since it was accepted).
+#[derive(Clone)]
+struct Activity {
+    since: Instant,
+    last_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity { since: Instant::now(), last_ms: Default::default() }
+    }
+
+    fn touch(&self) {
+        let now = self.since.elapsed().as_millis() as u64;
+        self.last_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.since.elapsed().saturating_sub(last)
+    }
+}
+
+/// Shuts a connection down once it has been silent both ways for its idle timeout (through a
+/// duplicate of its descriptor, which cannot be reused by another file meanwhile). Stops when
+/// dropped.
+struct IdleWatch(tokio::task::JoinHandle<()>);
+
+impl IdleWatch {
+    fn start(tcp: &TcpStream, timeout: Duration, activity: Activity) -> Option<IdleWatch> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = match tcp.as_fd().try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!("streaming connection: no idle timeout ({e})");
+                return None;
+            }
+        };
+        Some(IdleWatch(tokio::spawn(async move {
+            loop {
+                let silent = activity.silent_for();
+                if silent >= timeout {
+                    tracing::info!(?timeout, "closing a streaming connection idle for {silent:?}");
+                    let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+                    return;
+                }
+                tokio::time::sleep(timeout - silent).await;
+            }
+        })))
+    }
+}
+
+impl Drop for IdleWatch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The connection, with the bytes read past the request head served first.
 struct Rewind {
     head: Vec<u8>,
     at: usize,
     io: TcpStream,
+    activity: Activity,
 }
 
 impl AsyncRead for Rewind {
@@ -375,7 +441,12 @@ impl AsyncRead for Rewind {
             self.at += n;
             return std::task::Poll::Ready(Ok(()));
         }
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
     }
 }
 
@@ -385,7 +456,11 @@ impl AsyncWrite for Rewind {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
     }
 
     fn poll_flush(
