@@ -1148,6 +1148,36 @@ async fn privileged_containers_get_the_agents_capabilities_every_device_and_a_wr
     assert_eq!(seen["keys_masked"], "1");
     assert_eq!(seen["device"], "none");
 
+    // A directory bound over /dev (as a host /dev is for device plugins) is left as it is: no
+    // node of it replaced, none added.
+    let fake_dev = tempfile::tempdir().unwrap();
+    nix::sys::stat::mknod(
+        &fake_dev.path().join("null"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
+    let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::symlink_metadata(p).unwrap());
+    let null_inode = inode(&fake_dev.path().join("null"));
+    let mut r = privileged(launch("devvol", "ls /dev"));
+    r.container = Some(ContainerInfo {
+        r#type: container_info::Type::Mesos as i32,
+        volumes: vec![husk_proto::mesos::v1::Volume {
+            mode: husk_proto::mesos::v1::volume::Mode::Rw as i32,
+            container_path: "/dev".into(),
+            host_path: Some(fake_dev.path().display().to_string()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    c.launch(r).await.unwrap();
+    let t = wait(&mut c, "devvol").await;
+    assert_eq!(t.exit_code, Some(0), "{t:?}");
+    let names: Vec<_> = std::fs::read_dir(fake_dev.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(names, ["null"], "nothing made in the volume");
+    assert_eq!(inode(&fake_dev.path().join("null")), null_inode, "its node is not replaced");
+
     // A privileged child only inside a privileged parent.
     let child = |parent: &str| {
         let mut r = privileged(launch("child", "grep CapEff /proc/self/status"));

@@ -1108,14 +1108,56 @@ fn default_device_rules(privileged: bool) -> Result<Vec<LinuxDeviceCgroup>> {
     ])
 }
 
+/// How many entries [`host_devices`] reads at most (a node with thousands of disks has a few
+/// thousand).
+pub const MAX_HOST_DEVICE_ENTRIES: usize = 65536;
+
+/// The mount points strictly below `dir`, from the agent's mount table.
+fn mount_points_under(dir: &Path) -> std::collections::HashSet<PathBuf> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mount_path(p)))
+        .filter(|p| p.starts_with(dir) && p != dir)
+        .collect()
+}
+
+/// A mountinfo path with its octal escapes (`\040` for a space) decoded.
+fn unescape_mount_path(p: &str) -> String {
+    let b = p.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) if d[0] <= b'3' => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            _ => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Every character and block device under the host's `dir` (`/dev`), as a privileged container
 /// gets them (containerd's and runc's host device list): not the terminals and the
 /// filesystems the container has of its own (`pts`, `shm`, `mqueue`), nor `console` (the
 /// container's terminal, when it has one).
+///
+/// Nothing mounted under `dir` is entered or even looked at (a stat of a hung network or FUSE
+/// mount would hang the launch), names that are not UTF-8 are skipped (a bundle cannot name
+/// them), and the walk stops with an error past [`MAX_HOST_DEVICE_ENTRIES`] entries.
 pub fn host_devices(dir: &Path) -> Result<Vec<LinuxDevice>> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     const SKIP_DIRS: &[&str] = &["pts", "shm", "mqueue", "fd", ".lxc", ".lxd-mounts", ".udev"];
+    let mounted = mount_points_under(dir);
     let mut out = Vec::new();
+    let mut seen = 0usize;
     let mut pending = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
         let entries = match std::fs::read_dir(&d) {
@@ -1125,11 +1167,25 @@ pub fn host_devices(dir: &Path) -> Result<Vec<LinuxDevice>> {
             Err(e) => return Err(Error::missing("security.privileged", format!("{}: {e}", d.display()))),
         };
         for entry in entries.flatten() {
+            seen += 1;
+            if seen > MAX_HOST_DEVICE_ENTRIES {
+                return Err(Error::unsupported(
+                    "security.privileged",
+                    format!("{} holds more than {MAX_HOST_DEVICE_ENTRIES} entries", dir.display()),
+                ));
+            }
             let path = entry.path();
-            // Not followed: a link is a name, not a device (its target is listed itself).
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+            if mounted.contains(&path) {
+                continue;
+            }
+            // The directory entry's own type, without a stat; links are names, not devices
+            // (their targets are listed themselves).
+            let Ok(ft) = entry.file_type() else { continue };
+            if !(ft.is_dir() || ft.is_char_device() || ft.is_block_device()) {
+                continue;
+            }
             let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
             let ft = meta.file_type();
             if ft.is_dir() {
                 if !SKIP_DIRS.contains(&name.as_ref()) {

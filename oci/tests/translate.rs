@@ -1038,6 +1038,18 @@ fn host_devices_lists_devices_not_links_or_private_dirs() {
     mknod(&d.join("console"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o600), makedev(5, 1)).unwrap();
     std::os::unix::fs::symlink("null", d.join("link")).unwrap();
     std::fs::write(d.join("file"), "").unwrap();
+    // Nothing under a mount point is looked at (it could be a hung network mount).
+    std::fs::create_dir_all(d.join("mnt dir")).unwrap();
+    nix::mount::mount(Some("tmpfs"), &d.join("mnt dir"), Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>)
+        .unwrap();
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(d.join("mnt dir"));
+    mknod(&d.join("mnt dir/zero"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(1, 5)).unwrap();
     // mknod honours the umask.
     for (name, mode) in [("null", 0o666), ("snd/timer", 0o660), ("loop7", 0o660)] {
         std::fs::set_permissions(d.join(name), std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();

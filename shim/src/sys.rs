@@ -307,9 +307,10 @@ pub struct CleanMapping {
 /// The clean file mappings listed in `smaps` (its text).
 pub fn clean_file_mappings(smaps: &str) -> Vec<CleanMapping> {
     let mut out = Vec::new();
-    let mut current: Option<(CleanMapping, bool)> = None;
-    let finish = |m: Option<(CleanMapping, bool)>, out: &mut Vec<CleanMapping>| {
-        if let Some((m, true)) = m {
+    // The mapping, whether nothing rules it out, and which of the required zero lines were seen.
+    let mut current: Option<(CleanMapping, bool, u8)> = None;
+    let finish = |m: Option<(CleanMapping, bool, u8)>, out: &mut Vec<CleanMapping>| {
+        if let Some((m, true, 0b111)) = m {
             out.push(m);
         }
     };
@@ -329,16 +330,20 @@ pub fn clean_file_mappings(smaps: &str) -> Vec<CleanMapping> {
                 && perms.ends_with('p')
                 && path.starts_with('/');
             finish(current.take(), &mut out);
-            current = Some((CleanMapping { start, end }, eligible));
+            current = Some((CleanMapping { start, end }, eligible, 0));
             continue;
         }
-        let Some((_, eligible)) = current.as_mut() else { continue };
+        let Some((_, eligible, proven)) = current.as_mut() else { continue };
         let kb = |l: &str| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok());
-        match first {
-            // Dirty pages of a private file mapping are the file's own page cache, written
-            // lately, until they are copied: only copies (anonymous, maybe swapped) matter.
-            "Anonymous:" | "Swap:" if kb(line) != Some(0) => *eligible = false,
-            _ => {}
+        // Dirty pages of a private file mapping are the file's own page cache, written lately,
+        // until they are copied: only copies (anonymous, swapped, huge) matter. Each of these
+        // must be seen, and zero, for the mapping to count.
+        let at = ["Anonymous:", "Swap:", "Private_Hugetlb:"].iter().position(|k| *k == first);
+        if let Some(i) = at {
+            match kb(line) {
+                Some(0) => *proven |= 1 << i,
+                _ => *eligible = false,
+            }
         }
     }
     finish(current.take(), &mut out);
@@ -353,10 +358,12 @@ pub fn release_clean_file_pages() -> usize {
     let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return 0 };
     let mut released = 0;
     for m in clean_file_mappings(&smaps) {
-        // SAFETY: the range is a whole mapping of this process, read-only and private, whose
-        // pages are all the file's (none written, none anonymous): MADV_DONTNEED on it only
-        // unmaps pages that the next access maps again with the same contents. No Rust object
-        // lives there (it is code and constant data of loaded files).
+        // SAFETY: the range was, when smaps was read, a whole mapping of this process,
+        // read-only and private, whose pages were all the file's (no anonymous, swapped or
+        // huge copies): MADV_DONTNEED on it only unmaps pages that the next access maps again
+        // with the same contents. Nothing in the shim maps, unmaps or mprotects files after
+        // it starts, so the mapping is still that one. No Rust object lives there (it is code
+        // and constant data of loaded files).
         let rc = unsafe { libc::madvise(m.start as *mut libc::c_void, m.end - m.start, libc::MADV_DONTNEED) };
         if rc == 0 {
             released += m.end - m.start;
@@ -371,42 +378,50 @@ mod tests {
 
     #[test]
     fn only_untouched_read_only_file_mappings_are_clean() {
-        let smaps = "\
+        let zero = "Anonymous:             0 kB\nSwap:                  0 kB\nPrivate_Hugetlb:       0 kB\n";
+        let smaps = format!(
+            "\
 55d0a0000000-55d0a0100000 r--p 00000000 fd:01 123 /usr/bin/husk-shim
 Rss:                 100 kB
-Anonymous:             0 kB
-Private_Dirty:         0 kB
-Swap:                  0 kB
+{zero}Private_Dirty:         0 kB
 55d0a0100000-55d0a0300000 r-xp 00100000 fd:01 123 /usr/bin/husk-shim
-Anonymous:             0 kB
 Shared_Dirty:        512 kB
 Private_Dirty:       512 kB
+{zero}VmFlags: rd ex mr mw me
 55d0a0300000-55d0a0310000 r--p 00300000 fd:01 123 /usr/bin/husk-shim
 Anonymous:            64 kB
-Private_Dirty:        64 kB
+Swap:                  0 kB
+Private_Hugetlb:       0 kB
 55d0a0310000-55d0a0311000 rw-p 00310000 fd:01 123 /usr/bin/husk-shim
-Anonymous:             4 kB
-55d0a1000000-55d0a1100000 rw-p 00000000 00:00 0 [heap]
+{zero}55d0a1000000-55d0a1100000 rw-p 00000000 00:00 0 [heap]
 Anonymous:           264 kB
 7f0000000000-7f0000001000 r-xp 00000000 00:00 0
-Anonymous:             0 kB
-7f0000100000-7f0000200000 r-xp 00000000 fd:01 77 /usr/lib/libc.so.6
+{zero}7f0000100000-7f0000200000 r-xp 00000000 fd:01 77 /usr/lib/libc.so.6
 Anonymous:             0 kB
 Swap:                  4 kB
+Private_Hugetlb:       0 kB
 7ffc00000000-7ffc00002000 r-xp 00000000 00:00 0 [vdso]
+{zero}7f0000300000-7f0000400000 r--s 00000000 fd:01 78 /usr/lib/shared
+{zero}7f0000500000-7f0000600000 r-xp 00000000 fd:01 79 /usr/lib/libm.so.6
+{zero}7f0000700000-7f0000800000 r-xp 00000000 fd:01 80 /usr/lib/a file-with - spaces.so
+{zero}7f0000900000-7f0000a00000 r-xp 00000000 fd:01 81 /usr/lib/no-lines.so
 Anonymous:             0 kB
-7f0000300000-7f0000400000 r--s 00000000 fd:01 78 /usr/lib/shared
+7f0000b00000-7f0000c00000 r--p 00000000 fd:01 82 /usr/lib/huge
 Anonymous:             0 kB
-7f0000500000-7f0000600000 r-xp 00000000 fd:01 79 /usr/lib/libm.so.6
-";
+Swap:                  0 kB
+Private_Hugetlb:    2048 kB
+"
+        );
         assert_eq!(
-            clean_file_mappings(smaps),
+            clean_file_mappings(&smaps),
             [
                 CleanMapping { start: 0x55d0a0000000, end: 0x55d0a0100000 },
                 CleanMapping { start: 0x55d0a0100000, end: 0x55d0a0300000 },
                 CleanMapping { start: 0x7f0000500000, end: 0x7f0000600000 },
+                CleanMapping { start: 0x7f0000700000, end: 0x7f0000800000 },
             ],
-            "not RELRO (private copies), not writable, not anonymous, not swapped, not shared, not [vdso]"
+            "not RELRO (private copies), not writable, not anonymous, not swapped, not shared, not \
+             [vdso], not huge copies, not one whose lines are missing"
         );
     }
 

@@ -78,7 +78,8 @@ pub struct Flags {
     /// Default OCI runtime: `husk` (built in), or `runc`, `crun` or `youki` found on PATH.
     #[arg(long, value_name = "RUNTIME")]
     pub runtime: Option<String>,
-    /// Capabilities a container may have (comma-separated, e.g. `CHOWN,NET_RAW`).
+    /// Capabilities a container may have (comma-separated, e.g. `CHOWN,NET_RAW`). Privileged
+    /// containers, which only --allow-privileged admits, get every capability the agent holds.
     #[arg(long, value_name = "CAPS", value_delimiter = ',')]
     pub allowed_capabilities: Option<Vec<String>>,
     /// pids.max of every container (0: unlimited).

@@ -87,8 +87,16 @@ impl Images {
         let known = match (cached, &reference.digest) {
             // A reference with a digest is that image, whatever its names are now.
             (true, Some(d)) => {
-                let (store, d) = (store.clone(), d.clone());
-                blocking(move || store.image_of(None, &d).ok().map(|i| i.digest)).await?
+                let (store, d, name) = (store.clone(), d.clone(), reference.to_string());
+                blocking(move || {
+                    // A manifest's digest, else (an index's) the name it was stored under.
+                    store
+                        .image_of(None, &d)
+                        .ok()
+                        .map(|i| i.digest)
+                        .or_else(|| store.lookup(&name).ok().map(|(_, r)| r.digest))
+                })
+                .await?
             }
             (true, None) => store.lookup(&reference.to_string()).ok().map(|(_, r)| r.digest),
             (false, _) => None,

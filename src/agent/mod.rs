@@ -1415,7 +1415,9 @@ fn host_ports_free(map: &HashMap<String, Arc<Container>>, launch: &LaunchRequest
     }
     for c in map.values().filter(|c| c.launch.container_id.parent.is_none()) {
         let held = host_ports(&c.launch);
-        if held.is_empty() || (c.terminated().is_some() && !c.dir.join(cni::STATE_FILE).exists()) {
+        // The network's record is saved before a container enters the table and removed once
+        // its network is torn down: exactly while its ports are taken.
+        if held.is_empty() || !c.dir.join(cni::STATE_FILE).exists() {
             continue;
         }
         for (field, port, protocol) in &wanted {

@@ -226,10 +226,25 @@ fn mount_cgroup(rootfs: &Path, dest: &Path, opts: &Options, cgroup: Option<&Cgro
 const DEFAULT_DEVICES: &[(&str, u64, u64)] =
     &[("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
 
-fn create_devices(rootfs: &Path, spec: &Spec) -> Result<(), Error> {
-    let dev = rootfs.join("dev");
+/// Creates the devices on the container's own `/dev` tmpfs (`dev_fs`, its device number) only:
+/// never where a volume covers `/dev` or a directory or file under it (a host `/dev` bound in
+/// for a privileged container keeps its nodes untouched).
+fn create_devices(rootfs: &Path, spec: &Spec, dev_fs: u64) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let on_dev_fs = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.dev() == dev_fs);
+    // A node may go only where its directory is the tmpfs and nothing is mounted on its name.
+    let ours = |path: &Path| {
+        path.parent().is_some_and(on_dev_fs) && (std::fs::symlink_metadata(path).is_err() || on_dev_fs(path))
+    };
+    let dev = target(rootfs, Path::new("/dev"))?;
+    if !on_dev_fs(&dev) {
+        return Ok(());
+    }
     for (name, major, minor) in DEFAULT_DEVICES {
         let path = dev.join(name);
+        if !ours(&path) {
+            continue;
+        }
         let _ = std::fs::remove_file(&path);
         mknod(&path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(*major, *minor))
             .map_err(|e| err(format!("mknod {}", path.display()), e))?;
@@ -254,7 +269,16 @@ fn create_devices(rootfs: &Path, spec: &Spec) -> Result<(), Error> {
             _ => SFlag::S_IFCHR,
         };
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| err(parent.display(), e))?;
+            // Directories are made on the tmpfs only, never inside a volume.
+            let existing = parent.ancestors().find(|a| std::fs::symlink_metadata(a).is_ok());
+            if !existing.is_some_and(on_dev_fs) {
+                continue;
+            }
+            let rel = parent.strip_prefix(rootfs).map_err(|_| err(parent.display(), "outside the root"))?;
+            husk_oci::fs::mkdir_in_root(rootfs, rel, 0o755).map_err(|e| err(parent.display(), e))?;
+        }
+        if !ours(&path) {
+            continue;
         }
         let _ = std::fs::remove_file(&path);
         let mode = Mode::from_bits_truncate(d.file_mode().unwrap_or(0o666));
@@ -270,11 +294,11 @@ fn create_devices(rootfs: &Path, spec: &Spec) -> Result<(), Error> {
         ("stderr", "/proc/self/fd/2"),
     ] {
         let path = dev.join(link);
-        if std::fs::symlink_metadata(&path).is_err() {
+        if std::fs::symlink_metadata(&path).is_err() && ours(&path) {
             symlink(to, &path).map_err(|e| err(format!("symlink {}", path.display()), e))?;
         }
     }
-    if dev.join("pts/ptmx").exists() {
+    if dev.join("pts/ptmx").exists() && ours(&dev.join("ptmx")) {
         let ptmx = dev.join("ptmx");
         let _ = std::fs::remove_file(&ptmx);
         symlink("pts/ptmx", &ptmx).map_err(|e| err("symlink /dev/ptmx", e))?;
@@ -296,15 +320,18 @@ pub fn mount_all(spec: &Spec, rootfs: &Path, cgroup: Option<&Cgroup>) -> Result<
     mount(None::<&str>, "/", None::<&str>, root_flags, None::<&str>).map_err(|e| err("making / a slave mount", e))?;
     mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .map_err(|e| err(format!("binding the rootfs {}", rootfs.display()), e))?;
-    let mut fresh_dev = false;
+    // The device number of the tmpfs mounted on /dev, if one is: the devices go there only.
+    let mut dev_fs = None;
     for m in spec.mounts().iter().flatten() {
         mount_one(rootfs, m, cgroup)?;
         if m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs") {
-            fresh_dev = true;
+            use std::os::unix::fs::MetadataExt;
+            let dev = target(rootfs, Path::new("/dev"))?;
+            dev_fs = Some(std::fs::symlink_metadata(&dev).map_err(|e| err(dev.display(), e))?.dev());
         }
     }
-    if fresh_dev {
-        create_devices(rootfs, spec)?;
+    if let Some(dev_fs) = dev_fs {
+        create_devices(rootfs, spec, dev_fs)?;
     }
     Ok(())
 }

@@ -844,6 +844,8 @@ impl cri::runtime_service_server::RuntimeService for RuntimeService {
         let mut pinned = husk_oci::image::Reference::parse(&name)
             .map_err(|e| Status::internal(format!("the image's name `{name}`: {e}")))?;
         pinned.digest = Some(image_ref.clone());
+        // `repo@digest`: a pull at start must not store `repo:tag@digest` as a name of its own.
+        pinned.tag = None;
         let launch = container_launch(&pod, &id, &config, &pinned.to_string(), &image_config, &log_path)?;
         let record = ContainerRecord {
             id: id.clone(),
