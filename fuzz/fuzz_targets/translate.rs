@@ -40,7 +40,8 @@ fn node() -> &'static Node {
         std::os::unix::fs::symlink("/", rootfs.join("escape")).unwrap();
         let profiles = dir("seccomp");
         fs::write(profiles.join("strict.json"), r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[]}"#).unwrap();
-        let config = Config { seccomp_profile_dir: Some(profiles), ..Config::default() };
+        // Privileged launches are translated too (they read the node's /dev).
+        let config = Config { seccomp_profile_dir: Some(profiles), allow_privileged: true, ..Config::default() };
         let sandbox: PathBuf = dir("sandbox");
         let parent = ParentContext {
             sandbox_dir: dir("parent-sandbox"),
@@ -49,6 +50,7 @@ fn node() -> &'static Node {
             pid_ns: "/proc/1/ns/pid".into(),
             ipc_ns: "/proc/1/ns/ipc".into(),
             cgroups_path: "/husk/parent".into(),
+            privileged: true,
         };
         let placements = [
             Placement { sandbox_dir: sandbox.clone(), ..Default::default() },
