@@ -141,8 +141,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let listener = bind_unix(&agent.settings, &socket)?;
-    tracing::info!(socket = %socket.display(), containers = agent.all().len(), "serving");
+    // The CRI socket before the API socket: once the API answers, so does the CRI (a client
+    // that waits for the API socket never meets a CRI socket left by the last agent).
     let cri = match agent.settings.cri_socket.clone() {
         None => None,
         Some(path) => {
@@ -152,6 +152,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             Some((cri, listener, path))
         }
     };
+    let listener = bind_unix(&agent.settings, &socket).inspect_err(|_| {
+        if let Some((_, _, path)) = &cri {
+            let _ = std::fs::remove_file(path);
+        }
+    })?;
+    tracing::info!(socket = %socket.display(), containers = agent.all().len(), "serving");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -140,6 +140,7 @@ impl Agent {
         let shim = agent.with_file_name("husk-shim");
         assert!(shim.exists(), "{} is missing: build the workspace (cargo test --workspace)", shim.display());
         let _ = std::fs::remove_file(self.socket());
+        let _ = std::fs::remove_file(self.path("cri.sock"));
         let child = Command::new(&agent)
             .arg("--config")
             .arg(self.path("agent.toml"))
