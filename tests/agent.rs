@@ -1115,12 +1115,7 @@ async fn privileged_containers_get_the_agents_capabilities_every_device_and_a_wr
     c.launch(privileged(launch("priv", "sleep 60"))).await.unwrap();
     c.launch(launch("plain", "sleep 60")).await.unwrap();
     // A host device no container gets by default, to look for.
-    let default = ["null", "zero", "full", "random", "urandom", "tty", "console", "ptmx"];
-    let device = husk_oci::translate::host_devices(Path::new("/dev"))
-        .unwrap()
-        .into_iter()
-        .find(|d| !default.iter().any(|n| *d.path() == Path::new("/dev").join(n)))
-        .expect("the node has a device beyond the default ones");
+    let device = common::non_default_host_device();
     let probe =
         format!("{PRIVILEGE_PROBE}; echo device=$(stat -c %t:%T {} 2>/dev/null || echo none)", device.path().display());
     let observe = |out: pb::ExecSyncResponse| {
@@ -1129,8 +1124,7 @@ async fn privileged_containers_get_the_agents_capabilities_every_device_and_a_wr
         common::observations(&String::from_utf8_lossy(&out.stdout.unwrap_or_default()))
     };
     let seen = observe(exec_script(&mut c, cid("priv"), &probe).await);
-    let own = std::fs::read_to_string("/proc/self/status").unwrap();
-    let own_caps = own.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim();
+    let own_caps = common::own_effective_caps();
     assert_eq!(seen["CapEff"], own_caps, "every capability the agent (root, as this test) holds: {seen:?}");
     assert_eq!(seen["Seccomp"], "0", "no seccomp filter");
     assert_eq!(seen["NoNewPrivs"], "0", "the agent's no_new_privs is lifted");

@@ -715,8 +715,7 @@ async fn security_context_through_the_cri() {
         .into_inner()
         .container_id;
     rt.start_container(cri::StartContainerRequest { container_id: pc.clone() }).await.unwrap();
-    let own = std::fs::read_to_string("/proc/self/status").unwrap();
-    let own_caps = own.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim().to_string();
+    let own_caps = common::own_effective_caps();
     until_logged(&logs.join("priv.log"), &format!("CapEff:{own_caps} Seccomp:0 devices=a_*:*_rwm")).await;
     rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: ppod.clone() }).await.unwrap();
     rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: ppod }).await.unwrap();

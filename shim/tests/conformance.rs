@@ -332,12 +332,7 @@ fn privileged_bundle_runs_alike_under_runc_and_husk() {
     let sandbox = work.path().join("sandbox");
     std::fs::create_dir(&sandbox).unwrap();
     // A host device no container gets by default, to look for.
-    let default = ["null", "zero", "full", "random", "urandom", "tty", "console", "ptmx"];
-    let device = husk_oci::translate::host_devices(Path::new("/dev"))
-        .unwrap()
-        .into_iter()
-        .find(|d| !default.iter().any(|n| *d.path() == Path::new("/dev").join(n)))
-        .expect("the node has a device beyond the default ones");
+    let device = common::non_default_host_device();
     let mut req = base_launch("privileged");
     req.container = None;
     req.command.as_mut().unwrap().value = Some(format!(
@@ -351,8 +346,7 @@ echo device=$(stat -c %t:%T {})"#,
     ));
     req.security = Some(husk_proto::agent::v1::SecurityOptions { privileged: Some(true), ..Default::default() });
     let place = Placement { sandbox_dir: sandbox, rootfs: Some(rootfs), ..Default::default() };
-    let own = std::fs::read_to_string("/proc/self/status").unwrap();
-    let own_caps = own.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim().to_string();
+    let own_caps = common::own_effective_caps();
     let mut seen_by = Vec::new();
     for (name, runtime) in runtimes() {
         let Run { seen, .. } = run_under(&runtime, "privileged", &req, &place, work.path()).succeeded();

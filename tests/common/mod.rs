@@ -202,3 +202,21 @@ pub fn observations(stdout: &str) -> std::collections::HashMap<String, String> {
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect()
 }
+
+/// The capabilities this process holds, as `/proc/self/status` shows them (`CapEff`, hex): what
+/// a privileged container of an agent running as this user gets.
+pub fn own_effective_caps() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim().to_string()
+}
+
+/// A device of the node's `/dev` that no container gets by default, for a privileged one to
+/// find.
+pub fn non_default_host_device() -> oci_spec::runtime::LinuxDevice {
+    let default = ["null", "zero", "full", "random", "urandom", "tty", "console", "ptmx"];
+    husk_oci::translate::host_devices(Path::new("/dev"))
+        .unwrap()
+        .into_iter()
+        .find(|d| !default.iter().any(|n| *d.path() == Path::new("/dev").join(n)))
+        .expect("the node has a device beyond the default ones")
+}
