@@ -25,6 +25,18 @@ struct Shim {
 impl Shim {
     /// Writes a busybox bundle running `script` (with `env` and `mem` MB) and starts a shim.
     fn start(tag: &str, runtime: &str, script: &str, env: &[(&str, &str)], mem: Option<f64>) -> (Shim, PathBuf) {
+        Shim::start_edited(tag, runtime, script, env, mem, |_| {})
+    }
+
+    /// The same, with `edit` applied to the bundle's config.json before the shim starts.
+    fn start_edited(
+        tag: &str,
+        runtime: &str,
+        script: &str,
+        env: &[(&str, &str)],
+        mem: Option<f64>,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> (Shim, PathBuf) {
         let work = tempfile::tempdir().unwrap();
         busybox_rootfs(&work.path().join("rootfs"));
         std::fs::create_dir(work.path().join("sandbox")).unwrap();
@@ -67,6 +79,10 @@ impl Shim {
         let place =
             Placement { sandbox_dir: shim.path("sandbox"), rootfs: Some(shim.path("rootfs")), ..Default::default() };
         translate(&req, &cfg, &place).unwrap().write_bundle(&shim.path("bundle")).unwrap();
+        let config = shim.path("bundle/config.json");
+        let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+        edit(&mut spec);
+        std::fs::write(&config, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
         let out = common::run_with_deadline(&mut shim.command("start"), Duration::from_secs(60));
         assert!(out.status.success(), "husk-shim start: {}", out.stderr);
         let socket = PathBuf::from(out.stdout.trim());
@@ -203,6 +219,34 @@ async fn lifecycle(runtime: &str) {
 async fn lifecycle_with_the_builtin_runtime() {
     require!(false);
     lifecycle("husk").await;
+}
+
+/// Without hooks the shim starts and deletes a husk container itself; with poststart and
+/// poststop hooks it runs those steps through husk-runtime, so that its reaper does not take
+/// the hooks' exits from the step waiting for them. Either way the hooks run, with the state.
+#[tokio::test]
+async fn poststart_and_poststop_hooks_run_from_the_shim() {
+    require!(false);
+    let work = tempfile::tempdir().unwrap();
+    let record = |name: &str| {
+        let file = work.path().join(format!("hook-{name}"));
+        serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}", file.display())]})
+    };
+    let hooks = serde_json::json!({"poststart": [record("poststart")], "poststop": [record("poststop")]});
+    let (shim, socket) = Shim::start_edited("hooks", "husk", "exit 0", &[], None, |s| s["hooks"] = hooks);
+    let mut c = connect(&socket).await.unwrap();
+    c.start(pb::StartRequest {}).await.unwrap();
+    let started: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(work.path().join("hook-poststart")).unwrap()).unwrap();
+    assert_eq!(started["id"], shim.id.as_str());
+    assert_eq!(started["status"], "running");
+    assert!(!work.path().join("hook-poststop").exists());
+    assert_eq!(c.wait(pb::WaitRequest {}).await.unwrap().into_inner().exit_code, Some(0));
+    c.delete(pb::DeleteRequest {}).await.unwrap();
+    let stopped: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(work.path().join("hook-poststop")).unwrap()).unwrap();
+    assert_eq!(stopped["id"], shim.id.as_str());
+    c.shutdown(pb::ShutdownRequest {}).await.unwrap();
 }
 
 #[tokio::test]

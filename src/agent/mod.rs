@@ -1048,23 +1048,32 @@ impl Agent {
         }
     }
 
-    /// `husk-shim cleanup`: whether the container's processes are known to be gone.
+    /// What `husk-shim cleanup` does, run here (an exec of the shim binary less on every
+    /// destroy): kills what is left of the container and its shim, deletes it from its
+    /// runtime, removes its cgroup. Whether the container's processes are known to be gone.
     async fn stop_shim(&self, c: &Container) -> bool {
         if !c.shim_dir.exists() {
             return true;
         }
-        let out = tokio::time::timeout(SHIM_DEADLINE, self.shim_command("cleanup", c).output()).await;
-        if !matches!(&out, Ok(Ok(o)) if o.status.success()) {
-            self.metrics.destroy_errors.inc();
-        }
-        match out {
-            Ok(Ok(o)) if o.status.success() => return true,
-            Ok(Ok(o)) => {
-                tracing::error!(container = %c.id, "shim cleanup: {}", String::from_utf8_lossy(&o.stderr).trim())
-            }
+        let opts = husk_shim::shim::Options {
+            id: c.id.clone(),
+            bundle: c.bundle(),
+            sandbox: c.sandbox(),
+            state_dir: c.shim_dir.clone(),
+            backend: husk_shim::shim::Backend::named(&self.runtime_of(c), c.shim_dir.join("runtime"), &c.shim_dir),
+            init: false,
+            stdin: false,
+            shim_cgroup: None,
+            cri_log: None,
+        };
+        let task = tokio::task::spawn_blocking(move || husk_shim::shim::cleanup(&opts));
+        match tokio::time::timeout(SHIM_DEADLINE, task).await {
+            Ok(Ok(Ok(()))) => return true,
+            Ok(Ok(Err(e))) => tracing::error!(container = %c.id, "shim cleanup: {e}"),
             Ok(Err(e)) => tracing::error!(container = %c.id, "shim cleanup: {e}"),
             Err(_) => tracing::error!(container = %c.id, "shim cleanup did not finish within a minute"),
         }
+        self.metrics.destroy_errors.inc();
         false
     }
 

@@ -69,10 +69,7 @@ struct Common {
 
 fn options(c: &Common) -> Options {
     let root = c.runtime_root.clone().unwrap_or_else(|| c.state_dir.join("runtime"));
-    let backend = match c.runtime.as_str() {
-        "husk" => Backend::BuiltIn { root },
-        other => Backend::External { binary: other.into(), root, log: c.state_dir.join("runtime.log") },
-    };
+    let backend = Backend::named(&c.runtime, root, &c.state_dir);
     Options {
         id: c.id.clone(),
         bundle: c.bundle.clone(),

@@ -350,6 +350,26 @@ pub fn start(root: &Path, id: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// The hooks that run after a step another process may drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookPhase {
+    Poststart,
+    Poststop,
+}
+
+/// Whether the container's bundle lists hooks for `phase`; true when that cannot be read
+/// (whoever then runs the step meets the same error).
+pub fn has_hooks(root: &Path, id: &str, phase: HookPhase) -> bool {
+    let Ok(st) = State::load(root, id) else { return true };
+    let Ok(spec) = husk_oci::bundle::read_spec(&st.bundle) else { return true };
+    let Some(hooks) = spec.hooks() else { return false };
+    let list = match phase {
+        HookPhase::Poststart => hooks.poststart(),
+        HookPhase::Poststop => hooks.poststop(),
+    };
+    list.as_ref().is_some_and(|l| !l.is_empty())
+}
+
 /// The OCI state of a container.
 pub fn state(root: &Path, id: &str) -> Result<OciState, Error> {
     Ok(State::load(root, id)?.oci(root))

@@ -15,7 +15,7 @@ mod reaper_init;
 pub mod seccomp;
 pub mod state;
 
-pub use container::{create, delete, kill, list, start, state, CreateOptions};
+pub use container::{create, delete, has_hooks, kill, list, start, state, CreateOptions, HookPhase};
 pub use exec::{exec, ExecOptions};
 pub use state::{OciState, State, Status};
 
