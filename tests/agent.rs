@@ -307,6 +307,15 @@ async fn bad_requests_get_precise_statuses_and_change_nothing() {
     let mut r = launch("privileged", "true");
     r.security = Some(pb::SecurityOptions { privileged: Some(true), ..Default::default() });
     cases.push((r, inv, "security.privileged: is not allowed by this agent (see --allow-privileged)"));
+    let mut r = launch("slice", "true");
+    r.cgroup_parent = Some("kubepods-besteffort.slice".into());
+    cases.push((r, inv, "cgroup_parent: `kubepods-besteffort.slice` is a systemd slice"));
+    let mut r = launch("climb", "true");
+    r.cgroup_parent = Some("/kubepods/../..".into());
+    cases.push((r, inv, "cgroup_parent: `/kubepods/../..`: `..` is not a cgroup name"));
+    let mut r = launch("inside", "true");
+    r.cgroup_parent = Some(format!("/{}/other", agent.cgroups.name));
+    cases.push((r, inv, "is inside the agent's cgroup root"));
     assert!(cases.len() >= 30, "a table of at least 30 bad requests ({})", cases.len());
     for (req, code, text) in cases {
         let id = req.container_id.value.clone();
@@ -1102,6 +1111,42 @@ const PRIVILEGE_PROBE: &str = "grep -E '^(CapEff|Seccomp|NoNewPrivs):' /proc/sel
      echo sys=$(grep ' /sys ' /proc/mounts | tail -1 | cut -d' ' -f4 | cut -d, -f1); \
      echo devices=$(cat /sys/fs/cgroup/devices/devices.list | tr ' ' _); \
      echo keys_masked=$(grep -c ' /proc/keys ' /proc/mounts)";
+
+/// A launch's cgroup_parent (a kubelet's pod cgroup) holds the container's own cgroup in every
+/// hierarchy, with its limits; destroying the container removes that cgroup and leaves the
+/// parent, which belongs to the caller.
+#[tokio::test]
+async fn cgroup_parent_holds_the_containers_cgroup() {
+    require!(false);
+    let agent = Agent::start("agent-cgparent");
+    let owner = common::CgroupRoot::new("cgparent-owner");
+    let mut c = agent.client().await;
+    let mut r = launch("placed", "sleep 60");
+    r.cgroup_parent = Some(format!("/{}/pod1/", owner.name));
+    r.resources = vec![husk_oci::resources::scalar("mem", 64.0)];
+    c.launch(r).await.unwrap();
+    let hierarchies = common::cgroup_mounts();
+    let memory = hierarchies.iter().find(|h| h.ends_with("memory")).expect("a memory hierarchy");
+    let own = memory.join(&owner.name).join("pod1/placed");
+    assert_eq!(std::fs::read_to_string(own.join("memory.limit_in_bytes")).unwrap().trim(), (64u64 << 20).to_string());
+    let procs = std::fs::read_to_string(own.join("cgroup.procs")).unwrap();
+    assert!(!procs.trim().is_empty(), "the container runs in {}", own.display());
+    let commands: Vec<String> =
+        procs.lines().map(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default()).collect();
+    assert!(commands.iter().any(|c| c.trim() == "sleep"), "{commands:?}");
+    assert!(
+        agent.cgroups.leftovers().iter().all(|d| !d.ends_with("placed")),
+        "nothing of it under the agent's root: {:?}",
+        agent.cgroups.leftovers()
+    );
+
+    c.kill(pb::KillRequest { container_id: cid("placed"), ..Default::default() }).await.unwrap();
+    wait(&mut c, "placed").await;
+    for h in &hierarchies {
+        assert!(!h.join(&owner.name).join("pod1/placed").exists(), "the container's cgroup went in {}", h.display());
+    }
+    assert!(memory.join(&owner.name).join("pod1").is_dir(), "the parent is the caller's");
+}
 
 #[tokio::test]
 async fn privileged_containers_get_the_agents_capabilities_every_device_and_a_writable_sys() {

@@ -727,3 +727,88 @@ async fn security_context_through_the_cri() {
     assert!(list.containers.is_empty(), "{:?}", list.containers);
     assert!(std::fs::read_dir(agent.path("work/cri/containers")).unwrap().next().is_none());
 }
+
+/// The kubelet's pod cgroup (`cgroup_parent`, cgroupfs driver) holds the pod: its holder's
+/// cgroup, and below it its containers'. Removing the pod leaves the kubelet's cgroup as it
+/// was. A systemd slice is refused naming the field and the driver to use.
+#[tokio::test]
+async fn the_pods_cgroup_parent_holds_its_cgroups() {
+    require!(false);
+    let agent = Agent::start("cri-cgparent");
+    let owner = common::CgroupRoot::new("cri-cgparent-kubepods");
+    let files = tempfile::tempdir().unwrap();
+    busybox_image(&agent, files.path());
+    let mut rt = RuntimeServiceClient::new(agent.cri_channel().await);
+    let node = cri::NamespaceOption { network: cri::NamespaceMode::Node as i32, ..Default::default() };
+    let pod_config = |parent: &str| cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "cg".into(),
+            uid: "uid-cg".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: files.path().display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: parent.into(),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(node.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let e = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config("kubepods-besteffort-poduid_cg.slice")),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().starts_with("config.linux.cgroup_parent: `kubepods-besteffort-poduid_cg.slice` is a systemd slice")
+            && e.message().contains("--cgroup-driver=cgroupfs"),
+        "{}",
+        e.message()
+    );
+    assert!(rt.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items.is_empty());
+
+    let parent = format!("/{}/kubepods/besteffort/poduid-cg", owner.name);
+    let config = pod_config(&parent);
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config.clone()), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let created = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container("app", "exec sleep 1000", "app.log")),
+            sandbox_config: Some(config),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest { container_id: created.clone() }).await.unwrap();
+
+    let memory = common::cgroup_mounts().into_iter().find(|h| h.ends_with("memory")).expect("a memory hierarchy");
+    let pod_cgroup = memory.join(parent.trim_start_matches('/')).join(&pod);
+    let holding = |dir: &Path, comm: &str| {
+        std::fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .any(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == comm))
+    };
+    assert!(holding(&pod_cgroup, "husk-shim"), "the pod's holder runs in {}", pod_cgroup.display());
+    let children: Vec<_> =
+        std::fs::read_dir(&pod_cgroup).unwrap().flatten().filter(|e| e.path().is_dir()).map(|e| e.path()).collect();
+    assert!(children.iter().any(|d| holding(d, "sleep")), "the container's cgroup is below the pod's: {children:?}");
+
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
+    assert!(!pod_cgroup.exists(), "the pod's cgroups went with it");
+    assert!(pod_cgroup.parent().unwrap().is_dir(), "the kubelet's cgroup stays");
+}

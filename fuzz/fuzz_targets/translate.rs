@@ -82,6 +82,22 @@ fuzz_target!(|data: &[u8]| {
     if let Err(e) = check::check_spec(&t.spec) {
         panic!("an accepted launch became a spec the runtime refuses: {e}\n{req:?}");
     }
+    // A container's cgroup is its own: below the agent's root or a parent outside it, never
+    // the root itself or anything of another container's.
+    let cgroup = t.spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()).expect("a cgroup path");
+    let root = std::path::Path::new("/").join(node.config.cgroup_root.trim_matches('/'));
+    let own = cgroup.file_name().map(|n| n.to_string_lossy().into_owned());
+    assert_eq!(own.as_deref(), Some(req.container_id.value.as_str()), "{cgroup:?} is not the container's own");
+    let parent = cgroup.parent().expect("not the root cgroup");
+    if req.cgroup_parent.as_deref().is_some_and(|p| !p.is_empty()) && place.parent.is_none() {
+        assert!(parent == root || !parent.starts_with(&root), "{cgroup:?} is another container's below {root:?}");
+    } else if place.parent.is_none() {
+        assert_eq!(parent, root, "{cgroup:?}");
+    }
+    assert!(
+        cgroup.components().all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_))),
+        "{cgroup:?} is not clean"
+    );
     let json = serde_json::to_vec(&t.spec).expect("a spec serializes");
     let back: Spec = serde_json::from_slice(&json).expect("config.json reads back");
     assert_eq!(back, t.spec, "config.json does not read back as written");

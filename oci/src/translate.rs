@@ -213,7 +213,7 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
     // husk's own), and the schema's values only offer the non-recursive "slave".
     let mut linux = LinuxBuilder::default()
         .namespaces(t.namespaces()?)
-        .cgroups_path(PathBuf::from(t.cgroups_path(req)))
+        .cgroups_path(PathBuf::from(t.cgroups_path(req)?))
         .resources(t.resources(&requests, &limits)?)
         .masked_paths(container_paths(&security.masked_paths, masked, "security.masked_paths")?)
         .readonly_paths(container_paths(&security.readonly_paths, readonly, "security.readonly_paths")?)
@@ -859,16 +859,32 @@ impl Translator<'_> {
     /// Every container has a cgroup of its own: killing or removing it never touches another
     /// container. A nested container's is below its parent's, so with `share_cgroups` (and no
     /// limits of its own) it shares the parent's limits, hierarchically.
-    fn cgroups_path(&self, req: &LaunchRequest) -> String {
+    ///
+    /// A top-level container's is `<cgroup_parent>/<id>` when the launch names a parent (a
+    /// kubelet's pod cgroup), else `<cgroup root>/<id>`.
+    fn cgroups_path(&self, req: &LaunchRequest) -> Result<String> {
+        let asked = req.cgroup_parent.as_deref().filter(|p| !p.is_empty());
         if let Some(p) = &self.place.parent {
-            return format!("{}/{}", p.cgroups_path.trim_end_matches('/'), req.container_id.value);
+            if asked.is_some() {
+                return Err(Error::invalid(
+                    "cgroup_parent",
+                    "only for a top-level container (a nested container's cgroup is below its parent's)",
+                ));
+            }
+            return Ok(format!("{}/{}", p.cgroups_path.trim_end_matches('/'), req.container_id.value));
         }
-        let mut path = format!("/{}", self.cfg.cgroup_root.trim_matches('/'));
+        let root = format!("/{}", self.cfg.cgroup_root.trim_matches('/'));
+        let mut path = match asked {
+            Some(parent) => cgroup_parent(parent, &root)?,
+            None => root,
+        };
         for part in path_of(&req.container_id) {
-            path.push('/');
+            if !path.ends_with('/') {
+                path.push('/');
+            }
             path.push_str(part);
         }
-        path
+        Ok(path)
     }
 
     fn resources(&mut self, req: &Amounts, lim: &Limits) -> Result<oci_spec::runtime::LinuxResources> {
@@ -1217,4 +1233,47 @@ pub fn host_devices(dir: &Path) -> Result<Vec<LinuxDevice>> {
     }
     out.sort_by(|a, b| a.path().cmp(b.path()));
     Ok(out)
+}
+
+/// A launch's `cgroup_parent`, checked: an absolute cgroupfs path (`/kubepods/burstable/pod1`)
+/// of plain names, outside the agent's cgroup root `root` (whose children are its containers'
+/// own cgroups; the root itself is the default). Returned without a trailing `/`, except `/`.
+pub fn cgroup_parent(parent: &str, root: &str) -> Result<String> {
+    const FIELD: &str = "cgroup_parent";
+    if !parent.starts_with('/') {
+        let parent = parent.escape_debug();
+        let why = if parent.to_string().ends_with(".slice") {
+            format!(
+                "`{parent}` is a systemd slice; husk manages cgroupfs paths (run the kubelet with \
+                 --cgroup-driver=cgroupfs)"
+            )
+        } else {
+            format!("`{parent}` must be an absolute cgroup path such as /kubepods/pod1")
+        };
+        return Err(Error::invalid(FIELD, why));
+    }
+    if parent.len() > 1024 {
+        return Err(Error::invalid(FIELD, "is longer than 1024 bytes"));
+    }
+    let parts: Vec<&str> = parent.split('/').filter(|p| !p.is_empty()).collect();
+    for part in &parts {
+        if *part == "." || *part == ".." || part.len() > 255 || part.chars().any(|c| c.is_control()) {
+            return Err(Error::invalid(
+                FIELD,
+                format!(
+                    "`{}`: `{}` is not a cgroup name (no `.`, `..` or control characters, at most 255 bytes)",
+                    parent.escape_debug(),
+                    part.escape_debug()
+                ),
+            ));
+        }
+    }
+    let clean = format!("/{}", parts.join("/"));
+    if clean != root && (root == "/" || clean.starts_with(&format!("{root}/"))) {
+        return Err(Error::invalid(
+            FIELD,
+            format!("`{parent}` is inside the agent's cgroup root `{root}`, where its containers' own cgroups are"),
+        ));
+    }
+    Ok(clean)
 }

@@ -323,6 +323,51 @@ fn pids_limit_and_cgroups_path() {
     assert_eq!(s.linux().as_ref().unwrap().cgroups_path().as_deref(), Some(Path::new("/mesos/c1")));
 }
 
+#[test]
+fn cgroup_parent_places_a_top_level_container_and_is_checked() {
+    let f = fixture();
+    let path = |parent: &str| {
+        let mut req = launch("true");
+        req.cgroup_parent = Some(parent.into());
+        spec(&req, &host(&f)).linux().as_ref().unwrap().cgroups_path().clone().unwrap()
+    };
+    assert_eq!(path("/kubepods/burstable/pod1"), Path::new("/kubepods/burstable/pod1/c1"));
+    assert_eq!(path("//kubepods//pod1/"), Path::new("/kubepods/pod1/c1"), "cleaned");
+    assert_eq!(path("/husk"), Path::new("/husk/c1"), "the agent's root is the default");
+    assert_eq!(path("/huskier/pod"), Path::new("/huskier/pod/c1"), "a sibling of the root is outside it");
+    assert_eq!(path("/"), Path::new("/c1"));
+    assert_eq!(path(""), Path::new("/husk/c1"), "empty is unset");
+
+    let refused = |parent: &str| {
+        let mut req = launch("true");
+        req.cgroup_parent = Some(parent.into());
+        err(&req, &host(&f))
+    };
+    assert!(refused("kubepods/pod1").starts_with("cgroup_parent: `kubepods/pod1` must be an absolute"));
+    assert!(refused("kubepods-burstable-pod1.slice").contains("is a systemd slice"), "{}", refused("x.slice"));
+    assert!(refused("/kubepods/../husk").contains("`..` is not a cgroup name"));
+    assert!(refused("/kubepods/./pod").contains("`.` is not a cgroup name"));
+    assert!(refused("/kube\npods").contains("control characters"));
+    assert!(refused(&format!("/{}", "a".repeat(256))).contains("at most 255 bytes"));
+    assert!(refused(&format!("/{}", "a/".repeat(600))).contains("longer than 1024 bytes"));
+    assert!(
+        refused("/husk/other").contains("inside the agent's cgroup root `/husk`"),
+        "another container's cgroup is no parent: {}",
+        refused("/husk/other")
+    );
+
+    // Nested containers live below their parent's cgroup.
+    let mut req = launch("true");
+    req.container_id = ContainerId { value: "child".into(), parent: Some(Box::new(id("pod"))) };
+    req.cgroup_parent = Some("/kubepods".into());
+    let place = Placement {
+        sandbox_dir: f.sandbox.clone(),
+        parent: Some(ParentContext { cgroups_path: "/husk/pod".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    assert!(err(&req, &place).starts_with("cgroup_parent: only for a top-level container"));
+}
+
 fn caps_of(s: &Spec) -> &oci_spec::runtime::LinuxCapabilities {
     s.process().as_ref().unwrap().capabilities().as_ref().unwrap()
 }

@@ -342,7 +342,7 @@ struct LaunchFlags {
         conflicts_with_all = [
             "command", "resources", "limits", "hostname", "user", "env", "no_shell", "cpus", "mem",
             "env_files", "volumes", "cap_add", "cap_drop", "uris", "network", "publish", "read_only",
-            "sysctls", "oom_score_adj", "seccomp_profile", "group_add", "privileged"
+            "sysctls", "oom_score_adj", "seccomp_profile", "group_add", "privileged", "cgroup_parent"
         ]
     )]
     file: Option<String>,
@@ -412,6 +412,11 @@ struct LaunchFlags {
     /// container can take over the node.
     #[arg(long, conflicts_with_all = ["cap_add", "cap_drop"])]
     privileged: bool,
+    /// Make the container's cgroup under this one (`/PATH/<id>` in every hierarchy) instead of
+    /// under the agent's cgroup root, as Docker's --cgroup-parent: an absolute cgroupfs path.
+    /// Missing parts are created and left for you to remove.
+    #[arg(long = "cgroup-parent", value_name = "PATH")]
+    cgroup_parent: Option<String>,
     /// User to run as (name, uid, name:group or uid:gid), resolved in the container's rootfs.
     #[arg(short = 'u', long)]
     user: Option<String>,
@@ -656,6 +661,7 @@ fn launch_from_flags(args: &LaunchFlags, id: &str, image_command: bool) -> Resul
             ..Default::default()
         }),
         security: (security != Default::default()).then_some(security),
+        cgroup_parent: args.cgroup_parent.clone(),
         ..Default::default()
     })
 }

@@ -80,6 +80,17 @@ fn pod_launch(cri: &Cri, id: &str, config: &cri::PodSandboxConfig) -> Result<pb:
              (see husk-agent --allow-privileged)",
         ));
     }
+    // The kubelet's pod cgroup (cgroupfs driver): the holder's cgroup goes in it, and the
+    // containers' below the holder's.
+    let cgroup_parent = match config.linux.as_ref().map(|l| l.cgroup_parent.as_str()).filter(|p| !p.is_empty()) {
+        Some(p) => {
+            let root = format!("/{}", cri.agent.settings.translation.cgroup_root.trim_matches('/'));
+            let checked = husk_oci::translate::cgroup_parent(p, &root)
+                .map_err(|e| Status::invalid_argument(format!("config.linux.{e}")))?;
+            Some(checked)
+        }
+        None => None,
+    };
     let holder = cri.agent.settings.shim_binary.display().to_string();
     let host_network = mode(ns, |o| o.network) == cri::NamespaceMode::Node;
     let mut linux = mesos::LinuxInfo::default();
@@ -160,6 +171,7 @@ fn pod_launch(cri: &Cri, id: &str, config: &cri::PodSandboxConfig) -> Result<pb:
             ..Default::default()
         })
         .filter(|s| !s.sysctls.is_empty() || s.privileged()),
+        cgroup_parent,
         labels: labels(
             &config.labels,
             &[
