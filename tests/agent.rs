@@ -1129,7 +1129,8 @@ async fn cgroup_parent_holds_the_containers_cgroup() {
     let memory = hierarchies.iter().find(|h| h.ends_with("memory")).expect("a memory hierarchy");
     let own = memory.join(&owner.name).join("pod1/placed");
     assert_eq!(std::fs::read_to_string(own.join("memory.limit_in_bytes")).unwrap().trim(), (64u64 << 20).to_string());
-    let procs = std::fs::read_to_string(own.join("cgroup.procs")).unwrap();
+    let procs_of = |dir: &std::path::Path| std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    let procs = procs_of(&own);
     assert!(!procs.trim().is_empty(), "the container runs in {}", own.display());
     let commands: Vec<String> =
         procs.lines().map(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default()).collect();
@@ -1139,6 +1140,28 @@ async fn cgroup_parent_holds_the_containers_cgroup() {
         "nothing of it under the agent's root: {:?}",
         agent.cgroups.leftovers()
     );
+
+    // A container's cgroup is its own: not one that exists, not around or inside another's,
+    // never the agent's root. Each refusal leaves the running container alone.
+    let refused = |id: &str, parent: String| {
+        let mut r = launch(id, "true");
+        r.cgroup_parent = Some(parent);
+        r
+    };
+    std::fs::create_dir(memory.join(&owner.name).join("burstable")).unwrap();
+    let e = c.launch(refused("burstable", format!("/{}", owner.name))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains(&format!("`/{}/burstable` exists already", owner.name)), "{}", e.message());
+    let e = c.launch(refused("pod1", format!("/{}", owner.name))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("would overlap container `placed`'s"), "{}", e.message());
+    let e = c.launch(refused("inner", format!("/{}/pod1/placed", owner.name))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("would overlap container `placed`'s"), "{}", e.message());
+    let e = c.launch(refused(&agent.cgroups.name, "/".into())).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("which holds the agent's cgroup root"), "{}", e.message());
+    assert!(!procs_of(&own).trim().is_empty(), "still running");
 
     c.kill(pb::KillRequest { container_id: cid("placed"), ..Default::default() }).await.unwrap();
     wait(&mut c, "placed").await;

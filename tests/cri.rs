@@ -619,6 +619,38 @@ async fn security_context_through_the_cri() {
     let lines = until_logged(&logs.join("confined.log"), "touched").await;
     assert!(lines.iter().any(|(_, _, m)| m == "denied"), "{lines:?}");
 
+    // A user other than root keeps an ambient capability across exec, and only that one: an
+    // added one without ambient is gone once its shell execs (bits 10 NET_BIND_SERVICE, 13
+    // NET_RAW).
+    let caps_probe = "echo $(grep -E '^Cap(Amb|Eff)' /proc/self/status | tr -d '\t' | tr '\n' ' '); exec sleep 1000";
+    let ambient = cri::LinuxContainerSecurityContext {
+        run_as_user: Some(cri::Int64Value { value: 1000 }),
+        capabilities: Some(cri::Capability {
+            add_capabilities: vec!["NET_RAW".into()],
+            add_ambient_capabilities: vec!["NET_BIND_SERVICE".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let amb = rt.create_container(create(with_security("ambient", caps_probe, ambient, 0))).await.unwrap();
+    let amb = amb.into_inner().container_id;
+    rt.start_container(cri::StartContainerRequest { container_id: amb.clone() }).await.unwrap();
+    until_logged(&logs.join("ambient.log"), "CapEff:0000000000000400 CapAmb:0000000000000400").await;
+    let dropped = cri::LinuxContainerSecurityContext {
+        capabilities: Some(cri::Capability {
+            add_ambient_capabilities: vec!["NET_BIND_SERVICE".into()],
+            drop_capabilities: vec!["net_bind_service".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let e = rt.create_container(create(with_security("amb-drop", "true", dropped, 0))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        e.message(),
+        "config.linux.security_context.capabilities.add_ambient_capabilities[0]: CAP_NET_BIND_SERVICE is also dropped"
+    );
+
     // Refusals: a relative profile path and an out-of-range oom_score_adj at create; an
     // unconfined container at start (this agent does not allow it); privileged.
     let e = rt.create_container(create(with_security("rel", "true", localhost("p.json"), 0))).await.unwrap_err();

@@ -91,6 +91,7 @@ fuzz_target!(|data: &[u8]| {
     let parent = cgroup.parent().expect("not the root cgroup");
     if req.cgroup_parent.as_deref().is_some_and(|p| !p.is_empty()) && place.parent.is_none() {
         assert!(parent == root || !parent.starts_with(&root), "{cgroup:?} is another container's below {root:?}");
+        assert!(!root.starts_with(&cgroup), "{cgroup:?} holds the agent's root {root:?}");
     } else if place.parent.is_none() {
         assert_eq!(parent, root, "{cgroup:?}");
     }

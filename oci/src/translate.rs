@@ -125,10 +125,11 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
         Some(u) => user::resolve(rootfs_or_host(&rootfs), u, "command.user")?,
         None => ResolvedUser { uid: 0, gid: 0, additional_gids: Vec::new(), name: Some("root".into()), home: None },
     };
-    let capabilities = match privileged {
+    let mut capabilities = match privileged {
         true => privileged_capabilities()?,
         false => t.capabilities(user.uid)?,
     };
+    ambient_capabilities(&mut capabilities.oci, &security.ambient_capabilities)?;
     if security.supplemental_groups.len() > MAX_SUPPLEMENTAL_GROUPS {
         return Err(Error::invalid(
             "security.supplemental_groups",
@@ -874,14 +875,12 @@ impl Translator<'_> {
             return Ok(format!("{}/{}", p.cgroups_path.trim_end_matches('/'), req.container_id.value));
         }
         let root = format!("/{}", self.cfg.cgroup_root.trim_matches('/'));
-        let mut path = match asked {
-            Some(parent) => cgroup_parent(parent, &root)?,
-            None => root,
-        };
+        if let Some(parent) = asked {
+            return placed_cgroup(parent, &req.container_id.value, &root);
+        }
+        let mut path = root;
         for part in path_of(&req.container_id) {
-            if !path.ends_with('/') {
-                path.push('/');
-            }
+            path.push('/');
             path.push_str(part);
         }
         Ok(path)
@@ -1233,6 +1232,53 @@ pub fn host_devices(dir: &Path) -> Result<Vec<LinuxDevice>> {
     }
     out.sort_by(|a, b| a.path().cmp(b.path()));
     Ok(out)
+}
+
+/// The capabilities a launch asks to keep across exec (`security.ambient_capabilities`, the
+/// CRI's `add_ambient_capabilities`): each must be one the process has; it is raised in the
+/// ambient and inheritable sets, which is how a process of a user other than root keeps it.
+fn ambient_capabilities(oci: &mut LinuxCapabilities, asked: &[String]) -> Result<()> {
+    const FIELD: &str = "security.ambient_capabilities";
+    if asked.is_empty() {
+        return Ok(());
+    }
+    if asked.len() > 128 {
+        return Err(Error::invalid(FIELD, format!("{} names (at most 128)", asked.len())));
+    }
+    let mut ambient = oci.ambient().clone().unwrap_or_default();
+    let mut inheritable = oci.inheritable().clone().unwrap_or_default();
+    for (i, name) in asked.iter().enumerate() {
+        let field = format!("{FIELD}[{i}]");
+        let canonical = caps::parse_name(name, &field)?;
+        let cap = caps::to_oci(&canonical).map_err(|e| Error::invalid(&field, e.to_string()))?;
+        if !oci.effective().as_ref().is_some_and(|e| e.contains(&cap)) {
+            return Err(Error::invalid(
+                field,
+                format!("{canonical} is not among the container's capabilities; grant it too"),
+            ));
+        }
+        ambient.insert(cap);
+        inheritable.insert(cap);
+    }
+    oci.set_ambient(Some(ambient));
+    oci.set_inheritable(Some(inheritable));
+    Ok(())
+}
+
+/// The cgroup of top-level container `id` placed under `parent` (a launch's `cgroup_parent`),
+/// `<parent>/<id>`, checked: never the agent's cgroup root `root` or above it (`/` and id `husk`
+/// would be the root itself, holding every container's cgroup).
+pub fn placed_cgroup(parent: &str, id: &str, root: &str) -> Result<String> {
+    let path = format!("{}/{id}", cgroup_parent(parent, root)?.trim_end_matches('/'));
+    if path == root || root.starts_with(&format!("{path}/")) {
+        return Err(Error::invalid(
+            "cgroup_parent",
+            format!(
+                "with this id the container's cgroup would be `{path}`, which holds the agent's cgroup root `{root}`"
+            ),
+        ));
+    }
+    Ok(path)
 }
 
 /// A launch's `cgroup_parent`, checked: an absolute cgroupfs path (`/kubepods/burstable/pod1`)

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use husk_oci::resources::scalar;
 use husk_oci::{translate, Config, ParentContext, Placement};
-use husk_proto::agent::v1::LaunchRequest;
+use husk_proto::agent::v1::{LaunchRequest, SecurityOptions};
 use husk_proto::mesos::v1::{
     capability_info::Capability, command_info, container_info, environment, image, linux_info, mount_propagation,
     r_limit_info, value, volume, CapabilityInfo, CommandInfo, ContainerId, ContainerInfo, Environment, Image,
@@ -350,6 +350,12 @@ fn cgroup_parent_places_a_top_level_container_and_is_checked() {
     assert!(refused("/kube\npods").contains("control characters"));
     assert!(refused(&format!("/{}", "a".repeat(256))).contains("at most 255 bytes"));
     assert!(refused(&format!("/{}", "a/".repeat(600))).contains("longer than 1024 bytes"));
+    let mut req = launch("true");
+    req.container_id = id("husk");
+    req.cgroup_parent = Some("/".into());
+    assert!(err(&req, &host(&f)).contains("would be `/husk`, which holds the agent's cgroup root `/husk`"));
+    let cfg = Config { cgroup_root: "/husk/node1".into(), ..Default::default() };
+    assert!(translate(&req, &cfg, &host(&f)).unwrap_err().to_string().contains("holds the agent's cgroup root"));
     assert!(
         refused("/husk/other").contains("inside the agent's cgroup root `/husk`"),
         "another container's cgroup is no parent: {}",
@@ -454,6 +460,34 @@ fn bounding_and_effective_capabilities() {
 }
 
 #[test]
+fn ambient_capabilities_are_kept_across_exec_only_when_granted() {
+    let f = fixture();
+    let mut req = launch("true");
+    req.command.as_mut().unwrap().user = Some("app".into());
+    let ambient = |names: &[&str]| SecurityOptions {
+        ambient_capabilities: names.iter().map(|n| n.to_string()).collect(),
+        ..Default::default()
+    };
+    req.security = Some(ambient(&["net_bind_service", "CAP_NET_BIND_SERVICE"]));
+    let s = spec(&req, &image_place(&f));
+    let c = caps_of(&s);
+    assert_eq!(names(c.ambient()), vec!["CAP_NET_BIND_SERVICE"]);
+    assert_eq!(names(c.inheritable()), vec!["CAP_NET_BIND_SERVICE"], "ambient needs inheritable");
+    assert_eq!(names(c.effective()).len(), 14, "the default set is unchanged");
+    husk_oci::check::check_spec(&s).unwrap();
+
+    req.security = Some(ambient(&["SYS_ADMIN"]));
+    assert_eq!(
+        err(&req, &image_place(&f)),
+        "security.ambient_capabilities[0]: CAP_SYS_ADMIN is not among the container's capabilities; grant it too"
+    );
+    req.security = Some(ambient(&["KILL", "NOPE"]));
+    assert_eq!(err(&req, &image_place(&f)), "security.ambient_capabilities[1]: unknown capability `NOPE`");
+    req.security = Some(ambient(&["KILL"; 129]));
+    assert!(err(&req, &image_place(&f)).contains("129 names (at most 128)"));
+}
+
+#[test]
 fn seccomp_default_unconfined_and_named() {
     let f = fixture();
     let s = spec(&launch("true"), &host(&f));
@@ -494,7 +528,6 @@ fn seccomp_default_unconfined_and_named() {
 
 #[test]
 fn security_options() {
-    use husk_proto::agent::v1::SecurityOptions;
     let f = fixture();
     let with = |sec: SecurityOptions| LaunchRequest { security: Some(sec), ..launch("true") };
 
@@ -558,7 +591,6 @@ fn security_options() {
 
 #[test]
 fn sysctls_only_in_namespaces_of_the_containers_own() {
-    use husk_proto::agent::v1::SecurityOptions;
     let f = fixture();
     let with = |pairs: &[(&str, &str)], network: bool| {
         let mut req = LaunchRequest {
@@ -604,7 +636,6 @@ fn sysctls_only_in_namespaces_of_the_containers_own() {
 
 #[test]
 fn a_seccomp_profile_file_on_the_node() {
-    use husk_proto::agent::v1::SecurityOptions;
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("p.json");
@@ -976,7 +1007,6 @@ fn bundle_is_written_atomically_and_reads_back() {
 
 #[test]
 fn privileged_containers() {
-    use husk_proto::agent::v1::SecurityOptions;
     let f = fixture();
     let privileged = |sec: SecurityOptions| LaunchRequest {
         security: Some(SecurityOptions { privileged: Some(true), ..sec }),

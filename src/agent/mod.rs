@@ -644,6 +644,8 @@ impl Agent {
             if network.is_some() {
                 host_ports_free(&map, &effective)?;
             }
+            // And so two launches cannot both claim one cgroup.
+            cgroup_free(&map, &effective, &self.settings.translation.cgroup_root)?;
             // Checked under the table's lock: a parent being destroyed has its children
             // collected under it too, so none slips in after that.
             if let Some(p) = &parent {
@@ -1024,7 +1026,7 @@ impl Agent {
         cmd
     }
 
-    /// The destroy path, whatever state the shim is in: `husk-shim cleanup`, then every
+    /// The destroy path, whatever state the shim is in: the shim's cleanup, then every
     /// isolator's cleanup in reverse order.
     async fn cleanup_shim(&self, c: &Container) {
         let stopped = self.stop_shim(c).await;
@@ -1412,6 +1414,44 @@ fn host_ports(launch: &LaunchRequest) -> Vec<(String, u32, String)> {
             (format!("container.network_infos[{i}].port_mappings[{k}]"), p.host_port, protocol)
         })
         .collect()
+}
+
+/// The cgroup a launch with a `cgroup_parent` would get, `<parent>/<id>`, must be new and its
+/// own: not a cgroup that exists (the kubelet's, the system's; destroying the container would
+/// kill what is in it and remove it), and not holding or held by another container's placed
+/// cgroup (destroying one would kill the other). Containers under the agent's root cannot
+/// meet: a `cgroup_parent` is never inside it.
+fn cgroup_free(map: &HashMap<String, Arc<Container>>, launch: &LaunchRequest, root: &str) -> Result<(), Status> {
+    let root = format!("/{}", root.trim_matches('/'));
+    let placed = |l: &LaunchRequest| -> Option<husk_oci::Result<String>> {
+        let parent = l.cgroup_parent.as_deref().filter(|p| !p.is_empty() && l.container_id.parent.is_none())?;
+        Some(husk_oci::translate::placed_cgroup(parent, &l.container_id.value, &root))
+    };
+    let Some(wanted) = placed(launch) else { return Ok(()) };
+    let wanted = wanted.map_err(status_of)?;
+    let within = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
+    for c in map.values() {
+        if let Some(Ok(held)) = placed(&c.launch) {
+            if within(&wanted, &held) || within(&held, &wanted) {
+                return Err(Status::failed_precondition(format!(
+                    "cgroup_parent: the container's cgroup `{wanted}` would overlap container `{}`'s, `{held}`",
+                    c.id
+                )));
+            }
+        }
+    }
+    if let Ok(cg) =
+        husk_shim::cgroups::Layout::detect().and_then(|l| husk_shim::cgroups::Cgroup::new(l, Path::new(&wanted)))
+    {
+        if let Some(dir) = cg.dirs().into_iter().find(|d| d.exists()) {
+            return Err(Status::failed_precondition(format!(
+                "cgroup_parent: the container's cgroup `{wanted}` exists already ({}); a container's cgroup must be \
+                 its own",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a host port another container publishes: portmap would install both, and the first

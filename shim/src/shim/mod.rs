@@ -407,9 +407,16 @@ async fn pump(fd: OwnedFd, path: PathBuf, env: Vec<String>, stream: &'static str
 
 /// How long after its last call (or its start) a shim drops its clean code pages.
 const RELEASE_CODE_AFTER: Duration = Duration::from_millis(250);
+/// How long a thread of blocking work (a start, a delete, cgroup walks) outlives it: less than
+/// RELEASE_CODE_AFTER, so that the code its exit runs is mapped before the release, not after.
+const BLOCKING_THREAD_KEEP_ALIVE: Duration = Duration::from_millis(100);
 
 fn serve(opts: Options, p: Prepared, ready: &mut Option<std::fs::File>) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE)
+        .build()
+        .map_err(|e| e.to_string())?;
     rt.block_on(async move {
         let socket = opts.state_dir.join(SOCKET);
         let _ = std::fs::remove_file(&socket);

@@ -305,16 +305,30 @@ fn container_launch(
     // The default set adjusted, as containerd does; the agent's --allowed-capabilities still
     // bounds what a container may get. A privileged container has every capability, whatever
     // these say (containerd's rule too).
-    if let Some(caps) = sc
-        .capabilities
-        .as_ref()
-        .filter(|c| !sc.privileged && (!c.add_capabilities.is_empty() || !c.drop_capabilities.is_empty()))
+    // Ambient capabilities are granted as added ones are, and kept across exec besides.
+    let no_caps = cri::Capability::default();
+    let caps = sc.capabilities.as_ref().filter(|_| !sc.privileged).unwrap_or(&no_caps);
+    if !caps.add_capabilities.is_empty()
+        || !caps.drop_capabilities.is_empty()
+        || !caps.add_ambient_capabilities.is_empty()
     {
+        let field = "config.linux.security_context.capabilities";
+        for (i, name) in caps.add_ambient_capabilities.iter().enumerate() {
+            let canonical = husk_oci::caps::parse_name(name, &format!("{field}.add_ambient_capabilities[{i}]"))
+                .map_err(crate::agent::status_of)?;
+            // A named drop wins over any add (`ALL` dropped does not: added ones come back).
+            if caps.drop_capabilities.iter().any(|d| husk_oci::caps::parse_name(d, "").is_ok_and(|d| d == canonical)) {
+                return Err(Status::invalid_argument(format!(
+                    "{field}.add_ambient_capabilities[{i}]: {canonical} is also dropped"
+                )));
+            }
+        }
+        let add: Vec<String> = caps.add_capabilities.iter().chain(&caps.add_ambient_capabilities).cloned().collect();
         let capabilities = husk_oci::caps::adjust_default(
-            &caps.add_capabilities,
+            &add,
             &caps.drop_capabilities,
-            "config.linux.security_context.capabilities.add_capabilities",
-            "config.linux.security_context.capabilities.drop_capabilities",
+            &format!("{field}.add_capabilities"),
+            &format!("{field}.drop_capabilities"),
         )
         .map_err(crate::agent::status_of)?;
         linux_info.bounding_capabilities = Some(mesos::CapabilityInfo { capabilities });
@@ -352,6 +366,10 @@ fn container_launch(
         seccomp_profile_path,
         supplemental_groups,
         privileged: sc.privileged.then_some(true),
+        ambient_capabilities: match sc.privileged {
+            true => Vec::new(),
+            false => caps.add_ambient_capabilities.clone(),
+        },
     };
     let (requests, limits) = resources(linux.resources.as_ref())?;
     Ok(pb::LaunchRequest {
