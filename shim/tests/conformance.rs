@@ -304,15 +304,20 @@ fn host_rootfs_bundle_runs_as_asked() {
     });
 }
 
-#[test]
-fn failing_command_exit_code_reaches_the_caller() {
-    require!(true);
+/// A work directory with a busybox rootfs and an empty sandbox, placed for a launch.
+fn busybox_placement() -> (tempfile::TempDir, Placement) {
     let work = tempfile::tempdir().unwrap();
     let rootfs = work.path().join("rootfs");
     busybox_rootfs(&rootfs);
     let sandbox = work.path().join("sandbox");
     std::fs::create_dir(&sandbox).unwrap();
-    let place = Placement { sandbox_dir: sandbox, rootfs: Some(rootfs), ..Default::default() };
+    (work, Placement { sandbox_dir: sandbox, rootfs: Some(rootfs), ..Default::default() })
+}
+
+#[test]
+fn failing_command_exit_code_reaches_the_caller() {
+    require!(true);
+    let (work, place) = busybox_placement();
     for (script, code) in [("exit 42", 42), ("true", 0)] {
         let mut req = base_launch("exitcode");
         req.command.as_mut().unwrap().value = Some(script.into());
@@ -326,11 +331,7 @@ fn failing_command_exit_code_reaches_the_caller() {
 #[test]
 fn privileged_bundle_runs_alike_under_runc_and_husk() {
     require!(true);
-    let work = tempfile::tempdir().unwrap();
-    let rootfs = work.path().join("rootfs");
-    busybox_rootfs(&rootfs);
-    let sandbox = work.path().join("sandbox");
-    std::fs::create_dir(&sandbox).unwrap();
+    let (work, place) = busybox_placement();
     // A host device no container gets by default, to look for.
     let device = common::non_default_host_device();
     let mut req = base_launch("privileged");
@@ -345,7 +346,6 @@ echo device=$(stat -c %t:%T {})"#,
         device.path().display()
     ));
     req.security = Some(husk_proto::agent::v1::SecurityOptions { privileged: Some(true), ..Default::default() });
-    let place = Placement { sandbox_dir: sandbox, rootfs: Some(rootfs), ..Default::default() };
     let own_caps = common::own_effective_caps();
     let mut seen_by = Vec::new();
     for (name, runtime) in runtimes() {
