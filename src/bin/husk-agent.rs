@@ -2,6 +2,7 @@
 //! TCP with mutual TLS).
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use husk::agent::{access, service::Service, Agent, Flags, Settings};
@@ -95,6 +96,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// How often the agent hands freed heap pages back to the kernel.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
+
+/// glibc gives a heap's free pages back to the kernel only from its top. Under container churn
+/// the free space ends up scattered between the few allocations that live on (connections'
+/// buffers, the container table), and the agent's resident memory crept up by about a kilobyte
+/// per container launched and removed while its live heap stayed near 1.3 MiB (heaptrack,
+/// tests/soak.rs). `malloc_trim` also releases the free pages inside the heaps: 0.2 to 1.5 ms
+/// every ten seconds in a debug build, and the idle agent gives back what a burst took.
+async fn release_freed_memory() {
+    let mut tick = tokio::time::interval(TRIM_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // SAFETY: malloc_trim only returns free memory to the kernel; any thread may call it.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 /// Binds the API socket with its mode and group. Bound only once recovery is done, so a socket
 /// that answers is an agent that knows every container.
 fn bind_unix(settings: &Settings, socket: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
@@ -128,6 +150,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let tcp = settings.tcp.clone();
     let metrics_address = settings.metrics_address;
     let agent = Agent::start(settings).await?;
+    tokio::spawn(release_freed_memory());
     if let Some(addr) = metrics_address {
         husk::agent::metrics::serve(addr, Arc::downgrade(&agent)).await?;
     }
