@@ -663,6 +663,63 @@ async fn security_context_through_the_cri() {
     let e = rt.create_container(create(with_security("oom", "true", Default::default(), 5000))).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("oom_score_adj: 5000"), "{}", e.message());
+
+    // AppArmor: a Localhost profile must be loaded on a node that runs AppArmor, and husk has
+    // no RuntimeDefault profile; Unconfined runs as the agent does. SELinux labels mean nothing
+    // on a node without SELinux and are ignored there (containerd's rule).
+    let apparmor = |kind: cri::security_profile::ProfileType, name: &str| cri::LinuxContainerSecurityContext {
+        apparmor: Some(cri::SecurityProfile { profile_type: kind as i32, localhost_ref: name.into() }),
+        ..Default::default()
+    };
+    use cri::security_profile::ProfileType;
+    let field = "config.linux.security_context";
+    let not_here = match husk_oci::lsm::apparmor_enabled() {
+        false => "was asked for, but AppArmor is not enabled on this node",
+        true => "is not loaded on this node",
+    };
+    let e = rt
+        .create_container(create(with_security("aa", "true", apparmor(ProfileType::Localhost, "husk-test-none"), 0)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().starts_with(&format!("{field}.apparmor: ")), "{}", e.message());
+    assert!(e.message().contains(&format!("`husk-test-none` {not_here}")), "{}", e.message());
+    let old_style = cri::LinuxContainerSecurityContext {
+        apparmor_profile: "localhost/husk-test-none".into(),
+        ..Default::default()
+    };
+    let e = rt.create_container(create(with_security("aa", "true", old_style, 0))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().starts_with(&format!("{field}.apparmor_profile: ")), "{}", e.message());
+    let e = rt
+        .create_container(create(with_security("aa", "true", apparmor(ProfileType::RuntimeDefault, ""), 0)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().starts_with(&format!("{field}.apparmor: ")), "{}", e.message());
+    let bogus = cri::LinuxContainerSecurityContext { apparmor_profile: "docker-default".into(), ..Default::default() };
+    let e = rt.create_container(create(with_security("aa", "true", bogus, 0))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert_eq!(
+        e.message(),
+        format!("{field}.apparmor_profile: `docker-default` is none of runtime/default, unconfined, localhost/<name>")
+    );
+    let mut free_to_run = apparmor(ProfileType::Unconfined, "");
+    free_to_run.selinux_options = Some(cri::SeLinuxOption {
+        user: "system_u".into(),
+        role: "system_r".into(),
+        r#type: "container_t".into(),
+        level: "s0:c1,c2".into(),
+    });
+    let unconfined_aa = rt.create_container(create(with_security("aa-free", "echo ran", free_to_run, 0))).await;
+    if husk_oci::lsm::selinux_enabled() {
+        assert_eq!(unconfined_aa.unwrap_err().code(), tonic::Code::FailedPrecondition);
+    } else {
+        let id = unconfined_aa.unwrap().into_inner().container_id;
+        rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.unwrap();
+        until_logged(&logs.join("aa-free.log"), "ran").await;
+        assert_eq!(until_exited(&mut rt, &id).await.exit_code, 0);
+    }
     let unconfined = cri::LinuxContainerSecurityContext {
         seccomp: Some(cri::SecurityProfile {
             profile_type: cri::security_profile::ProfileType::Unconfined as i32,

@@ -22,7 +22,7 @@ fn subset(a: &Option<Capabilities>, b: &Option<Capabilities>, what: &str) -> Res
     let empty = Capabilities::new();
     let (a, b) = (a.as_ref().unwrap_or(&empty), b.as_ref().unwrap_or(&empty));
     if let Some(extra) = a.difference(b).next() {
-        return Err(Error::invalid("process.capabilities", format!("{extra:?} is in the {what}")));
+        return Err(Error::invalid("process.capabilities", format!("CAP_{extra} is in the {what}")));
     }
     Ok(())
 }
@@ -51,8 +51,8 @@ pub fn check_spec(spec: &Spec) -> Result<()> {
     if let Some(caps) = process.capabilities() {
         subset(caps.effective(), caps.permitted(), "effective set but not the permitted set")?;
         subset(caps.permitted(), caps.bounding(), "permitted set but not the bounding set")?;
-        subset(caps.ambient(), caps.permitted(), "ambient set but not the permitted set")?;
-        subset(caps.ambient(), caps.inheritable(), "ambient set but not the inheritable set")?;
+        // An ambient capability outside the permitted or inheritable set is not refused: the
+        // kernel does not raise it, and runc runs such a spec (its own `runc spec` writes one).
     }
     let mut seen = Vec::new();
     for r in process.rlimits().iter().flatten() {
@@ -154,7 +154,15 @@ mod tests {
         let mut v = base();
         v["process"]["capabilities"] =
             serde_json::json!({"bounding": [], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]});
-        assert!(check(v).unwrap_err().to_string().contains("permitted set but not the bounding set"));
+        assert!(check(v)
+            .unwrap_err()
+            .to_string()
+            .contains("CAP_KILL is in the permitted set but not the bounding set"));
+        // As `runc spec` writes it: an ambient capability the kernel will not raise is no error.
+        let mut v = base();
+        v["process"]["capabilities"] = serde_json::json!({"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"],
+            "permitted": ["CAP_KILL"], "ambient": ["CAP_KILL"]});
+        assert!(check(v).is_ok());
         let mut v = base();
         v["process"]["rlimits"] = serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 10, "hard": 5}]);
         assert!(check(v).is_err());

@@ -17,6 +17,7 @@ pub mod exec;
 pub mod failpoint;
 pub mod fs;
 pub mod image;
+pub mod lsm;
 pub mod resources;
 pub mod seccomp;
 pub mod translate;

@@ -167,6 +167,9 @@ pub fn translate(req: &LaunchRequest, cfg: &Config, place: &Placement) -> Result
         .terminal(info.tty_info.is_some())
         .build()
         .map_err(internal)?;
+    if let Some(name) = security.apparmor_profile.as_deref() {
+        process.set_apparmor_profile(crate::lsm::apparmor_profile(name, "security.apparmor_profile")?);
+    }
     if let Some(size) = info.tty_info.as_ref().and_then(|t| t.window_size.as_ref()) {
         process.set_console_size(Some(console_size(size, "container.tty_info.window_size")?));
     }

@@ -488,6 +488,31 @@ fn ambient_capabilities_are_kept_across_exec_only_when_granted() {
 }
 
 #[test]
+fn apparmor_profile_must_be_loaded_on_the_node() {
+    let f = fixture();
+    let mut req = launch("true");
+    let profile = |name: &str| SecurityOptions { apparmor_profile: Some(name.into()), ..Default::default() };
+    req.security = Some(profile("unconfined"));
+    assert_eq!(spec(&req, &host(&f)).process().as_ref().unwrap().apparmor_profile(), &None);
+    for bad in ["", "two words", "tab\there"] {
+        req.security = Some(profile(bad));
+        assert_eq!(
+            err(&req, &host(&f)),
+            "security.apparmor_profile: must be a profile name without spaces or control characters",
+            "{bad:?}"
+        );
+    }
+    req.security = Some(profile("husk-test-none"));
+    let e = translate(&req, &Config::default(), &host(&f)).unwrap_err();
+    assert!(matches!(e, husk_oci::Error::Missing { .. }), "a node matter (FAILED_PRECONDITION): {e}");
+    let want = match husk_oci::lsm::apparmor_enabled() {
+        false => "security.apparmor_profile: profile `husk-test-none` was asked for, but AppArmor is not enabled on this node",
+        true => "security.apparmor_profile: AppArmor profile `husk-test-none` is not loaded on this node (load it with apparmor_parser)",
+    };
+    assert_eq!(e.to_string(), want);
+}
+
+#[test]
 fn seccomp_default_unconfined_and_named() {
     let f = fixture();
     let s = spec(&launch("true"), &host(&f));

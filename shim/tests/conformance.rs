@@ -364,3 +364,107 @@ echo device=$(stat -c %t:%T {})"#,
     }
     assert_eq!(seen_by[0], seen_by[1], "husk-runtime and runc agree");
 }
+
+/// A bundle as `runc spec` writes it (the starting point of most hand-made bundles) around a
+/// busybox rootfs, its process running `script`; returns the bundle directory.
+fn runc_spec_bundle(work: &Path, script: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let bundle = work.join("bundle");
+    busybox_rootfs(&bundle.join("rootfs"));
+    let spec = Command::new("runc").arg("spec").current_dir(&bundle).output().unwrap();
+    assert!(spec.status.success(), "runc spec: {}", String::from_utf8_lossy(&spec.stderr));
+    let path = bundle.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    config["process"]["terminal"] = false.into();
+    config["process"]["args"] = serde_json::json!(["sh", "-c", script]);
+    edit(&mut config);
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    bundle
+}
+
+/// Runs `bundle` under `runtime` as container `id`, then deletes it whatever happened and
+/// checks that its state and cgroup are gone.
+fn run_bundle(name: &str, runtime: &Path, work: &Path, bundle: &Path, id: &str) -> common::Output {
+    let state = work.join(format!("state-{name}"));
+    let out = run_with_deadline(
+        Command::new(runtime).arg("--root").arg(&state).arg("run").arg("--bundle").arg(bundle).arg(id),
+        Duration::from_secs(60),
+    );
+    let _ = Command::new(runtime).arg("--root").arg(&state).args(["delete", "--force", id]).output();
+    let states: Vec<_> =
+        std::fs::read_dir(&state).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(states.is_empty(), "{name} left state: {states:?}");
+    // Without a cgroupsPath both put the container at /<id>, and remove it.
+    assert!(!Path::new("/sys/fs/cgroup/memory").join(id).exists(), "{name} left its cgroup");
+    out
+}
+
+/// `runc spec`'s own default bundle, which users start from, runs under both runtimes and the
+/// container gets the same credentials. Its ambient set names CAP_NET_BIND_SERVICE without the
+/// inheritable set: the kernel cannot raise that, and neither runtime refuses the bundle for it.
+/// Its device rules deny everything: both runtimes still allow the default devices.
+#[test]
+fn runc_spec_default_bundle_runs_alike() {
+    require!(true);
+    let work = tempfile::tempdir().unwrap();
+    let script = "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/self/status | tr -d ' \\t' \
+                  | sed 's/:/=/'; echo uid=$(id -u) hostname=$(hostname); echo x > /dev/null && echo devnull=ok";
+    let bundle = runc_spec_bundle(work.path(), script, |config| {
+        let ambient = &config["process"]["capabilities"]["ambient"];
+        assert_eq!(ambient, &serde_json::json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]));
+        assert!(config["process"]["capabilities"].get("inheritable").is_none());
+    });
+    let mut seen_by = Vec::new();
+    for (name, runtime) in runtimes() {
+        let id = format!("husk-conformance-runc-spec-{name}-{}", std::process::id());
+        let out = run_bundle(name, &runtime, work.path(), &bundle, &id);
+        assert!(out.status.success(), "{name}: {}\n{}", out.stdout, out.stderr);
+        let seen = observations(&out.stdout.replace(' ', "\n"));
+        // Audit write, kill, net bind service: permitted and effective, none ambient.
+        assert_eq!(seen["CapEff"], cap_mask(&[29, 5, 10]), "{name}");
+        assert_eq!(seen["CapAmb"], "0000000000000000", "{name}");
+        assert_eq!(seen["hostname"], "runc", "{name}");
+        assert_eq!(seen["devnull"], "ok", "{name}: the spec denies every device; the defaults stay usable");
+        seen_by.push(seen);
+    }
+    assert_eq!(seen_by[0], seen_by[1], "husk-runtime and runc agree");
+    assert_eq!(common::mounts_under(work.path()), Vec::<String>::new());
+}
+
+/// An AppArmor profile or SELinux label the node cannot apply fails the container under both
+/// runtimes, and nothing is left; husk-runtime says which field before forking anything.
+#[test]
+fn security_modules_the_node_lacks_fail_the_container() {
+    require!(true);
+    let cases = [
+        (
+            "apparmorProfile",
+            "husk-test-none",
+            husk_oci::lsm::apparmor_enabled(),
+            "AppArmor is not enabled on this host",
+        ),
+        (
+            "selinuxLabel",
+            "system_u:system_r:container_t:s0",
+            husk_oci::lsm::selinux_enabled(),
+            "SELinux is not enabled on this host",
+        ),
+    ];
+    for (field, value, enabled, why) in cases {
+        let work = tempfile::tempdir().unwrap();
+        let bundle = runc_spec_bundle(work.path(), "echo ran", |config| config["process"][field] = value.into());
+        for (name, runtime) in runtimes() {
+            let id = format!("husk-conformance-lsm-{name}-{}", std::process::id());
+            let out = run_bundle(name, &runtime, work.path(), &bundle, &id);
+            assert!(!out.status.success(), "{name} ran a container with {field} {value}: {}", out.stdout);
+            assert!(!out.stdout.contains("ran"), "{name}: {}", out.stdout);
+            if name == "husk" && !enabled {
+                assert!(
+                    out.stderr.contains(&format!("process.{field}: ")) && out.stderr.contains(why),
+                    "{}",
+                    out.stderr
+                );
+            }
+        }
+        assert_eq!(common::mounts_under(work.path()), Vec::<String>::new());
+    }
+}

@@ -342,7 +342,8 @@ struct LaunchFlags {
         conflicts_with_all = [
             "command", "resources", "limits", "hostname", "user", "env", "no_shell", "cpus", "mem",
             "env_files", "volumes", "cap_add", "cap_drop", "uris", "network", "publish", "read_only",
-            "sysctls", "oom_score_adj", "seccomp_profile", "group_add", "privileged", "cgroup_parent"
+            "sysctls", "oom_score_adj", "seccomp_profile", "group_add", "privileged", "cgroup_parent",
+            "apparmor_profile"
         ]
     )]
     file: Option<String>,
@@ -404,6 +405,10 @@ struct LaunchFlags {
     /// instead of husk's default one.
     #[arg(long = "seccomp-profile", value_name = "PATH")]
     seccomp_profile: Option<String>,
+    /// Run the process under this AppArmor profile (loaded on the agent's node), or
+    /// `unconfined`. A node without AppArmor refuses it.
+    #[arg(long = "apparmor-profile", value_name = "NAME")]
+    apparmor_profile: Option<String>,
     /// Give the process this group id too, besides its user's own groups (repeatable).
     #[arg(long = "group-add", value_name = "GID")]
     group_add: Vec<u32>,
@@ -621,6 +626,7 @@ fn launch_from_flags(args: &LaunchFlags, id: &str, image_command: bool) -> Resul
         sysctls,
         oom_score_adj: args.oom_score_adj,
         seccomp_profile_path: args.seccomp_profile.clone(),
+        apparmor_profile: args.apparmor_profile.clone(),
         supplemental_groups: args.group_add.clone(),
         privileged: args.privileged.then_some(true),
         ..Default::default()

@@ -343,8 +343,8 @@ fn features() -> String {
                               "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"],
                 "archs": [format!("SCMP_ARCH_{}", std::env::consts::ARCH.to_ascii_uppercase())]
             },
-            "apparmor": {"enabled": false},
-            "selinux": {"enabled": false}
+            "apparmor": {"enabled": true},
+            "selinux": {"enabled": true}
         },
         "annotations": {"io.husk.runtime": env!("CARGO_PKG_VERSION")}
     }))

@@ -145,6 +145,17 @@ pub fn default_device_rules() -> Vec<DeviceRule> {
     ]
 }
 
+/// The rules runc appends to every container's own (its `AllowedDevices`, without the tun
+/// device runc 1.2 dropped): mknod of any device node, which the container's CAP_MKNOD still
+/// gates, and the default devices. So a bundle that denies every device, as `runc spec` writes
+/// it, still gets a working /dev.
+pub fn implicit_device_rules() -> Vec<DeviceRule> {
+    let mknod = |kind: char| DeviceRule { allow: true, kind, major: None, minor: None, access: "m".into() };
+    let mut rules = vec![mknod('c'), mknod('b')];
+    rules.extend(default_device_rules().into_iter().filter(|r| r.allow));
+    rules
+}
+
 impl DeviceRule {
     fn line(&self) -> String {
         let n = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "*".into());

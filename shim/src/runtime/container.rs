@@ -54,6 +54,9 @@ fn check_id(id: &str) -> Result<(), Error> {
 fn load_spec(bundle: &Path) -> Result<(Spec, PathBuf), Error> {
     let spec = husk_oci::bundle::read_spec(bundle).map_err(|e| Error::Bundle(e.to_string()))?;
     husk_oci::check::check_spec(&spec).map_err(|e| Error::Bundle(format!("config.json: {e}")))?;
+    let mount_label = spec.linux().as_ref().and_then(|l| l.mount_label().as_deref());
+    super::lsm::check(spec.process().as_ref().unwrap(), mount_label)
+        .map_err(|e| Error::Bundle(format!("config.json: {e}")))?;
     let root = spec.root().as_ref().unwrap().path();
     let root = if root.is_absolute() { root.clone() } else { bundle.join(root) };
     let rootfs = root.canonicalize().map_err(|e| Error::Bundle(format!("root.path {}: {e}", root.display())))?;
@@ -192,10 +195,12 @@ pub fn create(opts: &CreateOptions) -> Result<(State, Vec<String>), Error> {
     cgroup.create().map_err(|e| Error::io(format!("creating cgroup {}", cgroups_path.display()), e))?;
     let mut resources =
         spec.linux().as_ref().and_then(|l| l.resources().as_ref()).map(Resources::from_oci).unwrap_or_default();
+    // As runc: the spec's rules (deny everything when it has none), then the default devices
+    // and mknod, whatever the spec says.
     if resources.devices.is_empty() {
-        // As runc: a container gets the default devices and nothing else, whatever the spec says.
-        resources.devices = crate::cgroups::default_device_rules();
+        resources.devices = crate::cgroups::default_device_rules().into_iter().filter(|r| !r.allow).collect();
     }
+    resources.devices.extend(crate::cgroups::implicit_device_rules());
     cgroup
         .apply(&resources)
         .map_err(|e| Error::io(format!("applying linux.resources to {}", cgroups_path.display()), e))?;

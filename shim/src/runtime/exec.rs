@@ -57,6 +57,19 @@ pub fn exec(root: &Path, id: &str, opts: &ExecOptions) -> Result<(i32, Vec<Strin
         });
     }
     let spec = husk_oci::bundle::read_spec(&st.bundle).map_err(|e| Error::Bundle(e.to_string()))?;
+    // The process is confined as the container's is, unless it names its own AppArmor profile
+    // or SELinux label (runc's rule): an exec is no way out of the container's confinement.
+    let mut process = opts.process.clone();
+    if let Some(container) = spec.process() {
+        if process.apparmor_profile().as_deref().unwrap_or("").is_empty() {
+            process.set_apparmor_profile(container.apparmor_profile().clone());
+        }
+        if process.selinux_label().as_deref().unwrap_or("").is_empty() {
+            process.set_selinux_label(container.selinux_label().clone());
+        }
+    }
+    super::lsm::check(&process, None)?;
+    let opts = &ExecOptions { process, ..opts.clone() };
     let terminal = opts.process.terminal().unwrap_or(false);
     if terminal && opts.console.is_none() {
         return Err(Error::Bundle("process.terminal needs a console socket (--console-socket)".into()));

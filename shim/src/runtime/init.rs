@@ -312,6 +312,8 @@ pub(super) fn prepare_process(
     // Nothing the runtime or its caller opened reaches the command (checked before seccomp,
     // which might refuse close_range).
     crate::sys::cloexec_from(3).map_err(|e| Error::Process(format!("closing inherited descriptors: {e}")))?;
+    // While the process still has every privilege it will have.
+    super::lsm::apply(process)?;
     let nnp = process.no_new_privileges().unwrap_or(false);
     if !nnp {
         // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we have it.
@@ -461,8 +463,14 @@ fn set_user_and_capabilities(process: &oci_spec::runtime::Process) -> Result<(),
     caps::set(None, CapSet::Inheritable, &to_caps(c.inheritable())?)
         .map_err(|e| capset_err("setting inheritable capabilities", e))?;
     caps::clear(None, CapSet::Ambient).map_err(|e| capset_err("clearing ambient capabilities", e))?;
+    // The kernel raises an ambient capability only when it is both permitted and inheritable.
+    // One that is not stays unraised, as runc leaves it: `runc spec` itself writes
+    // CAP_NET_BIND_SERVICE in the ambient set and not in the inheritable one.
+    let (permitted, inheritable) = (to_caps(c.permitted())?, to_caps(c.inheritable())?);
     for cap in to_caps(c.ambient())? {
-        caps::raise(None, CapSet::Ambient, cap).map_err(|e| capset_err(&format!("raising ambient {cap}"), e))?;
+        if permitted.contains(&cap) && inheritable.contains(&cap) {
+            caps::raise(None, CapSet::Ambient, cap).map_err(|e| capset_err(&format!("raising ambient {cap}"), e))?;
+        }
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ mod container;
 mod exec;
 mod hooks;
 mod init;
+pub mod lsm;
 pub mod mounts;
 mod reaper_init;
 pub mod seccomp;

@@ -124,7 +124,7 @@ impl NoFollow for std::fs::OpenOptions {
 }
 
 /// Mounts one spec mount at its target inside `rootfs`.
-fn mount_one(rootfs: &Path, m: &Mount, cgroup: Option<&Cgroup>) -> Result<(), Error> {
+fn mount_one(rootfs: &Path, m: &Mount, cgroup: Option<&Cgroup>, mount_label: Option<&str>) -> Result<(), Error> {
     let dest = target(rootfs, m.destination())?;
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
     let typ = m.typ().as_deref().unwrap_or("");
@@ -151,7 +151,10 @@ fn mount_one(rootfs: &Path, m: &Mount, cgroup: Option<&Cgroup>) -> Result<(), Er
         }
     } else {
         mount_point(rootfs, &dest, false)?;
-        let data = opts.data.join(",");
+        let data = match typ {
+            "tmpfs" | "devpts" | "mqueue" => super::lsm::with_mount_label(opts.data.join(","), mount_label),
+            _ => opts.data.join(","),
+        };
         mount(
             m.source().as_deref(),
             &dest,
@@ -320,10 +323,11 @@ pub fn mount_all(spec: &Spec, rootfs: &Path, cgroup: Option<&Cgroup>) -> Result<
     mount(None::<&str>, "/", None::<&str>, root_flags, None::<&str>).map_err(|e| err("making / a slave mount", e))?;
     mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .map_err(|e| err(format!("binding the rootfs {}", rootfs.display()), e))?;
+    let mount_label = spec.linux().as_ref().and_then(|l| l.mount_label().as_deref());
     // The device number of the tmpfs mounted on /dev, if one is: the devices go there only.
     let mut dev_fs = None;
     for m in spec.mounts().iter().flatten() {
-        mount_one(rootfs, m, cgroup)?;
+        mount_one(rootfs, m, cgroup, mount_label)?;
         if m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs") {
             use std::os::unix::fs::MetadataExt;
             let dev = target(rootfs, Path::new("/dev"))?;

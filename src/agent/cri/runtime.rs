@@ -91,6 +91,9 @@ fn pod_launch(cri: &Cri, id: &str, config: &cri::PodSandboxConfig) -> Result<pb:
         }
         None => None,
     };
+    let pod_sc = config.linux.as_ref().and_then(|l| l.security_context.clone()).unwrap_or_default();
+    selinux(pod_sc.selinux_options.as_ref(), "config.linux.security_context.selinux_options")?;
+    let apparmor_profile = apparmor(pod_sc.apparmor.as_ref(), "", pod_sc.privileged, "config.linux.security_context")?;
     let holder = cri.agent.settings.shim_binary.display().to_string();
     let host_network = mode(ns, |o| o.network) == cri::NamespaceMode::Node;
     let mut linux = mesos::LinuxInfo::default();
@@ -168,9 +171,10 @@ fn pod_launch(cri: &Cri, id: &str, config: &cri::PodSandboxConfig) -> Result<pb:
         security: Some(pb::SecurityOptions {
             sysctls: config.linux.as_ref().map(|l| l.sysctls.clone()).unwrap_or_default(),
             privileged: pod_privileged(config).then_some(true),
+            apparmor_profile,
             ..Default::default()
         })
-        .filter(|s| !s.sysctls.is_empty() || s.privileged()),
+        .filter(|s| !s.sysctls.is_empty() || s.privileged() || s.apparmor_profile.is_some()),
         cgroup_parent,
         labels: labels(
             &config.labels,
@@ -333,6 +337,9 @@ fn container_launch(
         .map_err(crate::agent::status_of)?;
         linux_info.bounding_capabilities = Some(mesos::CapabilityInfo { capabilities });
     }
+    selinux(sc.selinux_options.as_ref(), "config.linux.security_context.selinux_options")?;
+    let apparmor_profile =
+        apparmor(sc.apparmor.as_ref(), &sc.apparmor_profile, sc.privileged, "config.linux.security_context")?;
     // A privileged container runs without seccomp, whatever profile it names (containerd's rule).
     let (seccomp, seccomp_profile_path) = match sc.privileged {
         true => (None, None),
@@ -370,6 +377,7 @@ fn container_launch(
             true => Vec::new(),
             false => caps.add_ambient_capabilities.clone(),
         },
+        apparmor_profile,
     };
     let (requests, limits) = resources(linux.resources.as_ref())?;
     Ok(pb::LaunchRequest {
@@ -418,6 +426,77 @@ fn container_launch(
         security: Some(security),
         ..Default::default()
     })
+}
+
+/// The AppArmor profile a security context (`field`) asks for, as `SecurityOptions`
+/// names it: `Localhost` is a profile loaded on the node (the launch checks that it is), and
+/// `Unconfined` or nothing runs the process as the agent runs. husk loads no profile of its own,
+/// so `RuntimeDefault` is refused, except for a privileged container, which containerd runs
+/// without its default profile too. `deprecated` is the string field of CRI < 1.30:
+/// "runtime/default", "unconfined" or "localhost/<name>".
+fn apparmor(
+    profile: Option<&cri::SecurityProfile>,
+    deprecated: &str,
+    privileged: bool,
+    field: &str,
+) -> Result<Option<String>, Status> {
+    use cri::security_profile::ProfileType;
+    let (kind, name, at) = match profile {
+        Some(p) => match ProfileType::try_from(p.profile_type) {
+            Ok(kind) => (kind, p.localhost_ref.as_str(), format!("{field}.apparmor")),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "{field}.apparmor.profile_type: unknown type {}",
+                    p.profile_type
+                )))
+            }
+        },
+        None => match deprecated {
+            "" | "unconfined" => (ProfileType::Unconfined, "", String::new()),
+            "runtime/default" => (ProfileType::RuntimeDefault, "", format!("{field}.apparmor_profile")),
+            p => match p.strip_prefix("localhost/") {
+                Some(name) => (ProfileType::Localhost, name, format!("{field}.apparmor_profile")),
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "{field}.apparmor_profile: `{}` is none of runtime/default, unconfined, localhost/<name>",
+                        p.escape_debug()
+                    )))
+                }
+            },
+        },
+    };
+    match kind {
+        ProfileType::Unconfined => Ok(None),
+        ProfileType::RuntimeDefault if privileged => Ok(None),
+        ProfileType::RuntimeDefault if !husk_oci::lsm::apparmor_enabled() => Err(Status::failed_precondition(format!(
+            "{at}: RuntimeDefault was asked for, but AppArmor is not enabled on this node"
+        ))),
+        ProfileType::RuntimeDefault => Err(Status::failed_precondition(format!(
+            "{at}: husk has no default AppArmor profile of its own; name a profile loaded on the node \
+             (Localhost) or ask for Unconfined"
+        ))),
+        ProfileType::Localhost => {
+            // containerd takes the name with or without the prefix.
+            let name = name.strip_prefix("localhost/").unwrap_or(name);
+            if name.is_empty() {
+                return Err(Status::invalid_argument(format!("{at}: a Localhost profile needs a name")));
+            }
+            husk_oci::lsm::apparmor_profile(name, &at).map_err(crate::agent::status_of)
+        }
+    }
+}
+
+/// SELinux labels a security context (`field`) asks for. On a node without SELinux they mean
+/// nothing and are ignored (containerd's rule). husk does not label containers, so on a node
+/// that runs SELinux they are refused rather than left unapplied.
+fn selinux(options: Option<&cri::SeLinuxOption>, field: &str) -> Result<(), Status> {
+    let asked = options.is_some_and(|o| [&o.user, &o.role, &o.r#type, &o.level].iter().any(|v| !v.is_empty()));
+    if asked && husk_oci::lsm::selinux_enabled() {
+        return Err(Status::failed_precondition(format!(
+            "{field}: husk does not apply SELinux labels, and this node runs SELinux"
+        )));
+    }
+    Ok(())
 }
 
 /// The container's seccomp profile, as Mesos' SeccompInfo or a profile file on the node.
