@@ -704,6 +704,17 @@ async fn security_context_through_the_cri() {
         e.message(),
         format!("{field}.apparmor_profile: `docker-default` is none of runtime/default, unconfined, localhost/<name>")
     );
+    let e = rt
+        .create_container(create(with_security("aa", "true", apparmor(ProfileType::Unconfined, "mine"), 0)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            tonic::Code::InvalidArgument,
+            "config.linux.security_context.apparmor.localhost_ref: only a Localhost profile names one"
+        )
+    );
     let mut free_to_run = apparmor(ProfileType::Unconfined, "");
     free_to_run.selinux_options = Some(cri::SeLinuxOption {
         user: "system_u".into(),

@@ -42,6 +42,10 @@ pub const SHIM_CGROUP: &str = "shims.scope";
 const CANCELLED: &str = "\0cancelled";
 
 /// The runtimes a launch may name: husk's own and the OCI runtimes husk-shim drives by name.
+/// How often husk-agent hands the freed pages inside its heaps back to the kernel
+/// (`malloc_trim`): an idle agent is back near its live heap within this long.
+pub const HEAP_TRIM_EVERY: Duration = Duration::from_secs(10);
+
 pub const RUNTIMES: &[&str] = &["husk", "runc", "crun", "youki"];
 
 /// How long the agent waits for a shim to start or to delete its container.

@@ -2,7 +2,6 @@
 //! TCP with mutual TLS).
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser;
 use husk::agent::{access, service::Service, Agent, Flags, Settings};
@@ -96,9 +95,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// How often the agent hands freed heap pages back to the kernel.
-const TRIM_EVERY: Duration = Duration::from_secs(10);
-
 /// glibc gives a heap's free pages back to the kernel only from its top. Under container churn
 /// the free space ends up scattered between the few allocations that live on (connections'
 /// buffers, the container table), and the agent's resident memory crept up by about a kilobyte
@@ -106,7 +102,7 @@ const TRIM_EVERY: Duration = Duration::from_secs(10);
 /// tests/soak.rs). `malloc_trim` also releases the free pages inside the heaps: 0.2 to 1.5 ms
 /// every ten seconds in a debug build, and the idle agent gives back what a burst took.
 async fn release_freed_memory() {
-    let mut tick = tokio::time::interval(TRIM_EVERY);
+    let mut tick = tokio::time::interval(husk::agent::HEAP_TRIM_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

@@ -377,6 +377,22 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Adds `rules` as [`implicit_device_rules`] are added: each one the parent cgroup does not
+    /// allow (v1 refuses it with EPERM: a parent made before husk added these rules) is left
+    /// out, since the parent's policy holds below it anyway. Nothing to do on v2.
+    pub fn allow_devices_if_parent_does(&self, rules: &[DeviceRule]) -> io::Result<()> {
+        if self.layout.is_v2() {
+            return Ok(());
+        }
+        for r in rules.iter().filter(|r| r.allow) {
+            match self.write(&w("devices", "devices.allow", r.line())) {
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
     fn write(&self, wr: &Write) -> io::Result<()> {
         let dir = self.dir(wr.controller).ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, format!("the {} cgroup controller is not mounted", wr.controller))

@@ -200,10 +200,12 @@ pub fn create(opts: &CreateOptions) -> Result<(State, Vec<String>), Error> {
     if resources.devices.is_empty() {
         resources.devices = crate::cgroups::default_device_rules().into_iter().filter(|r| !r.allow).collect();
     }
-    resources.devices.extend(crate::cgroups::implicit_device_rules());
     cgroup
         .apply(&resources)
         .map_err(|e| Error::io(format!("applying linux.resources to {}", cgroups_path.display()), e))?;
+    cgroup
+        .allow_devices_if_parent_does(&crate::cgroups::implicit_device_rules())
+        .map_err(|e| Error::io(format!("allowing the default devices in {}", cgroups_path.display()), e))?;
 
     let fifo = dir.join(EXEC_FIFO);
     // The init opens the fifo through an O_PATH descriptor (no path walk through the 0700 state

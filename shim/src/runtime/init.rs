@@ -319,7 +319,7 @@ pub(super) fn prepare_process(
         // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we have it.
         super::seccomp::load(seccomp)?;
     }
-    set_user_and_capabilities(process)?;
+    set_user_and_capabilities(process, warn)?;
     if nnp {
         nix::sys::prctl::set_no_new_privs().map_err(|e| fail("no_new_privileges", e))?;
         super::seccomp::load(seccomp)?;
@@ -434,7 +434,7 @@ fn to_caps(set: &Option<oci_spec::runtime::Capabilities>) -> Result<caps::CapsHa
         .collect()
 }
 
-fn set_user_and_capabilities(process: &oci_spec::runtime::Process) -> Result<(), Error> {
+fn set_user_and_capabilities(process: &oci_spec::runtime::Process, warn: &mut dyn FnMut(String)) -> Result<(), Error> {
     use caps::CapSet;
     let user = process.user();
     let capset_err = |what: &str, e: caps::errors::CapsError| Error::Process(format!("{what}: {e}"));
@@ -470,6 +470,10 @@ fn set_user_and_capabilities(process: &oci_spec::runtime::Process) -> Result<(),
     for cap in to_caps(c.ambient())? {
         if permitted.contains(&cap) && inheritable.contains(&cap) {
             caps::raise(None, CapSet::Ambient, cap).map_err(|e| capset_err(&format!("raising ambient {cap}"), e))?;
+        } else {
+            warn(format!(
+                "process.capabilities: ambient {cap} left unraised: it is not both permitted and inheritable"
+            ));
         }
     }
     Ok(())

@@ -49,22 +49,35 @@ pub fn check(process: &Process, selinux_mount_label: Option<&str>) -> Result<(),
     Ok(())
 }
 
-/// Writes `value` to the first of `paths` (under the calling thread's procfs) the kernel has.
-fn write_attr(paths: &[&str], value: &str, what: &str) -> Result<(), Error> {
+/// Writes `value` to the first of `paths` (under the calling thread's procfs) the kernel has,
+/// after making sure the file is procfs's: a volume mounted over /proc (through a symlink in
+/// the image, say) must not take the write and leave the process unconfined (runc's
+/// CVE-2019-16884).
+fn write_attr(paths: &[&str], value: &str, field: &str, what: &str) -> Result<(), Error> {
+    let fail = |p: &str, e: String| Error::Process(format!("{field}: {what}: {p}: {e}"));
     let mut last = None;
     for p in paths {
         match std::fs::OpenOptions::new().write(true).open(p) {
             Ok(mut f) => {
-                return f
-                    .write_all(value.as_bytes())
-                    .map_err(|e| Error::Process(format!("{what}: writing {p}: {}", super::describe(e))))
+                let fs = nix::sys::statfs::fstatfs(&f).map_err(|e| fail(p, super::describe(e)))?;
+                if fs.filesystem_type() != nix::sys::statfs::PROC_SUPER_MAGIC {
+                    return Err(fail(p, "not on procfs: something is mounted over the container's /proc".into()));
+                }
+                return f.write_all(value.as_bytes()).map_err(|e| {
+                    // The kernel's answer to a profile it does not know.
+                    let hint = match e.raw_os_error() {
+                        Some(nix::libc::ENOENT) | Some(nix::libc::EINVAL) => " (is it loaded on this node?)",
+                        _ => "",
+                    };
+                    fail(p, format!("{}{hint}", super::describe(e)))
+                });
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => last = Some(e),
-            Err(e) => return Err(Error::Process(format!("{what}: opening {p}: {}", super::describe(e)))),
+            Err(e) => return Err(fail(p, super::describe(e))),
         }
     }
     let e = last.map(super::describe).unwrap_or_default();
-    Err(Error::Process(format!("{what}: {}: {e}", paths.join(" or "))))
+    Err(fail(&paths.join(" or "), e))
 }
 
 /// Sets the profile and label `process` execs into. Called in the container (its /proc mounted)
@@ -76,11 +89,17 @@ pub fn apply(process: &Process) -> Result<(), Error> {
         write_attr(
             &["/proc/thread-self/attr/apparmor/exec", "/proc/thread-self/attr/exec"],
             &format!("exec {profile}"),
+            "process.apparmorProfile",
             &format!("applying AppArmor profile `{profile}`"),
         )?;
     }
     if let Some(label) = asked(process.selinux_label()) {
-        write_attr(&["/proc/thread-self/attr/exec"], label, &format!("setting SELinux label `{label}`"))?;
+        write_attr(
+            &["/proc/thread-self/attr/exec"],
+            label,
+            "process.selinuxLabel",
+            &format!("setting SELinux label `{label}`"),
+        )?;
     }
     Ok(())
 }

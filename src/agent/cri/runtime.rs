@@ -91,9 +91,11 @@ fn pod_launch(cri: &Cri, id: &str, config: &cri::PodSandboxConfig) -> Result<pb:
         }
         None => None,
     };
+    // The pod's AppArmor profile is not the holder's: the kubelet copies it into each
+    // container's own security context, and the holder (husk's own process, which only holds
+    // the namespaces) runs unconfined, as containerd's pause container may.
     let pod_sc = config.linux.as_ref().and_then(|l| l.security_context.clone()).unwrap_or_default();
     selinux(pod_sc.selinux_options.as_ref(), "config.linux.security_context.selinux_options")?;
-    let apparmor_profile = apparmor(pod_sc.apparmor.as_ref(), "", pod_sc.privileged, "config.linux.security_context")?;
     let holder = cri.agent.settings.shim_binary.display().to_string();
     let host_network = mode(ns, |o| o.network) == cri::NamespaceMode::Node;
     let mut linux = mesos::LinuxInfo::default();
@@ -171,10 +173,9 @@ fn pod_launch(cri: &Cri, id: &str, config: &cri::PodSandboxConfig) -> Result<pb:
         security: Some(pb::SecurityOptions {
             sysctls: config.linux.as_ref().map(|l| l.sysctls.clone()).unwrap_or_default(),
             privileged: pod_privileged(config).then_some(true),
-            apparmor_profile,
             ..Default::default()
         })
-        .filter(|s| !s.sysctls.is_empty() || s.privileged() || s.apparmor_profile.is_some()),
+        .filter(|s| !s.sysctls.is_empty() || s.privileged()),
         cgroup_parent,
         labels: labels(
             &config.labels,
@@ -443,6 +444,11 @@ fn apparmor(
     use cri::security_profile::ProfileType;
     let (kind, name, at) = match profile {
         Some(p) => match ProfileType::try_from(p.profile_type) {
+            Ok(kind) if kind != ProfileType::Localhost && !p.localhost_ref.is_empty() => {
+                return Err(Status::invalid_argument(format!(
+                    "{field}.apparmor.localhost_ref: only a Localhost profile names one"
+                )))
+            }
             Ok(kind) => (kind, p.localhost_ref.as_str(), format!("{field}.apparmor")),
             Err(_) => {
                 return Err(Status::invalid_argument(format!(
