@@ -393,9 +393,32 @@ fn run_bundle(name: &str, runtime: &Path, work: &Path, bundle: &Path, id: &str) 
     let states: Vec<_> =
         std::fs::read_dir(&state).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(states.is_empty(), "{name} left state: {states:?}");
-    // Without a cgroupsPath both put the container at /<id>, and remove it.
-    assert!(!Path::new("/sys/fs/cgroup/memory").join(id).exists(), "{name} left its cgroup");
+    // Without a cgroupsPath runc puts the container at /<id>, husk at /husk-runtime/<id>; both
+    // remove it (husk's parent stays, as a slice would).
+    for cgroup in [id.to_string(), format!("husk-runtime/{id}")] {
+        assert!(!Path::new("/sys/fs/cgroup/memory").join(&cgroup).exists(), "{name} left its cgroup {cgroup}");
+    }
     out
+}
+
+/// Removes husk-runtime's default cgroup parent on drop when it did not exist before (a test
+/// leaves the node as it found it).
+struct DefaultParent(bool);
+
+impl DefaultParent {
+    fn new() -> Self {
+        DefaultParent(Path::new("/sys/fs/cgroup/memory/husk-runtime").exists())
+    }
+}
+
+impl Drop for DefaultParent {
+    fn drop(&mut self) {
+        if !self.0 {
+            for h in common::cgroup_mounts() {
+                let _ = std::fs::remove_dir(h.join("husk-runtime"));
+            }
+        }
+    }
 }
 
 /// `runc spec`'s own default bundle, which users start from, runs under both runtimes and the
@@ -405,6 +428,7 @@ fn run_bundle(name: &str, runtime: &Path, work: &Path, bundle: &Path, id: &str) 
 #[test]
 fn runc_spec_default_bundle_runs_alike() {
     require!(true);
+    let _parent = DefaultParent::new();
     let work = tempfile::tempdir().unwrap();
     let script = "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/self/status | tr -d ' \\t' \
                   | sed 's/:/=/'; echo uid=$(id -u) hostname=$(hostname); echo x > /dev/null && echo devnull=ok";
