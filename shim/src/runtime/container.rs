@@ -203,8 +203,13 @@ pub fn create(opts: &CreateOptions) -> Result<(State, Vec<String>), Error> {
     cgroup
         .apply(&resources)
         .map_err(|e| Error::io(format!("applying linux.resources to {}", cgroups_path.display()), e))?;
+    // Those the spec already grants after its last deny (husk's own bundles grant the default
+    // devices) would be writes that change nothing: the launch path skips them.
+    let granted = &resources.devices[resources.devices.iter().rposition(|r| !r.allow).map_or(0, |i| i + 1)..];
+    let implicit: Vec<_> =
+        crate::cgroups::implicit_device_rules().into_iter().filter(|r| !granted.contains(r)).collect();
     cgroup
-        .allow_devices_if_parent_does(&crate::cgroups::implicit_device_rules())
+        .allow_devices_if_parent_does(&implicit)
         .map_err(|e| Error::io(format!("allowing the default devices in {}", cgroups_path.display()), e))?;
 
     let fifo = dir.join(EXEC_FIFO);
